@@ -1,0 +1,137 @@
+"""Raw splits from the Hub (online) or from a local data folder (offline), with file hashes for the record.
+
+Local layout: <data_dir>/<folder>/<split>.{tsv,csv,jsonl,json,conll}, where <folder> is the last part of
+the dataset name ("glue/sst2" -> "sst2"), or Data(name=...) itself when it is a folder.
+Task-specific preprocessing (tokenizing, label alignment) lives with each task in peftlab/tasks/.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import PeftlabError, check
+
+DATA_DIR_ENV = "PEFTLAB_DATA_DIR"
+SUFFIXES = (".tsv", ".csv", ".jsonl", ".json", ".conll")
+# "glue/<task>" is the usual way to name a GLUE task; on the Hub it is config <task> of nyu-mll/glue.
+HUB_SHORTCUTS = {"glue": "nyu-mll/glue"}
+
+
+@dataclass
+class Splits:
+    train: object  # datasets.Dataset
+    eval: object
+    source: str  # "local:<folder>" or "hub:<id>"
+    files: dict = field(default_factory=dict)  # file name -> md5 (local data only)
+
+
+def data_dir(cli_value: str | None = None) -> Path | None:
+    value = cli_value or os.environ.get(DATA_DIR_ENV)
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    check(path.is_dir(), f"data directory {path} does not exist: fix --data-dir or ${DATA_DIR_ENV}")
+    return path
+
+
+def local_folder(name: str, root: Path | None) -> Path | None:
+    if Path(name).expanduser().is_dir():
+        return Path(name).expanduser()
+    if root is None:
+        return None
+    folder = root / name.rstrip("/").split("/")[-1]
+    check(folder.is_dir(), f"dataset {name}: no folder {folder}; put the files there or fix --data-dir/${DATA_DIR_ENV}")
+    return folder
+
+
+def md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def split_file(folder: Path, split: str) -> Path:
+    for suffix in SUFFIXES:
+        if (folder / f"{split}{suffix}").is_file():
+            return folder / f"{split}{suffix}"
+    found = sorted(p.name for p in folder.iterdir() if p.suffix in SUFFIXES)
+    raise PeftlabError(f"split '{split}' not found in {folder} (files: {', '.join(found) or 'none'}); "
+                       f"set data.train_split/data.eval_split to one of them")
+
+
+def read_conll(path: Path):
+    """CoNLL: `token<TAB>tag` per line, a blank line between sentences. (datasets has no CoNLL loader.)"""
+    from datasets import Dataset
+
+    tokens, tags, sentences = [], [], []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            if tokens:
+                sentences.append({"tokens": tokens, "tags": tags})
+            tokens, tags = [], []
+            continue
+        parts = line.split("\t")
+        check(len(parts) == 2, f"{path}:{lineno}: expected 'token<TAB>tag', got {line!r}")
+        tokens.append(parts[0])
+        tags.append(parts[1])
+    if tokens:
+        sentences.append({"tokens": tokens, "tags": tags})
+    return Dataset.from_list(sentences)
+
+
+def read_file(path: Path):
+    from datasets import load_dataset
+
+    if path.suffix == ".conll":
+        return read_conll(path)
+    if path.suffix in (".tsv", ".csv"):
+        # quoting=3 (QUOTE_NONE): these files carry raw quote characters; na_filter off keeps "null"/"NA" text.
+        dataset = load_dataset("csv", data_files=str(path), split="train",
+                               delimiter="\t" if path.suffix == ".tsv" else ",",
+                               quoting=3, keep_default_na=False, na_filter=False)
+    else:
+        dataset = load_dataset("json", data_files=str(path), split="train")
+    check(len(dataset) > 0, f"{path}: the split is empty; supply a file with at least one example")
+    return dataset
+
+
+def load_splits(data, root: Path | None, seed: int) -> Splits:
+    folder = local_folder(data.name, root)
+    if folder is not None:
+        train_file, eval_file = split_file(folder, data.train_split), split_file(folder, data.eval_split)
+        train, evaluation = read_file(train_file), read_file(eval_file)
+        files = {f"{folder.name}/{p.name}": md5(p) for p in (train_file, eval_file)}
+        splits = Splits(train, evaluation, f"local:{folder}", files)
+    else:
+        splits = _load_hub(data)
+    if data.train_limit is not None and data.train_limit < len(splits.train):
+        splits.train = splits.train.shuffle(seed=seed).select(range(data.train_limit))
+    if data.eval_limit is not None and data.eval_limit < len(splits.eval):
+        splits.eval = splits.eval.shuffle(seed=seed).select(range(data.eval_limit))
+    return splits
+
+
+def _load_hub(data) -> Splits:
+    from datasets import load_dataset
+
+    owner, _, rest = data.name.partition("/")
+    path, config = (HUB_SHORTCUTS[owner], rest) if owner in HUB_SHORTCUTS and rest else (data.name, None)
+    try:
+        train = load_dataset(path, config, split=data.train_split)
+        evaluation = load_dataset(path, config, split=data.eval_split)
+    except Exception as err:  # offline, missing dataset or split: all need the same advice
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PeftlabError(f"dataset {data.name}: cannot load from the Hub ({first_line}); offline, point "
+                           f"--data-dir or ${DATA_DIR_ENV} at a folder holding {data.name.split('/')[-1]}/") from None
+    return Splits(train, evaluation, f"hub:{data.name}", {"fingerprint": train._fingerprint})
+
+
+def require_columns(dataset, columns: list[str], split: str) -> None:
+    missing = [c for c in columns if c not in dataset.column_names]
+    check(not missing, f"{split} split has no column {', '.join(map(repr, missing))} (columns: "
+                       f"{', '.join(dataset.column_names)}); set data.text/data.label to the right names")

@@ -1,0 +1,47 @@
+"""Load a finished run back: the base model it was trained on (checked by fingerprint) plus its weights."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import models, rundir
+from .errors import check
+from .recipe import recipe_from_dict
+
+
+@dataclass
+class Trained:
+    recipe: object
+    task: object
+    model: object
+    tokenizer: object
+    labels: list[str]
+    run_dir: Path
+
+
+def check_base(run_dir: Path, resolved: models.Resolved) -> None:
+    """Refuse a base whose weights differ from the ones the run was trained on."""
+    recorded = rundir.read_json(run_dir / "environment.json")["model"].get("fingerprint")
+    current = models.weights_fingerprint(resolved)
+    check(recorded is None or current is None or recorded == current,
+          f"run {run_dir} was trained on base weights sha256 {recorded[:12]}…, but {resolved.path} has "
+          f"{current[:12]}…: load the run with the base model it was trained on")
+
+
+def load_trained(run_dir: Path, quantized: bool = True) -> Trained:
+    """quantized=False loads the base in full precision even if the run trained on a 4/8-bit base."""
+    from .run import build_base
+    from .tasks import get_task
+
+    run_dir = rundir.require_finished(run_dir)
+    recipe = recipe_from_dict(rundir.read_json(run_dir / "recipe.json"))
+    labels = rundir.read_json(run_dir / "metrics.json")["labels"]
+    task = get_task(recipe.model.task)
+    resolved = models.resolve(recipe.model.name, recipe.model.revision)
+    check_base(run_dir, resolved)
+    tokenizer = models.load_tokenizer(models.Resolved(str(run_dir / "tokenizer"), "local"), recipe.model)
+    base = build_base(recipe, task, resolved, labels, quantized=quantized)
+    model = recipe.method.load(base, run_dir)
+    model.eval()
+    return Trained(recipe, task, model, tokenizer, labels, run_dir)

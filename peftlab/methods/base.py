@@ -1,0 +1,63 @@
+"""What every method provides, and the shared save/load of methods that peft implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from ..errors import check
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a method needs to know about the model it wraps."""
+
+    heads: tuple[str, ...]  # task-head modules present in the model: trainable, saved with the adapter
+    peft_task_type: str  # peft TaskType name, e.g. "SEQ_CLS"
+    quantized: bool  # the base holds 4-bit/8-bit weights
+
+
+class Method:
+    kind: ClassVar[str]
+    mergeable: ClassVar[bool] = False  # can be folded into the base weights (peftlab.merge)
+    quantizable: ClassVar[bool] = False  # may run on a 4-bit / 8-bit base
+    saves: ClassVar[str] = "adapter"  # sub-folder of the run directory holding the trained weights
+
+    def check(self, where: str) -> None:
+        """Range checks of the method's own fields."""
+
+    def check_recipe(self, recipe) -> None:
+        """Combination checks, run at recipe load before any model is loaded."""
+        check(recipe.quant is None or self.quantizable,
+              f"recipe.method: {type(self).__name__} cannot run on a quantized base; set quant=None "
+              "or use LoRA, DoRA, IA3 or a bottleneck adapter")
+
+    def wrap(self, model, ctx: Context):
+        raise NotImplementedError
+
+    def save(self, model, run_dir: Path) -> None:
+        raise NotImplementedError
+
+    def load(self, base_model, run_dir: Path):
+        raise NotImplementedError
+
+
+class PeftMethod(Method):
+    """Methods implemented by peft: wrap with a peft config, save/load in standard peft format."""
+
+    def peft_config(self, ctx: Context):
+        raise NotImplementedError
+
+    def wrap(self, model, ctx: Context):
+        from peft import get_peft_model
+
+        return get_peft_model(model, self.peft_config(ctx))
+
+    def save(self, model, run_dir: Path) -> None:
+        model.save_pretrained(run_dir / self.saves)  # adapter_config.json + adapter_model.safetensors (+ head)
+
+    def load(self, base_model, run_dir: Path):
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(base_model, run_dir / self.saves)

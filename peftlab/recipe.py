@@ -1,0 +1,303 @@
+"""Recipes: plain frozen dataclasses, loaded from a Python file and validated field by field.
+
+A recipe module defines a top-level `recipe = Recipe(...)`. `load_recipe(path, overrides)` executes it,
+applies `--set a.b=value` overrides with type checking, and validates every field, so a bad recipe fails
+with one line naming the field and the fix before any model or data is touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import runpy
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from .errors import PeftlabError, check
+
+Task = Literal["classification", "regression", "token_classification", "qa", "causal_lm"]
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str  # Hub id, local folder, or a name with a packaged offline copy (see models.py)
+    task: Task = "classification"
+    labels: Optional[list[str]] = None  # label names, index = class id (classification)
+    trust_remote_code: bool = False  # executes code from the model repo: off unless asked for
+    revision: Optional[str] = None
+
+    def check(self, where: str) -> None:
+        if self.labels is not None:
+            check(len(self.labels) >= 2, f"{where}.labels: need at least 2 label names, got {self.labels}")
+            check(len(set(self.labels)) == len(self.labels), f"{where}.labels: names must be unique")
+
+
+@dataclass(frozen=True)
+class Data:
+    name: str  # Hub dataset ("glue/sst2", "user/ds") or local folder; offline: <data_dir>/<last part of name>
+    text: str = "text"  # input column
+    text_pair: Optional[str] = None  # second input column for sentence-pair tasks
+    label: str = "label"
+    max_length: int = 128  # truncation length; batches are padded dynamically, never to this length
+    train_split: str = "train"
+    eval_split: str = "validation"
+    train_limit: Optional[int] = None  # use a seeded random subset of this many training examples
+    eval_limit: Optional[int] = None
+
+    def check(self, where: str) -> None:
+        check(8 <= self.max_length <= 8192, f"{where}.max_length={self.max_length}: use a value in 8..8192")
+        for name in ("train_limit", "eval_limit"):
+            value = getattr(self, name)
+            check(value is None or value > 0, f"{where}.{name}={value}: use a positive count or None for all")
+
+
+@dataclass(frozen=True)
+class Train:
+    epochs: float = 1.0
+    lr: float = 5e-4
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear"
+    seed: int = 0
+    max_steps: Optional[int] = None  # stop after this many optimizer steps (overrides epochs)
+    early_stopping_patience: Optional[int] = None  # evaluations without improvement before stopping
+    evals_per_epoch: int = 1
+    logging_steps: int = 50
+    group_by_length: bool = True  # batches of similar length: far less padding, same data
+
+    def check(self, where: str) -> None:
+        check(0 < self.epochs <= 100, f"{where}.epochs={self.epochs}: use a value in (0, 100]")
+        check(0 < self.lr < 1, f"{where}.lr={self.lr}: the learning rate must be in (0, 1), e.g. 5e-4")
+        check(self.batch_size >= 1, f"{where}.batch_size={self.batch_size}: use a positive batch size")
+        check(self.eval_batch_size >= 1, f"{where}.eval_batch_size={self.eval_batch_size}: use a positive size")
+        check(0 <= self.warmup_ratio < 1, f"{where}.warmup_ratio={self.warmup_ratio}: use a value in [0, 1)")
+        check(self.weight_decay >= 0, f"{where}.weight_decay={self.weight_decay}: must be >= 0")
+        check(self.max_grad_norm > 0, f"{where}.max_grad_norm={self.max_grad_norm}: must be > 0")
+        check(self.seed >= 0, f"{where}.seed={self.seed}: use a non-negative seed")
+        check(self.max_steps is None or self.max_steps > 0, f"{where}.max_steps={self.max_steps}: must be > 0")
+        check(self.early_stopping_patience is None or self.early_stopping_patience > 0,
+              f"{where}.early_stopping_patience: must be > 0 or None")
+        check(self.evals_per_epoch >= 1, f"{where}.evals_per_epoch={self.evals_per_epoch}: must be >= 1")
+        check(self.logging_steps >= 1, f"{where}.logging_steps={self.logging_steps}: must be >= 1")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    model: Model
+    data: Data
+    method: Any  # one of the registered method dataclasses (peftlab.methods)
+    train: Train = field(default_factory=Train)
+    quant: Any = None  # None, Quant4bit or Quant8bit (peftlab.quant)
+
+    def check(self, where: str) -> None:
+        check(re.fullmatch(r"[A-Za-z0-9_.-]+", self.name) is not None,
+              f"{where}.name={self.name!r}: use letters, digits, '_', '-' or '.' (it names files)")
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+def _method_classes() -> tuple[type, ...]:
+    from .methods import METHODS
+
+    return tuple(METHODS.values())
+
+
+def _quant_classes() -> tuple[type, ...]:
+    from .quant import QUANTS
+
+    return tuple(QUANTS.values())
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if tp is type(None):
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(tp))
+    if origin is Literal:
+        return value in typing.get_args(tp)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _describe(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    return _type_name(tp)
+
+
+def validate(obj: Any, where: str = "recipe") -> None:
+    """Check types of every field (recursively), then each part's own range checks."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value, tp, path = getattr(obj, f.name), hints[f.name], f"{where}.{f.name}"
+        if f.name == "method":
+            check(isinstance(value, _method_classes()),
+                  f"{path}: {type(value).__name__} is not a method; use one of "
+                  + ", ".join(c.__name__ for c in _method_classes()))
+        elif f.name == "quant" and isinstance(obj, Recipe):
+            check(value is None or isinstance(value, _quant_classes()),
+                  f"{path}: use None, " + " or ".join(c.__name__ + "(...)" for c in _quant_classes()))
+        else:
+            check(_matches(value, tp), f"{path}={value!r}: expected {_describe(tp)}")
+        if dataclasses.is_dataclass(value):
+            validate(value, path)
+    if hasattr(obj, "check"):
+        obj.check(where)
+    if isinstance(obj, Recipe):
+        obj.method.check_recipe(obj)
+        if obj.quant is not None:
+            obj.quant.check_recipe(obj)
+
+
+# ------------------------------------------------------------------------------------------------- loading
+
+_UNKNOWN_KWARG = re.compile(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'")
+
+
+def _unknown_field_message(err: TypeError, path: Path) -> str | None:
+    match = _UNKNOWN_KWARG.search(str(err))
+    if not match:
+        return None
+    cls_name, key = match.groups()
+    import peftlab
+
+    cls = getattr(peftlab, cls_name, None)
+    valid = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+    hint = difflib.get_close_matches(key, valid, n=1)
+    suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+    return f"{path}: unknown field '{key}' in {cls_name}{suggestion}; valid fields: {', '.join(valid)}"
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    path = Path(path)
+    check(path.is_file(), f"recipe file {path} not found: pass the path of a recipes/*.py file")
+    sys.path.insert(0, str(path.resolve().parent))  # recipes import their base recipe by module name
+    try:
+        namespace = runpy.run_path(str(path))
+    except SyntaxError as err:
+        raise PeftlabError(f"{path}:{err.lineno}: syntax error in recipe: {err.msg}") from None
+    except TypeError as err:
+        raise PeftlabError(_unknown_field_message(err, path) or f"{path}: {err}") from None
+    except PeftlabError:
+        raise
+    except Exception as err:  # the recipe is user code: report where it failed, in one line
+        raise PeftlabError(f"{path}: recipe raised {type(err).__name__}: {err}") from None
+    finally:
+        sys.path.remove(str(path.resolve().parent))
+    recipe = namespace.get("recipe")
+    check(isinstance(recipe, Recipe), f"{path}: define a top-level `recipe = Recipe(...)`")
+    recipe = apply_overrides(recipe, overrides)
+    validate(recipe)
+    return recipe
+
+
+# ----------------------------------------------------------------------------------------------- overrides
+
+def _parse_value(text: str, tp: Any, path: str) -> Any:
+    """Turn the text of `--set path=text` into a value of the field's declared type."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if text.lower() in ("none", "null") and type(None) in args:
+            return None
+        errors = []
+        candidates = [a for a in args if a is not type(None)]
+        if "," in text:  # "a,b" reads as a list where the field accepts one
+            candidates.sort(key=lambda a: typing.get_origin(a) is not list)
+        for arg in candidates:
+            try:
+                return _parse_value(text, arg, path)
+            except PeftlabError as err:
+                errors.append(str(err))
+        raise PeftlabError(errors[0] if errors else f"--set {path}: cannot parse {text!r}")
+    if origin is list:
+        return [_parse_value(item.strip(), args[0], path) for item in text.split(",") if item.strip()]
+    if origin is Literal:
+        check(text in args, f"--set {path}={text}: expected one of {', '.join(map(str, args))}")
+        return text
+    if tp is bool:
+        check(text.lower() in ("true", "false", "1", "0"), f"--set {path}={text}: expected true or false")
+        return text.lower() in ("true", "1")
+    if tp in (int, float):
+        try:
+            return tp(text) if tp is float else int(text)
+        except ValueError:
+            raise PeftlabError(f"--set {path}={text}: expected {tp.__name__}") from None
+    if tp is str or tp is Any:
+        return text
+    raise PeftlabError(f"--set {path}: fields of type {_type_name(tp)} cannot be set from the command line")
+
+
+def _set(obj: Any, keys: list[str], text: str, path: str) -> Any:
+    names = [f.name for f in dataclasses.fields(obj)]
+    key = keys[0]
+    if key not in names:
+        hint = difflib.get_close_matches(key, names, n=1)
+        raise PeftlabError(f"--set {path}: {type(obj).__name__} has no field '{key}'"
+                           + (f" (did you mean '{hint[0]}'?)" if hint else "")
+                           + f"; valid fields: {', '.join(names)}")
+    current = getattr(obj, key)
+    if len(keys) > 1:
+        check(dataclasses.is_dataclass(current), f"--set {path}: '{key}' has no sub-fields")
+        return dataclasses.replace(obj, **{key: _set(current, keys[1:], text, path)})
+    check(not dataclasses.is_dataclass(current), f"--set {path}: set one of its fields, e.g. {path}.<field>=...")
+    tp = typing.get_type_hints(type(obj))[key]
+    return dataclasses.replace(obj, **{key: _parse_value(text, tp, path)})
+
+
+def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
+    for item in overrides:
+        path, sep, text = item.partition("=")
+        check(bool(sep) and bool(path), f"--set {item!r}: use the form section.field=value, e.g. train.lr=1e-4")
+        recipe = _set(recipe, path.strip().split("."), text.strip(), path.strip())
+    return recipe
+
+
+# ------------------------------------------------------------------------------------- records (run dirs)
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    """Plain JSON-able form, with the kind of method and quantization named so it can be rebuilt."""
+    out = dataclasses.asdict(recipe)
+    out["method"] = {"kind": recipe.method.kind, **dataclasses.asdict(recipe.method)}
+    if recipe.quant is not None:
+        out["quant"] = {"kind": recipe.quant.kind, **dataclasses.asdict(recipe.quant)}
+    return out
+
+
+def recipe_from_dict(data: dict) -> Recipe:
+    from .methods import METHODS
+    from .quant import QUANTS
+
+    method = dict(data["method"])
+    quant = dict(data["quant"]) if data.get("quant") else None
+    recipe = Recipe(
+        name=data["name"],
+        model=Model(**data["model"]),
+        data=Data(**data["data"]),
+        method=METHODS[method.pop("kind")](**method),
+        train=Train(**data["train"]),
+        quant=QUANTS[quant.pop("kind")](**quant) if quant else None,
+    )
+    validate(recipe)
+    return recipe

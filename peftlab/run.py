@@ -1,0 +1,179 @@
+"""python -m peftlab.run RECIPE [--set a.b=value ...] — one run, end to end:
+recipe -> data -> model (+ quantization) -> method -> train -> evaluate -> save -> report."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from . import data as data_stage
+from . import measure, models, rundir
+from . import report as report_stage
+from .errors import PeftlabError
+from .recipe import load_recipe, recipe_to_dict
+
+
+def _saved_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def build_base(recipe, task, resolved, label_names, quantized: bool = True):
+    """The base model with its task head: quantized if the recipe asks (head kept in full precision)."""
+    from transformers import set_seed
+
+    quant = recipe.quant if quantized else None
+    quant_config = quant.bnb_config(list(task.HEADS)) if quant else None
+    set_seed(recipe.train.seed)  # the new task head is initialised from the seed
+    model = models.load_model(resolved, recipe.model, task.MODEL_CLASS, quant_config, **task.model_kwargs(label_names))
+    if quant is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return model
+
+
+def build_model(recipe, task, resolved, label_names):
+    """The base wrapped with the recipe's method, adapters initialised from the seed."""
+    from transformers import set_seed
+
+    from .methods.base import Context
+
+    model = build_base(recipe, task, resolved, label_names)
+    present = tuple(h for h in task.HEADS if hasattr(model, h))
+    set_seed(recipe.train.seed)  # whatever loading consumed, adapters start from the same state
+    return recipe.method.wrap(model, Context(present, task.PEFT_TASK_TYPE, recipe.quant is not None))
+
+
+def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, command: str) -> dict:
+    from transformers import set_seed
+
+    from .tasks import get_task
+    from .training import best_eval, build_trainer, eval_metrics
+
+    started = time.perf_counter()
+    task = get_task(recipe.model.task)
+    set_seed(recipe.train.seed)
+    rundir.write_json(run_dir / "recipe.json", recipe_to_dict(recipe))
+    shutil.copyfile(recipe_path, run_dir / "recipe.py")
+
+    resolved = models.resolve(recipe.model.name, recipe.model.revision)
+    tokenizer = models.load_tokenizer(resolved, recipe.model)
+    splits = data_stage.load_splits(recipe.data, data_root, recipe.train.seed)
+    label_names = task.labels(recipe, splits.train)
+    train_ds = task.prepare(splits.train, tokenizer, recipe, label_names, "train")
+    eval_ds = task.prepare(splits.eval, tokenizer, recipe, label_names, recipe.data.eval_split)
+
+    env = measure.environment() | {
+        "command": command,
+        "seed": recipe.train.seed,
+        "model": {"source": resolved.source, "path": resolved.path, "fingerprint": models.weights_fingerprint(resolved)},
+        "data": {"source": splits.source, "files": splits.files, "train_examples": len(train_ds),
+                 "eval_examples": len(eval_ds)},
+    }
+    rundir.write_json(run_dir / "environment.json", env)
+
+    model = build_model(recipe, task, resolved, label_names)
+    params = measure.count_parameters(model)
+    trainer, timer = build_trainer(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir / "checkpoints")
+    trainer.train()
+    state = trainer.state
+    rundir.write_json(run_dir / "log_history.json", state.log_history)
+    final = best_eval(state.log_history, state.best_model_checkpoint)
+
+    recipe.method.save(trainer.model, run_dir)
+    tokenizer.save_pretrained(run_dir / "tokenizer")
+    rundir.remove_checkpoints(run_dir)
+    epochs_done = state.global_step / max(1, -(-len(train_ds) // recipe.train.batch_size))
+    samples = state.global_step * recipe.train.batch_size
+    tokens = sum(train_ds["length"]) * epochs_done
+    metrics = {
+        "task_metrics": eval_metrics(final),
+        "best_step": final.get("step"),
+        "labels": label_names,
+        **params,
+        "steps": state.global_step,
+        "epochs": epochs_done,
+        "train_seconds": timer.train_seconds,
+        "train_samples_per_second": min(samples, len(train_ds) * epochs_done) / max(timer.train_seconds, 1e-9),
+        "train_tokens_per_second": tokens / max(timer.train_seconds, 1e-9),
+        "wall_seconds": time.perf_counter() - started,
+        "saved_bytes": _saved_bytes(run_dir / recipe.method.saves),
+        **measure.peak_memory(),
+    }
+    rundir.write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def summary_table(recipe, metrics: dict, run_dir: Path):
+    from rich.table import Table
+
+    table = Table(title=f"{recipe.name} — {run_dir}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in metrics["task_metrics"].items():
+        table.add_row(key, f"{value:.4f}")
+    table.add_row("trainable params", f"{metrics['trainable_params']:,} ({metrics['trainable_percent']:.2f} %)")
+    table.add_row("train time", f"{metrics['train_seconds']:.1f} s")
+    table.add_row("samples/s", f"{metrics['train_samples_per_second']:.1f}")
+    table.add_row("peak memory (RSS)", measure.human_bytes(metrics["peak_rss_bytes"]))
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m peftlab.run", description=__doc__.splitlines()[0])
+    parser.add_argument("recipe", type=Path, help="a recipes/*.py file defining `recipe = Recipe(...)`")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="a.b=value",
+                        help="override a recipe field, e.g. --set train.epochs=2 --set method.r=16")
+    parser.add_argument("--data-dir", default=None,
+                        help=f"local data folder (default: ${data_stage.DATA_DIR_ENV}; unset: the Hub)")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where run directories go")
+    parser.add_argument("--reports-dir", type=Path, default=Path("reports"),
+                        help="where the report and metrics are copied ('' to skip)")
+    args = parser.parse_args(argv)
+    command = shlex.join(["python", "-m", "peftlab.run", *argv])
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    run_dir = None
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)  # every check before anything is created
+        data_root = data_stage.data_dir(args.data_dir)
+        reports_dir = args.reports_dir if str(args.reports_dir) else None
+        run_dir = rundir.create(args.runs_dir, recipe.name)
+        console.print(f"run directory: {run_dir}")
+        metrics = execute(recipe, args.recipe, run_dir, data_root, command)
+        rundir.set_status(run_dir, rundir.FINISHED)
+        report = report_stage.write(run_dir, reports_dir)
+        console.print(summary_table(recipe, metrics, run_dir))
+        console.print(f"report: {report}" + (f" (copied to {reports_dir}/{recipe.name}.md)" if reports_dir else ""))
+        return 0
+    except PeftlabError as err:
+        _record_failure(run_dir, "failed", str(err))
+        console.print(f"[bold red]error:[/] {err}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        _record_failure(run_dir, "interrupted", "interrupted by the user")
+        console.print("interrupted")
+        return 130
+    except Exception as err:
+        _record_failure(run_dir, "failed", f"{type(err).__name__}: {err}")
+        raise
+
+
+def _record_failure(run_dir: Path | None, state: str, message: str) -> None:
+    if run_dir is None:
+        return
+    rundir.write_atomic(run_dir / "traceback.txt", traceback.format_exc())
+    rundir.set_status(run_dir, state, message.splitlines()[0] if message else state)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

@@ -1,0 +1,19 @@
+"""One module per task. Each exposes the same names:
+
+MODEL_CLASS, PEFT_TASK_TYPE, BEST_METRIC, HEADS (task-head module names, kept trainable and never quantized),
+labels(recipe, splits), model_kwargs(labels), prepare(dataset, tokenizer, recipe, labels, split),
+collator(tokenizer), compute_metrics(eval_pred), predict(model, tokenizer, texts, labels).
+"""
+
+from importlib import import_module
+
+TASK_MODULES = {
+    "classification": "classification",
+}
+
+
+def get_task(name: str):
+    from ..errors import check
+
+    check(name in TASK_MODULES, f"model.task={name!r} is not implemented yet; available: {', '.join(TASK_MODULES)}")
+    return import_module(f"{__name__}.{TASK_MODULES[name]}")

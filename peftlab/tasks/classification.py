@@ -1,0 +1,86 @@
+"""Sequence classification (single sentence or sentence pair): accuracy and macro-F1."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
+
+from ..data import require_columns
+from ..errors import check
+from ..metrics import Accuracy, MacroF1
+
+MODEL_CLASS = AutoModelForSequenceClassification
+PEFT_TASK_TYPE = "SEQ_CLS"
+BEST_METRIC = "accuracy"
+HEADS = ("classifier", "score")
+
+
+def labels(recipe, train) -> list[str]:
+    """Label names from the recipe, or else the sorted distinct values of the training labels."""
+    data = recipe.data
+    require_columns(train, [data.text, data.label] + ([data.text_pair] if data.text_pair else []), "train")
+    if recipe.model.labels:
+        return list(recipe.model.labels)
+    return [str(v) for v in sorted(set(train[data.label]))]
+
+
+def model_kwargs(label_names: list[str]) -> dict:
+    return {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
+            "label2id": {name: i for i, name in enumerate(label_names)}}
+
+
+def _label_ids(values, label_names: list[str], split: str) -> list[int]:
+    index = {name: i for i, name in enumerate(label_names)}
+    ids = []
+    for value in values:
+        if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            check(0 <= value < len(label_names),
+                  f"{split} split: label {value} outside 0..{len(label_names) - 1}; fix the data or model.labels")
+            ids.append(int(value))
+        else:
+            check(str(value) in index, f"{split} split: label {value!r} is not one of {label_names}; "
+                                       "fix the data or model.labels")
+            ids.append(index[str(value)])
+    return ids
+
+
+def prepare(dataset, tokenizer, recipe, label_names: list[str], split: str):
+    data = recipe.data
+    require_columns(dataset, [data.text, data.label] + ([data.text_pair] if data.text_pair else []), split)
+
+    def encode(batch):
+        for column in [data.text] + ([data.text_pair] if data.text_pair else []):
+            empty = [i for i, t in enumerate(batch[column]) if not isinstance(t, str) or not t.strip()]
+            check(not empty, f"{split} split: empty text in column '{column}'; remove or fill those rows")
+        pair = batch[data.text_pair] if data.text_pair else None
+        encoded = tokenizer(batch[data.text], pair, truncation=True, max_length=data.max_length)
+        encoded["labels"] = _label_ids(batch[data.label], label_names, split)
+        encoded["length"] = [len(ids) for ids in encoded["input_ids"]]  # for length-grouped batches
+        return encoded
+
+    return dataset.map(encode, batched=True, remove_columns=dataset.column_names,
+                       desc=f"tokenizing {split}")
+
+
+def collator(tokenizer):
+    return DataCollatorWithPadding(tokenizer)  # pads each batch to its own longest sequence
+
+
+def compute_metrics(eval_pred) -> dict:
+    logits, references = eval_pred.predictions, eval_pred.label_ids
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    predictions = np.argmax(logits, axis=-1)
+    return {**Accuracy().compute(predictions=predictions, references=references),
+            **MacroF1().compute(predictions=predictions, references=references)}
+
+
+@torch.no_grad()
+def predict(model, tokenizer, texts: list[str], label_names: list[str], max_length: int = 128) -> list[dict]:
+    model.eval()
+    batch = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    batch = {k: v.to(model.device) for k, v in batch.items()}
+    probs = torch.softmax(model(**batch).logits.float(), dim=-1)
+    best = probs.argmax(dim=-1)
+    return [{"text": t, "label": label_names[int(i)], "probability": float(p[i])}
+            for t, i, p in zip(texts, best, probs)]

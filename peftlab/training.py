@@ -1,0 +1,165 @@
+"""Training with transformers' Trainer: the recipe's Train part mapped onto TrainingArguments, plus callbacks
+for rich progress, an evaluation at the very last step, and timing that leaves evaluation out."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
+
+
+class EvaluateAtEnd(TrainerCallback):
+    """Evaluate and checkpoint at the last step too, so best-model selection sees the final weights
+    (Trainer's step/epoch schedule alone can skip the end when steps don't divide evenly)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_evaluate = True
+            control.should_save = True
+        return control
+
+
+class StepTimer(TrainerCallback):
+    """Wall time of training steps only (data loading, forward, backward, optimizer), without evaluation."""
+
+    def __init__(self):
+        self.train_seconds = 0.0
+        self._last = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        self.train_seconds += now - self._last
+        self._last = now
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self._last = time.perf_counter()  # skip the evaluation (and the save before the next step)
+
+    def on_save(self, args, state, control, **kwargs):
+        self._last = time.perf_counter()
+
+
+class RichProgress(TrainerCallback):
+    """Steps, loss, samples/s and ETA; on a non-terminal (CI, logs) one plain line per logging step."""
+
+    def __init__(self, batch_size: int, console: Console | None = None):
+        self.console = console or Console(stderr=True)
+        self.batch_size = batch_size
+        self.progress = None
+        self.loss = float("nan")
+        self.start = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+        if self.console.is_terminal:
+            self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("loss {task.fields[loss]:.4f}"),
+                                     TextColumn("{task.fields[rate]:.1f} samples/s"),
+                                     TimeElapsedColumn(), TimeRemainingColumn(), console=self.console)
+            self.task = self.progress.add_task("train", total=state.max_steps, loss=self.loss, rate=0.0)
+            self.progress.start()
+
+    def _rate(self, state) -> float:
+        return state.global_step * self.batch_size / max(time.perf_counter() - self.start, 1e-9)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress:
+            self.progress.update(self.task, completed=state.global_step, loss=self.loss, rate=self._rate(state))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "loss" in logs:
+            self.loss = logs["loss"]
+        if self.progress is None and ("loss" in logs or "eval_loss" in logs):
+            shown = {k: round(v, 4) for k, v in logs.items() if isinstance(v, float)}
+            self.console.print(f"step {state.global_step}/{state.max_steps} "
+                               f"{self._rate(state):.1f} samples/s {shown}", highlight=False, soft_wrap=True)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress:
+            self.progress.stop()
+
+
+def total_steps(recipe, n_train: int) -> tuple[int, int]:
+    """(steps per epoch, total optimizer steps)."""
+    per_epoch = math.ceil(n_train / recipe.train.batch_size)
+    total = recipe.train.max_steps or math.ceil(per_epoch * recipe.train.epochs)
+    return per_epoch, total
+
+
+def training_arguments(recipe, out_dir: Path, n_train: int, best_metric: str) -> TrainingArguments:
+    t = recipe.train
+    per_epoch, total = total_steps(recipe, n_train)
+    eval_every = max(1, min(total, per_epoch // t.evals_per_epoch))
+    return TrainingArguments(
+        output_dir=str(out_dir),
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.eval_batch_size,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        learning_rate=t.lr,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        warmup_steps=t.warmup_ratio,  # transformers 5: a float < 1 is a ratio of total steps
+        lr_scheduler_type=t.scheduler,
+        optim="adamw_torch",
+        eval_strategy="steps",
+        eval_steps=eval_every,
+        save_strategy="steps",
+        save_steps=eval_every,
+        save_total_limit=1,  # the best checkpoint is kept in addition
+        load_best_model_at_end=True,
+        metric_for_best_model=best_metric,
+        greater_is_better=True,
+        logging_strategy="steps",
+        logging_steps=t.logging_steps,
+        seed=t.seed,
+        data_seed=t.seed,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        length_column_name="length",
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def build_trainer(recipe, task, model, tokenizer, train_ds, eval_ds, out_dir: Path) -> tuple[Trainer, StepTimer]:
+    timer = StepTimer()
+    callbacks = [EvaluateAtEnd(), timer, RichProgress(recipe.train.batch_size)]
+    if recipe.train.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.train.early_stopping_patience))
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(recipe, out_dir, len(train_ds), task.BEST_METRIC),
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        data_collator=task.collator(tokenizer),
+        compute_metrics=task.compute_metrics,
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)  # RichProgress shows the logs
+    return trainer, timer
+
+
+def eval_metrics(logs: dict) -> dict:
+    """Task metrics and loss from an evaluation log entry, without the "eval_" prefix and timing keys."""
+    timing = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
+    return {k[5:]: v for k, v in logs.items() if k.startswith("eval_") and k not in timing}
+
+
+def best_eval(log_history: list[dict], best_checkpoint: str | None) -> dict:
+    """The evaluation record of the checkpoint Trainer loaded as best (or the last one)."""
+    evals = [e for e in log_history if "eval_loss" in e]
+    if best_checkpoint:
+        step = int(best_checkpoint.rstrip("/").rsplit("-", 1)[-1])
+        evals = [e for e in evals if e["step"] == step] or evals
+    return evals[-1] if evals else {}

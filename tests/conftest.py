@@ -1,0 +1,93 @@
+"""Tiny models and data built inside the tests: no Hub, no packaged weights, seconds per run."""
+
+from __future__ import annotations
+
+import os
+import random
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(2)
+
+POSITIVE = ["good", "great", "fun", "lovely", "brilliant", "moving"]
+NEGATIVE = ["bad", "dull", "awful", "boring", "mess", "tedious"]
+FILLER = ["the", "a", "film", "movie", "plot", "is", "was", "very", "quite", "and", "story", "acting", "really"]
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+VOCAB = SPECIAL + POSITIVE + NEGATIVE + FILLER
+
+
+def make_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {word: i for i, word in enumerate(VOCAB)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=64)
+
+
+def make_bert(path: Path, seed: int = 0, hidden: int = 32) -> Path:
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(VOCAB), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=2 * hidden, max_position_embeddings=64, type_vocab_size=2)
+    BertModel(config).save_pretrained(path)
+    make_tokenizer().save_pretrained(path)
+    return path
+
+
+def sentiment_rows(n: int, seed: int) -> list[tuple[str, int]]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.randint(0, 1)
+        words = rng.choices(FILLER, k=rng.randint(2, 8)) + [rng.choice(POSITIVE if label else NEGATIVE)]
+        rng.shuffle(words)
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def write_tsv(path: Path, rows, header=("sentence", "label")) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\t".join(header) + "\n" + "".join("\t".join(map(str, r)) + "\n" for r in rows))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return make_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    write_tsv(root / "sst2" / "train.tsv", sentiment_rows(256, seed=1))
+    write_tsv(root / "sst2" / "validation.tsv", sentiment_rows(64, seed=2))
+    return root
+
+
+def write_recipe(path: Path, model_dir: Path, method: str = "LoRA(r=4, alpha=8, target=['query', 'value'])",
+                 train: str = "epochs=3, lr=5e-3, batch_size=16, logging_steps=5", extra: str = "",
+                 name: str = "tiny", imports: str = "") -> Path:
+    path.write_text(textwrap.dedent(f"""\
+        from peftlab import *
+        {imports}
+        recipe = Recipe(
+            name={name!r},
+            model=Model({str(model_dir)!r}, task="classification", labels=["negative", "positive"]),
+            data=Data("glue/sst2", text="sentence", label="label", max_length=32),
+            method={method},
+            train=Train({train}),
+            {extra}
+        )
+        """))
+    return path

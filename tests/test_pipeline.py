@@ -1,0 +1,139 @@
+"""The whole pipeline on a tiny BERT: run -> run directory -> report -> reload -> predict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from peftlab import predict, rundir
+from peftlab import run as run_cli
+from peftlab.loading import load_trained
+
+from conftest import make_bert, write_recipe
+
+
+def _run(tmp_path: Path, recipe: Path, data_dir: Path, *extra: str) -> Path:
+    runs = tmp_path / "runs"
+    code = run_cli.main([str(recipe), "--data-dir", str(data_dir), "--runs-dir", str(runs),
+                         "--reports-dir", str(tmp_path / "reports"), *extra])
+    assert code == 0
+    (run_dir,) = [p for p in runs.iterdir() if rundir.status(p) == "finished" and p.name.startswith("tiny")][-1:]
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, tiny_bert, data_dir):
+    tmp = tmp_path_factory.mktemp("lora")
+    recipe = write_recipe(tmp / "r.py", tiny_bert, method="LoRA(r=4, alpha=8, target='all-linear')",
+                          train="epochs=4, lr=1e-2, batch_size=16, logging_steps=4, evals_per_epoch=2")
+    return tmp, _run(tmp, recipe, data_dir)
+
+
+def test_run_directory_is_complete(lora_run):
+    tmp, run_dir = lora_run
+    for name in ("status.json", "recipe.json", "recipe.py", "environment.json", "metrics.json", "log_history.json",
+                 "report.md", "adapter/adapter_config.json", "adapter/adapter_model.safetensors",
+                 "tokenizer/tokenizer.json"):
+        assert (run_dir / name).is_file(), name
+    assert not (run_dir / "checkpoints").exists()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    env = json.loads((run_dir / "environment.json").read_text())
+    assert env["data"]["files"]["sst2/train.tsv"] and env["seed"] == 0 and env["versions"]["peft"]
+    assert env["model"]["fingerprint"] and env["command"].startswith("python -m peftlab.run")
+    assert 0 < metrics["trainable_params"] < metrics["total_params"]
+    assert metrics["peak_rss_bytes"] > 100 * 2**20 and metrics["train_samples_per_second"] > 0
+    # the report and its machine-readable twin are copied to reports/, and show the recorded figures
+    report = (tmp / "reports" / "tiny.md").read_text()
+    assert json.loads((tmp / "reports" / "tiny.json").read_text()) == metrics
+    assert f"{metrics['task_metrics']['accuracy']:.4f}" in report
+    assert f"{metrics['trainable_params']:,}" in report and env["command"] in report
+
+
+def test_training_learns_the_task(lora_run):
+    _, run_dir = lora_run
+    history = json.loads((run_dir / "log_history.json").read_text())
+    losses = [e["loss"] for e in history if "loss" in e and "eval_loss" not in e]
+    assert losses[-1] < losses[0] * 0.7
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["task_metrics"]["accuracy"] >= 0.9  # the tiny task is separable by one word
+
+
+def test_reload_restores_trained_head_and_scores(lora_run, data_dir, capsys):
+    """peft #577/#876: a reloaded classification adapter must bring back its trained head."""
+    _, run_dir = lora_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    trained = load_trained(run_dir)
+    assert predict.main([str(run_dir), "--eval", "--data-dir", str(data_dir)]) == 0
+    scored = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["eval"]
+    assert scored["accuracy"] == pytest.approx(metrics["task_metrics"]["accuracy"])
+    assert scored["loss"] == pytest.approx(metrics["task_metrics"]["loss"], abs=1e-5)
+    # the head really is the trained one, not a fresh random init
+    head = trained.model.base_model.model.classifier
+    saved = trained.model.peft_config["default"].modules_to_save
+    assert "classifier" in saved and not torch.allclose(head.modules_to_save["default"].weight,
+                                                        head.original_module.weight)
+
+
+def test_predict_texts(lora_run, capsys):
+    _, run_dir = lora_run
+    assert predict.main([str(run_dir), "a great and lovely film", "a dull boring mess"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r["label"] for r in rows] == ["positive", "negative"]
+    assert all(0.5 < r["probability"] <= 1 for r in rows)
+
+
+def test_same_seed_same_metrics(tmp_path, tiny_bert, data_dir):
+    recipe = write_recipe(tmp_path / "r.py", tiny_bert, train="epochs=1, lr=5e-3, batch_size=16, seed=3")
+    first = json.loads((_run(tmp_path / "a", recipe, data_dir) / "metrics.json").read_text())
+    second = json.loads((_run(tmp_path / "b", recipe, data_dir) / "metrics.json").read_text())
+    assert first["task_metrics"] == second["task_metrics"]
+
+
+def test_full_fine_tuning_saves_whole_model(tmp_path, tiny_bert, data_dir):
+    recipe = write_recipe(tmp_path / "r.py", tiny_bert, method="FullFineTuning()",
+                          train="epochs=1, lr=1e-3, batch_size=32")
+    run_dir = _run(tmp_path, recipe, data_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["trainable_params"] == metrics["total_params"]
+    assert (run_dir / "model" / "model.safetensors").is_file()
+    trained = load_trained(run_dir)
+    assert not hasattr(trained.model, "peft_config")
+
+
+def test_bad_input_leaves_no_run_directory(tmp_path, tiny_bert, data_dir, capsys):
+    runs = tmp_path / "runs"
+    recipe = write_recipe(tmp_path / "r.py", tiny_bert, method="LoRA(r=0)")
+    assert run_cli.main([str(recipe), "--data-dir", str(data_dir), "--runs-dir", str(runs)]) == 2
+    assert "method.r=0" in capsys.readouterr().err and not runs.exists()
+
+
+def test_missing_column_marks_run_failed(tmp_path, tiny_bert, data_dir, capsys):
+    runs = tmp_path / "runs"
+    recipe = write_recipe(tmp_path / "r.py", tiny_bert)
+    recipe.write_text(recipe.read_text().replace('text="sentence"', 'text="review"'))
+    assert run_cli.main([str(recipe), "--data-dir", str(data_dir), "--runs-dir", str(runs),
+                         "--reports-dir", str(tmp_path / "reports")]) == 2
+    err = capsys.readouterr().err
+    assert "no column 'review'" in err and "set data.text/data.label" in err
+    (run_dir,) = runs.iterdir()
+    assert rundir.status(run_dir) == "failed" and not (run_dir / "report.md").exists()
+    assert not (tmp_path / "reports").exists()
+    with pytest.raises(Exception, match="is 'failed', not finished"):
+        load_trained(run_dir)
+
+
+def test_adapter_refused_on_a_different_base(lora_run, tmp_path):
+    _, run_dir = lora_run
+    other = make_bert(tmp_path / "other-bert", seed=7)
+    recipe = json.loads((run_dir / "recipe.json").read_text())
+    recipe["model"]["name"] = str(other)
+    copy = tmp_path / "run-copy"
+    import shutil
+
+    shutil.copytree(run_dir, copy)
+    (copy / "recipe.json").write_text(json.dumps(recipe))
+    with pytest.raises(Exception, match="trained on base weights sha256"):
+        load_trained(copy)
