@@ -27,8 +27,8 @@ def _run(tmp_path: Path, recipe: Path, data_dir: Path, *extra: str) -> Path:
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory, tiny_bert, data_dir):
     tmp = tmp_path_factory.mktemp("lora")
-    recipe = write_recipe(tmp / "r.py", tiny_bert, method="LoRA(r=4, alpha=8, target='all-linear')",
-                          train="epochs=4, lr=1e-2, batch_size=16, logging_steps=4, evals_per_epoch=2")
+    recipe = write_recipe(tmp / "r.py", tiny_bert, method="LoRA(r=8, alpha=16, target='all-linear')",
+                          train="epochs=10, lr=1e-2, batch_size=16, logging_steps=8")
     return tmp, _run(tmp, recipe, data_dir)
 
 

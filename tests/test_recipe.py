@@ -25,7 +25,7 @@ def _error(path: Path, overrides=()) -> str:
 
 def test_shipped_recipes_load():
     recipe = load_recipe(REPO / "recipes" / "lora_sst2.py")
-    assert recipe.name == "lora_sst2" and isinstance(recipe.method, LoRA)
+    assert recipe.name == "lora_sst2" and isinstance(recipe.method, LoRA) and recipe.method.target == "all-linear"
     assert recipe.data.name == "glue/sst2" and recipe.model.name == "sentence-transformers/all-MiniLM-L6-v2"
     full = load_recipe(REPO / "recipes" / "full_sst2.py")
     assert full.method.kind == "full" and full.data == recipe.data  # derived from the same base
