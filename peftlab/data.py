@@ -64,6 +64,35 @@ def split_file(folder: Path, split: str) -> Path:
                        f"set data.train_split/data.eval_split to one of them")
 
 
+def _header_columns(path: Path) -> list[str] | None:
+    """Column names from the first line of a local file, without reading the rest."""
+    with open(path, encoding="utf-8") as fh:
+        first = fh.readline().rstrip("\n")
+    if path.suffix in (".tsv", ".csv"):
+        return first.split("\t" if path.suffix == ".tsv" else ",")
+    if path.suffix == ".jsonl":
+        import json
+
+        try:
+            return list(json.loads(first))
+        except ValueError:
+            raise PeftlabError(f"{path}:1: not a JSON object per line; fix the file") from None
+    return None  # .json / .conll: structure checked when read
+
+
+def preflight(data, root: Path | None, columns: list[str]) -> None:
+    """Cheap checks before a run directory exists: folder, split files and columns of local data."""
+    folder = local_folder(data.name, root)
+    if folder is None:
+        return  # Hub data is checked when loaded
+    for split in (data.train_split, data.eval_split):
+        path = split_file(folder, split)
+        found = _header_columns(path)
+        missing = [c for c in columns if found is not None and c not in found]
+        check(not missing, f"{path.name}: no column {', '.join(map(repr, missing))} (columns: {', '.join(found or [])}); "
+                           "set data.text/data.label to the right names")
+
+
 def read_conll(path: Path):
     """CoNLL: `token<TAB>tag` per line, a blank line between sentences. (datasets has no CoNLL loader.)"""
     from datasets import Dataset

@@ -10,13 +10,15 @@ import shutil
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import data as data_stage
-from . import measure, models, rundir
+from . import measure, models, plan, rundir
 from . import report as report_stage
 from .errors import PeftlabError
 from .recipe import load_recipe, recipe_to_dict
+from .tasks import get_task
 
 
 def _saved_bytes(path: Path) -> int:
@@ -47,27 +49,49 @@ def build_model(recipe, task, resolved, label_names):
     model = build_base(recipe, task, resolved, label_names)
     present = tuple(h for h in task.HEADS if hasattr(model, h))
     set_seed(recipe.train.seed)  # whatever loading consumed, adapters start from the same state
-    return recipe.method.wrap(model, Context(present, task.PEFT_TASK_TYPE, recipe.quant is not None))
+    return recipe.method.wrap(model, Context(present, task.PEFT_TASK_TYPE, recipe.quant is not None, resolved.path))
+
+
+@dataclass
+class Inputs:
+    """Everything known before the model is loaded."""
+
+    task: object
+    resolved: models.Resolved
+    tokenizer: object
+    splits: data_stage.Splits
+    labels: list[str]
+    train: object  # tokenized datasets.Dataset
+    eval: object
+
+
+def prepare_inputs(recipe, data_root: Path | None) -> Inputs:
+    task = get_task(recipe.model.task)
+    resolved = models.resolve(recipe.model.name, recipe.model.revision)
+    tokenizer = models.load_tokenizer(resolved, recipe.model)
+    splits = data_stage.load_splits(recipe.data, data_root, recipe.train.seed)
+    labels = task.labels(recipe, splits.train)
+    train = task.prepare(splits.train, tokenizer, recipe, labels, "train")
+    evaluation = task.prepare(splits.eval, tokenizer, recipe, labels, recipe.data.eval_split)
+    return Inputs(task, resolved, tokenizer, splits, labels, train, evaluation)
+
+
+def predict_memory(recipe, inputs: Inputs) -> dict:
+    return plan.predict(recipe, inputs.task, inputs.resolved, inputs.labels, max(inputs.train["length"]))
 
 
 def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, command: str) -> dict:
     from transformers import set_seed
 
-    from .tasks import get_task
     from .training import best_eval, build_trainer, eval_metrics
 
     started = time.perf_counter()
-    task = get_task(recipe.model.task)
     set_seed(recipe.train.seed)
     rundir.write_json(run_dir / "recipe.json", recipe_to_dict(recipe))
     shutil.copyfile(recipe_path, run_dir / "recipe.py")
-
-    resolved = models.resolve(recipe.model.name, recipe.model.revision)
-    tokenizer = models.load_tokenizer(resolved, recipe.model)
-    splits = data_stage.load_splits(recipe.data, data_root, recipe.train.seed)
-    label_names = task.labels(recipe, splits.train)
-    train_ds = task.prepare(splits.train, tokenizer, recipe, label_names, "train")
-    eval_ds = task.prepare(splits.eval, tokenizer, recipe, label_names, recipe.data.eval_split)
+    inputs = prepare_inputs(recipe, data_root)
+    task, resolved, tokenizer, splits = inputs.task, inputs.resolved, inputs.tokenizer, inputs.splits
+    label_names, train_ds, eval_ds = inputs.labels, inputs.train, inputs.eval
 
     env = measure.environment() | {
         "command": command,
@@ -78,8 +102,10 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
     }
     rundir.write_json(run_dir / "environment.json", env)
 
+    memory_plan = predict_memory(recipe, inputs)
     model = build_model(recipe, task, resolved, label_names)
     params = measure.count_parameters(model)
+    quant_storage = measure.quantized_storage(model)
     trainer, timer = build_trainer(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir / "checkpoints")
     trainer.train()
     state = trainer.state
@@ -97,6 +123,7 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
         "best_step": final.get("step"),
         "labels": label_names,
         **params,
+        "quantized_storage": quant_storage,
         "steps": state.global_step,
         "epochs": epochs_done,
         "train_seconds": timer.train_seconds,
@@ -105,6 +132,8 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
         "wall_seconds": time.perf_counter() - started,
         "saved_bytes": _saved_bytes(run_dir / recipe.method.saves),
         **measure.peak_memory(),
+        "predicted_peak_bytes": memory_plan["predicted_peak_bytes"],
+        "memory_plan": memory_plan["parts"],
     }
     rundir.write_json(run_dir / "metrics.json", metrics)
     return metrics
@@ -125,6 +154,16 @@ def summary_table(recipe, metrics: dict, run_dir: Path):
     return table
 
 
+def quiet_libraries() -> None:
+    """Our own progress display replaces the libraries' bars; their load reports go to the log level."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m peftlab.run", description=__doc__.splitlines()[0])
@@ -136,15 +175,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where run directories go")
     parser.add_argument("--reports-dir", type=Path, default=Path("reports"),
                         help="where the report and metrics are copied ('' to skip)")
+    parser.add_argument("--plan", action="store_true", help="predict peak memory, say whether it fits, and exit")
+    parser.add_argument("--budget", type=plan.parse_size, default=None,
+                        help="memory budget for --plan, e.g. 16GiB (default: GPU memory, else physical memory)")
     args = parser.parse_args(argv)
     command = shlex.join(["python", "-m", "peftlab.run", *argv])
     from rich.console import Console
 
-    console = Console(stderr=True)
+    quiet_libraries()
+    console = Console(stderr=True, soft_wrap=True)  # soft wrap: an error stays one line
     run_dir = None
     try:
         recipe = load_recipe(args.recipe, args.overrides)  # every check before anything is created
         data_root = data_stage.data_dir(args.data_dir)
+        data_stage.preflight(recipe.data, data_root, get_task(recipe.model.task).columns(recipe))
+        if args.plan:  # predict and exit: nothing is trained or written
+            return 0 if plan.print_plan(predict_memory(recipe, prepare_inputs(recipe, data_root)), args.budget) else 1
         reports_dir = args.reports_dir if str(args.reports_dir) else None
         run_dir = rundir.create(args.runs_dir, recipe.name)
         console.print(f"run directory: {run_dir}")

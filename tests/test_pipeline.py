@@ -110,17 +110,32 @@ def test_bad_input_leaves_no_run_directory(tmp_path, tiny_bert, data_dir, capsys
     assert "method.r=0" in capsys.readouterr().err and not runs.exists()
 
 
-def test_missing_column_marks_run_failed(tmp_path, tiny_bert, data_dir, capsys):
+def test_missing_column_fails_before_anything_is_written(tmp_path, tiny_bert, data_dir, capsys):
     runs = tmp_path / "runs"
     recipe = write_recipe(tmp_path / "r.py", tiny_bert)
     recipe.write_text(recipe.read_text().replace('text="sentence"', 'text="review"'))
     assert run_cli.main([str(recipe), "--data-dir", str(data_dir), "--runs-dir", str(runs),
                          "--reports-dir", str(tmp_path / "reports")]) == 2
     err = capsys.readouterr().err
-    assert "no column 'review'" in err and "set data.text/data.label" in err
+    assert "train.tsv: no column 'review' (columns: sentence, label); set data.text/data.label" in err
+    assert len(err.strip().splitlines()) == 1 and not runs.exists() and not (tmp_path / "reports").exists()
+
+
+def test_failure_during_run_marks_it_failed(tmp_path, tiny_bert, capsys):
+    """A problem found only while running (a label outside the label set) leaves a 'failed' run, no report."""
+    from conftest import write_tsv
+
+    data = tmp_path / "data"
+    write_tsv(data / "sst2" / "train.tsv", [("a good film", 1), ("a bad film", 2)])
+    write_tsv(data / "sst2" / "validation.tsv", [("a good film", 1)])
+    runs = tmp_path / "runs"
+    recipe = write_recipe(tmp_path / "r.py", tiny_bert)
+    assert run_cli.main([str(recipe), "--data-dir", str(data), "--runs-dir", str(runs),
+                         "--reports-dir", str(tmp_path / "reports")]) == 2
+    assert "train split: label 2 outside 0..1" in capsys.readouterr().err
     (run_dir,) = runs.iterdir()
     assert rundir.status(run_dir) == "failed" and not (run_dir / "report.md").exists()
-    assert not (tmp_path / "reports").exists()
+    assert (run_dir / "traceback.txt").is_file() and not (tmp_path / "reports").exists()
     with pytest.raises(Exception, match="is 'failed', not finished"):
         load_trained(run_dir)
 

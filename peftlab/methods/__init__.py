@@ -1,8 +1,12 @@
 """Registered methods: each is one dataclass (its recipe part) in one file. Register a new one here."""
 
+from .bottleneck import Houlsby, Pfeiffer
 from .full import FullFineTuning
+from .ia3 import IA3
 from .lora import DoRA, LoRA
+from .prefix import PrefixTuning
+from .prompt import PromptTuning
 
-METHODS = {m.kind: m for m in (FullFineTuning, LoRA, DoRA)}
+METHODS = {m.kind: m for m in (FullFineTuning, LoRA, DoRA, IA3, PrefixTuning, PromptTuning, Houlsby, Pfeiffer)}
 
-__all__ = ["METHODS", "FullFineTuning", "LoRA", "DoRA"]
+__all__ = ["METHODS", "FullFineTuning", "LoRA", "DoRA", "IA3", "PrefixTuning", "PromptTuning", "Houlsby", "Pfeiffer"]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from ..errors import check
+from ..errors import PeftlabError, check
 
 
 @dataclass(frozen=True)
@@ -16,6 +16,7 @@ class Context:
     heads: tuple[str, ...]  # task-head modules present in the model: trainable, saved with the adapter
     peft_task_type: str  # peft TaskType name, e.g. "SEQ_CLS"
     quantized: bool  # the base holds 4-bit/8-bit weights
+    model_path: str = ""  # where the base (and its tokenizer) was loaded from
 
 
 class Method:
@@ -52,7 +53,16 @@ class PeftMethod(Method):
     def wrap(self, model, ctx: Context):
         from peft import get_peft_model
 
-        return get_peft_model(model, self.peft_config(ctx))
+        try:
+            return get_peft_model(model, self.peft_config(ctx))
+        except ValueError as err:  # e.g. target modules not found: say which layers exist
+            import torch
+
+            linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+            target = getattr(self, "target", None)
+            raise PeftlabError(f"recipe.method{'.target=' + repr(target) if target else ''}: "
+                               f"{str(err).splitlines()[0][:160]} — linear layers of {type(model).__name__}: "
+                               f"{', '.join(linear)}") from None
 
     def save(self, model, run_dir: Path) -> None:
         model.save_pretrained(run_dir / self.saves)  # adapter_config.json + adapter_model.safetensors (+ head)

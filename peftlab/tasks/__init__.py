@@ -1,7 +1,7 @@
 """One module per task. Each exposes the same names:
 
 MODEL_CLASS, PEFT_TASK_TYPE, BEST_METRIC, HEADS (task-head module names, kept trainable and never quantized),
-labels(recipe, splits), model_kwargs(labels), prepare(dataset, tokenizer, recipe, labels, split),
+columns(recipe) (data columns it reads), labels(recipe, train), model_kwargs(labels), prepare(dataset, tokenizer, recipe, labels, split),
 collator(tokenizer), compute_metrics(eval_pred), predict(model, tokenizer, texts, labels).
 """
 

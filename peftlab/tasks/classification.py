@@ -16,10 +16,15 @@ BEST_METRIC = "accuracy"
 HEADS = ("classifier", "score")
 
 
+def columns(recipe) -> list[str]:
+    data = recipe.data
+    return [data.text, data.label] + ([data.text_pair] if data.text_pair else [])
+
+
 def labels(recipe, train) -> list[str]:
     """Label names from the recipe, or else the sorted distinct values of the training labels."""
     data = recipe.data
-    require_columns(train, [data.text, data.label] + ([data.text_pair] if data.text_pair else []), "train")
+    require_columns(train, columns(recipe), "train")
     if recipe.model.labels:
         return list(recipe.model.labels)
     return [str(v) for v in sorted(set(train[data.label]))]
@@ -47,7 +52,7 @@ def _label_ids(values, label_names: list[str], split: str) -> list[int]:
 
 def prepare(dataset, tokenizer, recipe, label_names: list[str], split: str):
     data = recipe.data
-    require_columns(dataset, [data.text, data.label] + ([data.text_pair] if data.text_pair else []), split)
+    require_columns(dataset, columns(recipe), split)
 
     def encode(batch):
         for column in [data.text] + ([data.text_pair] if data.text_pair else []):

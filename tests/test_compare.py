@@ -1,0 +1,93 @@
+"""The comparison harness on a tiny BERT: subprocess per variant, failed rows kept, report = run records."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from peftlab import compare
+from peftlab.errors import PeftlabError
+from peftlab.measure import human_bytes
+from peftlab.compare_report import pareto
+from peftlab.plan import parse_size
+
+
+from conftest import write_recipe
+
+TRAIN = "epochs=2, lr=1e-2, batch_size=32, logging_steps=4"
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory, tiny_bert, data_dir):
+    tmp = tmp_path_factory.mktemp("compare")
+    write_recipe(tmp / "full.py", tiny_bert, method="FullFineTuning()", train=TRAIN, name="full")
+    write_recipe(tmp / "lora.py", tiny_bert, method="LoRA(r=4, target='all-linear')", train=TRAIN, name="lora")
+    write_recipe(tmp / "broken.py", tiny_bert, method="LoRA(target=['no_such_layer'])", train=TRAIN, name="broken")
+    (tmp / "cmp.py").write_text(
+        "from peftlab.compare import Comparison\n"
+        "comparison = Comparison(name='cmp', recipes=['full.py', 'lora.py', 'broken.py'], baseline='full',\n"
+        "                        seeds=[0, 1], overrides=['data.train_limit=128'])\n")
+    os.environ["PEFTLAB_DATA_DIR"] = str(data_dir)
+    code = compare.main([str(tmp / "cmp.py"), "--runs-dir", str(tmp / "runs"), "--reports-dir", str(tmp / "reports")])
+    assert code == 0
+    return tmp
+
+
+def _table_rows(report: str) -> dict[str, list[str]]:
+    rows = [line.strip("|").split(" | ") for line in report.splitlines() if line.startswith("| ")]
+    return {cells[0].strip(): [c.strip() for c in cells] for cells in rows[1:]}
+
+
+def test_report_matches_run_records(comparison):
+    record = json.loads((comparison / "reports" / "cmp.json").read_text())
+    report = (comparison / "reports" / "cmp.md").read_text()
+    rows = _table_rows(report.split("## Results")[1].split("Pareto")[0])
+    for name in ("full", "lora"):
+        runs = [v for v in record["variants"] if v["name"] == name]
+        assert [v["state"] for v in runs] == ["finished", "finished"]
+        metrics = [json.loads((Path(v["run"]) / "metrics.json").read_text()) for v in runs]
+        row = rows[name]
+        assert row[2].startswith(f"{metrics[0]['trainable_params']:,}")
+        mean_rss = sum(m["peak_rss_bytes"] for m in metrics) / 2
+        assert row[5] == human_bytes(mean_rss)
+        accs = [100 * m["task_metrics"]["accuracy"] for m in metrics]
+        mean = sum(accs) / 2
+        assert row[8].startswith(f"{mean:.2f} ± ")
+        assert row[4].startswith(human_bytes(metrics[0]["predicted_peak_bytes"]))
+    assert rows["full"][-1] == "+0.00"
+    assert (comparison / "reports" / "cmp" / "memory_vs_score.png").stat().st_size > 1000
+    assert "(cmp/memory_vs_score.png)" in report and "python -m peftlab.compare" in report
+
+
+def test_failed_variant_is_a_row_with_its_reason(comparison):
+    report = (comparison / "reports" / "cmp.md").read_text()
+    row = _table_rows(report.split("## Results")[1].split("Pareto")[0])["broken"]
+    assert row[1] == "**failed**" and "no_such_layer" in row[2]
+
+
+def test_report_rebuilds_from_records_alone(comparison, tmp_path):
+    record = json.loads((comparison / "reports" / "cmp.json").read_text())
+    assert compare.main([record["dir"], "--report-only", "--reports-dir", str(tmp_path)]) == 0
+    assert (tmp_path / "cmp.md").read_text() == (comparison / "reports" / "cmp.md").read_text()
+
+
+def test_variants_must_share_the_task(tmp_path, tiny_bert):
+    write_recipe(tmp_path / "a.py", tiny_bert, name="a")
+    other = write_recipe(tmp_path / "b.py", tiny_bert, name="b")
+    other.write_text(other.read_text().replace("max_length=32", "max_length=16"))
+    (tmp_path / "cmp.py").write_text("from peftlab.compare import Comparison\n"
+                                     "comparison = Comparison(name='x', recipes=['a.py', 'b.py'], baseline='a')\n")
+    with pytest.raises(PeftlabError, match="model or data differ"):
+        compare.load_comparison(tmp_path / "cmp.py")
+
+
+def test_pareto_front():
+    points = [(100, 0.90, "full"), (50, 0.89, "lora"), (60, 0.85, "ia3"), (40, 0.80, "prompt")]
+    assert pareto(points) == ["full", "lora", "prompt"]
+
+
+def test_parse_budget():
+    assert parse_size("16GiB") == 16 * 2**30 and parse_size("512MiB") == 512 * 2**20 and parse_size("100") == 100

@@ -1,0 +1,154 @@
+"""Every peft-backed method, also on a 4-bit/8-bit base: trains, reloads exactly, trains only what it should,
+and has the parameter count of its closed-form formula."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from peftlab import (IA3, DoRA, FullFineTuning, LoRA, PrefixTuning, PromptTuning, Quant4bit, Quant8bit,
+                     load_recipe)
+from peftlab import models
+from peftlab.errors import PeftlabError
+from peftlab.measure import count_parameters, quantized_storage
+from peftlab.run import build_base, build_model
+from peftlab.tasks import get_task
+
+from conftest import make_bert, make_tokenizer, sentiment_rows, write_recipe
+
+D, LAYERS, LABELS = 64, 2, ["negative", "positive"]  # hidden 64: bitsandbytes needs blocks of 64 values
+HEAD = D * 2 + 2  # classifier weight + bias
+
+
+@pytest.fixture(scope="module")
+def bert64(tmp_path_factory) -> Path:
+    """A tiny BERT whose encoder has seen the task (a few full fine-tuning steps), like a pretrained base:
+    a random encoder gives prompt-like methods almost no input signal to work with."""
+    from transformers import BertForSequenceClassification
+
+    path = make_bert(tmp_path_factory.mktemp("bert64"), hidden=D)
+    warm = BertForSequenceClassification.from_pretrained(path, num_labels=2)
+    _train(warm, steps=40, lr=1e-3)
+    warm.bert.save_pretrained(path)
+    return path
+
+
+def _recipe(tmp_path, model_dir, method, quant=None):
+    recipe = load_recipe(write_recipe(tmp_path / "r.py", model_dir))
+    recipe = dataclasses.replace(recipe, method=method, quant=quant)
+    from peftlab.recipe import validate
+
+    validate(recipe)
+    return recipe
+
+
+def _build(recipe):
+    task = get_task(recipe.model.task)
+    resolved = models.resolve(recipe.model.name)
+    return build_model(recipe, task, resolved, LABELS), task, resolved
+
+
+def _batch():
+    rows = sentiment_rows(32, seed=5)
+    batch = make_tokenizer()([r[0] for r in rows], padding=True, return_tensors="pt")
+    return dict(batch, labels=torch.tensor([r[1] for r in rows]))
+
+
+def _train(model, steps=60, lr=1e-2) -> tuple[float, float]:
+    batch = _batch()
+    model.train()
+    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    first = None
+    for _ in range(steps):
+        loss = model(**batch).loss
+        first = loss.item() if first is None else first
+        loss.backward()
+        optim.step()
+        optim.zero_grad()
+    model.eval()
+    with torch.no_grad():
+        return first, model(**batch).loss.item()
+
+
+# method, expected trainable count besides the head, name fragments of the parameters that may train
+METHODS = [
+    (LoRA(r=4, target=["query", "value"]), LAYERS * 2 * 4 * (D + D), ("lora_",)),
+    (LoRA(r=2, target="all-linear"), LAYERS * (4 * 2 * (D + D) + 2 * 2 * (D + 2 * D)) + 2 * (D + D), ("lora_",)),
+    (DoRA(r=4, target=["query", "value"]), LAYERS * 2 * (4 * (D + D) + D), ("lora_",)),
+    # IA3 on BERT (peft default): key, value (out_features) + attention.output.dense, output.dense (feed-forward:
+    # in_features d and 2d)
+    (IA3(), LAYERS * (D + D + D + 2 * D), ("ia3_",)),
+    (PrefixTuning(num_virtual_tokens=5), 5 * LAYERS * 2 * D, ("prompt_encoder",)),
+    (PrefixTuning(num_virtual_tokens=5, projection=True, projection_hidden=16),
+     5 * D + (D * 16 + 16) + (16 * LAYERS * 2 * D + LAYERS * 2 * D), ("prompt_encoder",)),
+    (PromptTuning(num_virtual_tokens=6), 6 * D, ("prompt_encoder",)),
+]
+
+
+@pytest.mark.parametrize("method, expected, fragments", METHODS, ids=lambda x: getattr(x, "kind", None))
+def test_method_trains_counts_and_reloads(tmp_path, bert64, method, expected, fragments):
+    recipe = _recipe(tmp_path, bert64, method)
+    model, task, resolved = _build(recipe)
+    params = count_parameters(model)
+    assert params["trainable_params"] == expected + HEAD
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(any(f in n for f in fragments + ("modules_to_save",)) for n in trainable), trainable
+    assert any("classifier" in n for n in trainable)  # the head trains with every method
+
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    first, last = _train(model)
+    assert last < 0.9 * first
+    changed = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+    assert any("classifier" not in n for n in changed)  # the method's own parameters moved, not just the head
+
+    method.save(model, tmp_path)
+    reloaded = method.load(build_base(recipe, task, resolved, LABELS), tmp_path).eval()
+    batch = {k: v for k, v in _batch().items() if k != "labels"}
+    with torch.no_grad():
+        assert torch.allclose(model(**batch).logits, reloaded(**batch).logits, atol=1e-6)
+
+
+def test_full_fine_tuning_trains_everything(tmp_path, bert64):
+    model, _, _ = _build(_recipe(tmp_path, bert64, FullFineTuning()))
+    params = count_parameters(model)
+    assert params["trainable_params"] == params["total_params"]
+
+
+# upper bound of bits/param: 4 + 8/64 (+ tiny nested scales) with double quantization, 4 + 32/64 without,
+# 8 + 32/64 for int8 (one float scale per row of 64)
+@pytest.mark.parametrize("quant, bits, most", [(Quant4bit(), 4, 4.2), (Quant4bit(type="fp4", double_quant=False), 4, 4.5),
+                                               (Quant8bit(), 8, 8.5)], ids=["nf4-dq", "fp4", "int8"])
+def test_lora_on_quantized_base(tmp_path, bert64, quant, bits, most):
+    import bitsandbytes as bnb
+
+    model, _, _ = _build(_recipe(tmp_path, bert64, LoRA(r=4, target=["query", "value"]), quant))
+    layer_type = bnb.nn.Linear4bit if bits == 4 else bnb.nn.Linear8bitLt
+    query = model.base_model.model.bert.encoder.layer[0].attention.self.query.base_layer
+    assert isinstance(query, layer_type)
+    weight = query.weight
+    assert weight.numel() * weight.element_size() * 8 == bits * D * D  # packed storage: exactly `bits` per value
+    assert not isinstance(model.base_model.model.classifier.original_module, layer_type)  # the head stays full
+    storage = quantized_storage(model)
+    assert storage["quantized_params"] == LAYERS * (4 * D * D + 2 * 2 * D * D) + D * D  # encoder + pooler
+    assert bits < storage["bits_per_param"] <= most
+    assert count_parameters(model)["trainable_params"] == LAYERS * 2 * 4 * 2 * D + HEAD
+    first, last = _train(model, steps=30)
+    assert last < 0.9 * first
+
+
+def test_double_quantization_stores_less(tmp_path, bert64):
+    def bits(quant):
+        model, _, _ = _build(_recipe(tmp_path, bert64, LoRA(r=4), quant))
+        return quantized_storage(model)["bits_per_param"]
+
+    assert bits(Quant4bit(double_quant=True)) < bits(Quant4bit(double_quant=False))
+
+
+@pytest.mark.parametrize("method", [PrefixTuning(), PromptTuning(), FullFineTuning()], ids=lambda m: m.kind)
+def test_unsupported_quantized_combinations_fail_at_load(tmp_path, bert64, method):
+    with pytest.raises(PeftlabError, match="quantized base") as info:
+        _recipe(tmp_path, bert64, method, Quant4bit())
+    assert "\n" not in str(info.value)
