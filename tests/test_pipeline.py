@@ -12,16 +12,7 @@ from peftlab import predict, rundir
 from peftlab import run as run_cli
 from peftlab.loading import load_trained
 
-from conftest import make_bert, write_recipe
-
-
-def _run(tmp_path: Path, recipe: Path, data_dir: Path, *extra: str) -> Path:
-    runs = tmp_path / "runs"
-    code = run_cli.main([str(recipe), "--data-dir", str(data_dir), "--runs-dir", str(runs),
-                         "--reports-dir", str(tmp_path / "reports"), *extra])
-    assert code == 0
-    (run_dir,) = [p for p in runs.iterdir() if rundir.status(p) == "finished" and p.name.startswith("tiny")][-1:]
-    return run_dir
+from conftest import make_bert, run_recipe, write_recipe
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +20,7 @@ def lora_run(tmp_path_factory, tiny_bert, data_dir):
     tmp = tmp_path_factory.mktemp("lora")
     recipe = write_recipe(tmp / "r.py", tiny_bert, method="LoRA(r=8, alpha=16, target='all-linear')",
                           train="epochs=10, lr=1e-2, batch_size=16, logging_steps=8")
-    return tmp, _run(tmp, recipe, data_dir)
+    return tmp, run_recipe(tmp, recipe, data_dir)
 
 
 def test_run_directory_is_complete(lora_run):
@@ -87,15 +78,15 @@ def test_predict_texts(lora_run, capsys):
 
 def test_same_seed_same_metrics(tmp_path, tiny_bert, data_dir):
     recipe = write_recipe(tmp_path / "r.py", tiny_bert, train="epochs=1, lr=5e-3, batch_size=16, seed=3")
-    first = json.loads((_run(tmp_path / "a", recipe, data_dir) / "metrics.json").read_text())
-    second = json.loads((_run(tmp_path / "b", recipe, data_dir) / "metrics.json").read_text())
+    first = json.loads((run_recipe(tmp_path / "a", recipe, data_dir) / "metrics.json").read_text())
+    second = json.loads((run_recipe(tmp_path / "b", recipe, data_dir) / "metrics.json").read_text())
     assert first["task_metrics"] == second["task_metrics"]
 
 
 def test_full_fine_tuning_saves_whole_model(tmp_path, tiny_bert, data_dir):
     recipe = write_recipe(tmp_path / "r.py", tiny_bert, method="FullFineTuning()",
                           train="epochs=1, lr=1e-3, batch_size=32")
-    run_dir = _run(tmp_path, recipe, data_dir)
+    run_dir = run_recipe(tmp_path, recipe, data_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["trainable_params"] == metrics["total_params"]
     assert (run_dir / "model" / "model.safetensors").is_file()

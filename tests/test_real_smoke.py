@@ -25,18 +25,18 @@ pytestmark = pytest.mark.skipif(not AVAILABLE and not os.environ.get("CI"),
 def test_lora_sst2_slice_end_to_end(tmp_path, capsys):
     runs = tmp_path / "runs"
     code = run_cli.main([str(REPO / "recipes" / "lora_sst2.py"), "--runs-dir", str(runs),
-                         "--reports-dir", str(tmp_path / "reports"), "--set", "data.train_limit=512",
-                         "--set", "data.eval_limit=128", "--set", "train.batch_size=32"])
+                         "--reports-dir", str(tmp_path / "reports"), "--set", "data.train_limit=2000",
+                         "--set", "data.eval_limit=256"])
     assert code == 0
     (run_dir,) = runs.iterdir()
     assert rundir.status(run_dir) == "finished"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     env = json.loads((run_dir / "environment.json").read_text())
-    assert env["model"]["source"] == "package" and env["data"]["train_examples"] == 512
+    assert env["model"]["source"] == "package" and env["data"]["train_examples"] == 2000
     # md5 of the real SST-2 files, as stated in shared/data/sst2/SOURCE.md
     assert env["data"]["files"]["sst2/train.tsv"] == "d2816ea8f50386c5affe2ecf1a6eec03"
     assert metrics["total_params"] > 22_000_000  # the real MiniLM, not a tiny stand-in
-    assert metrics["task_metrics"]["accuracy"] > 0.5  # 16 steps already beat chance on SST-2
+    assert metrics["task_metrics"]["accuracy"] > 0.65  # 63 steps clearly beat chance (0.81 measured)
     capsys.readouterr()
     assert predict.main([str(run_dir), "--eval"]) == 0
     scored = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["eval"]

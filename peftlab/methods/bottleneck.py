@@ -2,9 +2,9 @@
 feed-forward output projections of every layer) and Pfeiffer et al. 2021 (after the feed-forward one only).
 
 Each adapter is h -> h + up(act(down(h))) applied to a projection's output, before the model's own residual
-add and LayerNorm. It is attached as a child `adapter` of the projection and applied by a forward hook, so the
-base's state_dict names stay unchanged (checkpoints, fingerprints and 4-bit loading keep working) and the
-projection may be an nn.Linear or a bitsandbytes Linear4bit/Linear8bitLt alike.
+add and LayerNorm. It is attached as a child `adapter` of the projection and applied by a forward hook rather
+than by replacing the projection: the base's own state_dict names stay unchanged (Trainer checkpoints, quantized
+loading) and the projection may be an nn.Linear or a bitsandbytes Linear4bit/Linear8bitLt alike, untouched.
 """
 
 from __future__ import annotations

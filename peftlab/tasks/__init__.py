@@ -2,7 +2,8 @@
 
 MODEL_CLASS, PEFT_TASK_TYPE, BEST_METRIC, HEADS (task-head module names, kept trainable and never quantized),
 columns(recipe) (data columns it reads), labels(recipe, train), model_kwargs(labels), prepare(dataset, tokenizer, recipe, labels, split),
-collator(tokenizer), compute_metrics(eval_pred), predict(model, tokenizer, texts, labels).
+collator(tokenizer), metrics_for(eval_ds, raw_eval, labels) -> Trainer's compute_metrics (QA needs the
+features and raw examples to decode spans), predict(model, tokenizer, texts, labels, max_length).
 """
 
 from importlib import import_module

@@ -72,6 +72,11 @@ def collator(tokenizer):
     return DataCollatorWithPadding(tokenizer)  # pads each batch to its own longest sequence
 
 
+def metrics_for(eval_ds, raw_eval, label_names: list[str]):
+    """The compute_metrics function for Trainer (classification needs nothing beyond the predictions)."""
+    return compute_metrics
+
+
 def compute_metrics(eval_pred) -> dict:
     logits, references = eval_pred.predictions, eval_pred.label_ids
     logits = logits[0] if isinstance(logits, tuple) else logits
