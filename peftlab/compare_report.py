@@ -7,7 +7,7 @@ from pathlib import Path
 
 from . import rundir
 from .measure import human_bytes
-from .report import load_record, table
+from .report import _per_type_keys, load_record, table
 
 PLOT_MEMORY, PLOT_PARAMS = "memory_vs_score.png", "params_vs_score.png"
 
@@ -38,7 +38,9 @@ def _metric_names(first: dict) -> tuple[str, list[str]]:
     from .tasks import get_task
 
     main = get_task(first["recipe"]["model"]["task"]).BEST_METRIC
-    others = [k for k in first["metrics"]["task_metrics"] if k not in (main, "loss")]
+    metrics = first["metrics"]["task_metrics"]
+    per_type = _per_type_keys(metrics)  # entity recognition's per-type scores stay in each run's report
+    others = [k for k in metrics if k not in (main, "loss") and k not in per_type]
     return main, others
 
 

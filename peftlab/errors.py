@@ -8,3 +8,14 @@ class PeftlabError(Exception):
 def check(condition: bool, message: str) -> None:
     if not condition:
         raise PeftlabError(message)
+
+
+def cli_exit_code(body) -> int:
+    """Run a command's body; a PeftlabError becomes its one-line message on stderr and exit code 2."""
+    import sys
+
+    try:
+        return body() or 0
+    except PeftlabError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

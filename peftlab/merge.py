@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from . import rundir
-from .errors import PeftlabError, check
+from .errors import check, cli_exit_code
 from .measure import human_bytes
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -42,12 +42,18 @@ def compare_logits(reference, export, tokenizer, task, recipe, examples) -> dict
     for start in range(0, len(examples), 32):
         batch = collate([{k: v for k, v in ex.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
                          for ex in examples.select(range(start, min(start + 32, len(examples))))])
-        a = reference(**batch).logits.float()
-        b = export(**batch).logits.float()
+        a, b = _logits(reference(**batch)), _logits(export(**batch))
         max_diff = max(max_diff, (a - b).abs().max().item())
         agree += (a.argmax(-1) == b.argmax(-1)).sum().item()
         total += a.argmax(-1).numel()
     return {"max_abs_logit_diff": max_diff, "label_agreement": agree / total, "compared_examples": len(examples)}
+
+
+def _logits(output) -> torch.Tensor:
+    """Class logits; for extractive QA start and end logits as two rows per example (argmax: the positions)."""
+    if getattr(output, "logits", None) is not None:
+        return output.logits.float()
+    return torch.stack([output.start_logits, output.end_logits], dim=1).float()
 
 
 def peft_keys(state_dict) -> list[str]:
@@ -140,22 +146,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", type=int, default=256, help="validation examples for the logit check")
     parser.add_argument("--data-dir", default=None, help="local data folder (default: $PEFTLAB_DATA_DIR)")
     args = parser.parse_args(argv)
-    from . import data as data_stage
     from .run import quiet_libraries
 
     quiet_libraries()
-    try:
-        record = export(args.run, args.out, args.dtype, data_stage.data_dir(args.data_dir), args.compare,
-                        shlex.join(["python", "-m", "peftlab.merge", *argv]))
-    except PeftlabError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return cli_exit_code(lambda: _merge(args, shlex.join(["python", "-m", "peftlab.merge", *argv])))
+
+
+def _merge(args, command: str) -> None:
+    from . import data as data_stage
+
+    record = export(args.run, args.out, args.dtype, data_stage.data_dir(args.data_dir), args.compare, command)
     v = record["verification"]
     print(f"exported {args.out} ({args.dtype}, {human_bytes(sum(f.stat().st_size for f in args.out.iterdir()))})")
     print(f"max |Δlogit| vs the adapter model as trained: {v['max_abs_logit_diff']:.3g} on {v['compared_examples']} "
           f"examples; label agreement {100 * v['label_agreement']:.2f} %")
     print(f"validation: export {record['export_metrics']} | run {record['run_metrics']}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ recipe's method, which gives exact parameter counts per dtype and trainability. 
   weights      each parameter at its storage size: 4 bytes (float32), quantized linear layers at their
                real bits/param (NF4 + double quantization 4.127, without 4.5, int8 8 + 32/d_in)
   gradients    4 bytes per trainable parameter; AdamW keeps two more float32 moments: 8 bytes each
-  activations  kept for the backward pass, per layer for the longest batch (see `activation_bytes`)
+  activations  kept for the backward pass, per layer for the longest batch (see `activation_bytes`), times
+               a factor for allocator overhead fitted on measured runs
 """
 
 from __future__ import annotations
@@ -23,15 +24,17 @@ import torch
 
 from .measure import human_bytes
 
-# Per-layer float32 activation words per token, in units of hidden size h and intermediate size i:
-# q/k/v/attention inputs and outputs, layer norms, dropout masks, residuals (~16 h) plus the feed-forward
-# up-projection and its activation (2 i). Attention scores, when kept, add `heads * seq` words per token.
-HIDDEN_WORDS, INTERMEDIATE_WORDS, SCORE_WORDS = 16, 2, 2.5
-# glibc keeps freed blocks and torch workspaces round up allocations; measured on the SST-2 runs
-# (see reports/compare_sst2.md) the resident peak sits this much above the sum of live tensors.
-ALLOCATOR_OVERHEAD = 1.0
-
-
+# float32 words kept for backward per token and layer, counted for a BERT-style block: inputs of q/k/v
+# (shared), q, k, v, attention context, output projection, two dropout masks, two LayerNorm inputs, the
+# feed-forward input (~14 h); the feed-forward up-projection output, its activation and its input to the
+# down-projection (3 i); attention probabilities before and after dropout (2.25 words per key position
+# and head, the mask as bytes).
+HIDDEN_WORDS, INTERMEDIATE_WORDS, SCORE_WORDS = 14.25, 3, 2.25
+# Resident memory on CPU exceeds live tensors: glibc keeps freed blocks of the varying batch shapes
+# (dynamic padding) and torch's temporaries in backward come on top. This factor on activations was fitted
+# on the two full-data SST-2 runs (reports/lora_sst2.json, reports/full_sst2.json); the comparison report
+# shows how well it carries over to the other methods.
+ACTIVATION_OVERHEAD = 1.7  # LoRA (all-linear) run: 1.88, full fine-tuning run: 1.55
 def current_rss() -> int:
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * resource.getpagesize()
@@ -61,16 +64,33 @@ def parameter_bytes(model, quant, heads: tuple[str, ...]) -> tuple[int, int, int
     return int(weight_bytes), trainable, total
 
 
-def activation_bytes(config, batch: int, seq: int, task: str, sdpa: bool) -> int:
+def adapter_words(model) -> int:
+    """Extra words per token that adapters keep: LoRA-style layers save their (dropped-out) input and the
+    rank-r projection; bottleneck adapters their bottleneck activations."""
+    words = 0
+    for module in model.modules():
+        if hasattr(module, "lora_A") and hasattr(module, "in_features"):
+            words += module.in_features + sum(a.out_features for a in module.lora_A.values())
+        elif hasattr(module, "down") and hasattr(module, "up"):  # peftlab bottleneck adapter
+            words += 2 * module.down.out_features
+    return words
+
+
+def virtual_tokens(method) -> int:
+    return getattr(method, "num_virtual_tokens", 0)
+
+
+def activation_bytes(config, batch: int, seq: int, task: str, extra_words: int, virtual: int, scores_kept: bool) -> int:
     """float32 activations stored for backward for one batch of `batch` x `seq` tokens."""
     h = config.hidden_size
     i = getattr(config, "intermediate_size", 4 * h)
     layers, heads = config.num_hidden_layers, config.num_attention_heads
-    per_token = HIDDEN_WORDS * h + INTERMEDIATE_WORDS * i + (0 if sdpa else SCORE_WORDS * heads * seq)
-    words = layers * batch * seq * per_token + 4 * batch * seq * h  # + embeddings and output
+    keys = seq + virtual  # prefix/prompt tokens lengthen what every query attends to
+    per_token = layers * (HIDDEN_WORDS * h + INTERMEDIATE_WORDS * i + (SCORE_WORDS * heads * keys if scores_kept else 0))
+    words = batch * (seq + virtual) * (per_token + extra_words + 4 * h)  # + embeddings and output
     if task == "causal_lm":  # logits, their log-softmax and its gradient over the vocabulary
         words += 3 * batch * seq * config.vocab_size
-    return int(4 * words)
+    return int(4 * words * ACTIVATION_OVERHEAD)
 
 
 def predict(recipe, task, resolved, label_names: list[str], longest: int) -> dict:
@@ -87,16 +107,17 @@ def predict(recipe, task, resolved, label_names: list[str], longest: int) -> dic
         model = recipe.method.wrap(model, Context(heads, task.PEFT_TASK_TYPE, recipe.quant is not None, resolved.path))
     weights, trainable, total = parameter_bytes(model, recipe.quant, heads)
     on_gpu = torch.cuda.is_available()
-    sdpa = getattr(config, "_attn_implementation", "sdpa") in ("sdpa", "flash_attention_2")
+    # with dropout on attention probabilities SDPA takes the math path and keeps them; without, it keeps none
+    scores_kept = getattr(config, "attention_probs_dropout_prob", 0.0) > 0
     parts = {
         "runtime": 0 if on_gpu else current_rss(),
         "weights": weights,
         "gradients": 4 * trainable,
         "optimizer": 8 * trainable,
         "activations": activation_bytes(config, recipe.train.batch_size, min(longest, recipe.data.max_length),
-                                        recipe.model.task, sdpa),
+                                        recipe.model.task, adapter_words(model), virtual_tokens(recipe.method), scores_kept),
     }
-    peak = int(sum(parts.values()) * ALLOCATOR_OVERHEAD)
+    peak = sum(parts.values())
     return {"predicted_peak_bytes": peak, "parts": parts, "device": "cuda" if on_gpu else "cpu",
             "trainable_params": trainable, "total_params": total}
 

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import PeftlabError
+from .errors import PeftlabError, cli_exit_code
 
 
 def evaluate_split(trained, data_root) -> dict:
@@ -25,7 +25,7 @@ def evaluate_split(trained, data_root) -> dict:
     args = TrainingArguments(output_dir="/tmp/peftlab-predict", per_device_eval_batch_size=recipe.train.eval_batch_size,
                              report_to=[], disable_tqdm=True, use_cpu=not __import__("torch").cuda.is_available())
     trainer = make_trainer(trained.model, args=args, data_collator=task.collator(trained.tokenizer),
-                           compute_metrics=task.metrics_for(eval_ds, splits.eval, trained.labels))
+                           compute_metrics=task.metrics_for(eval_ds, splits.eval, trained.labels, recipe))
     return eval_metrics(trainer.evaluate(eval_ds))
 
 
@@ -35,25 +35,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("texts", nargs="*", help="inputs to predict")
     parser.add_argument("--eval", action="store_true", help="re-score the run's evaluation split")
     parser.add_argument("--data-dir", default=None, help="local data folder (default: $PEFTLAB_DATA_DIR)")
+    parser.add_argument("--context", default=None, help="question answering: the passage the texts (questions) "
+                                                        "are answered from")
     args = parser.parse_args(argv)
-    try:
-        from . import data as data_stage
-        from .loading import load_any
+    return cli_exit_code(lambda: _predict(args))
 
-        if not args.texts and not args.eval:
-            raise PeftlabError("nothing to do: give texts to predict, or --eval to re-score the evaluation split")
-        data_root = data_stage.data_dir(args.data_dir) if args.eval else None
-        trained = load_any(args.run)
-        if args.texts:
-            for row in trained.task.predict(trained.model, trained.tokenizer, args.texts, trained.labels,
-                                            trained.recipe.data.max_length):
-                print(json.dumps(row))
-        if args.eval:
-            print(json.dumps({"eval": evaluate_split(trained, data_root)}))
-    except PeftlabError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+def _task_options(trained, context: str | None) -> dict:
+    """Extra predict() arguments: question answering reads a context and decodes as the run was evaluated."""
+    if trained.recipe.model.task != "qa":
+        if context is not None:
+            raise PeftlabError(f"--context is for question answering runs; this run's task is {trained.recipe.model.task}")
+        return {}
+    data = trained.recipe.data
+    return {"context": context, "stride": data.stride, "n_best": data.n_best, "max_answer_length": data.max_answer_length}
+
+
+def _predict(args) -> None:
+    from . import data as data_stage
+    from .loading import load_any
+
+    if not args.texts and not args.eval:
+        raise PeftlabError("nothing to do: give texts to predict, or --eval to re-score the evaluation split")
+    data_root = data_stage.data_dir(args.data_dir) if args.eval else None
+    trained = load_any(args.run)
+    if args.texts:
+        for row in trained.task.predict(trained.model, trained.tokenizer, args.texts, trained.labels,
+                                        trained.recipe.data.max_length, **_task_options(trained, args.context)):
+            print(json.dumps(row))
+    if args.eval:
+        print(json.dumps({"eval": evaluate_split(trained, data_root)}))
 
 
 if __name__ == "__main__":

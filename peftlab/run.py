@@ -107,7 +107,7 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
     params = measure.count_parameters(model)
     quant_storage = measure.quantized_storage(model)
     trainer, timer = build_trainer(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir / "checkpoints",
-                                   task.metrics_for(eval_ds, splits.eval, label_names))
+                                   task.metrics_for(eval_ds, splits.eval, label_names, recipe))
     trainer.train()
     state = trainer.state
     rundir.write_json(run_dir / "log_history.json", state.log_history)

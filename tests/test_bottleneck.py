@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from peftlab import predict, rundir
-from peftlab import run as run_cli
+from peftlab import predict
 from peftlab.errors import PeftlabError
 from peftlab.loading import load_trained
 from peftlab.methods import Houlsby, Pfeiffer
