@@ -18,6 +18,9 @@ DATA_DIR_ENV = "PEFTLAB_DATA_DIR"
 SUFFIXES = (".tsv", ".csv", ".jsonl", ".json", ".conll")
 # "glue/<task>" is the usual way to name a GLUE task; on the Hub it is config <task> of nyu-mll/glue.
 HUB_SHORTCUTS = {"glue": "nyu-mll/glue"}
+# Local folder names whose Hub dataset has another id (the Hub copies also name their splits differently:
+# rajpurkar/squad has train/validation, leondz/wnut_17 stores tags as class ids in "ner_tags").
+HUB_IDS = {"wnut17": "leondz/wnut_17", "squad_v1.1": "rajpurkar/squad"}
 
 
 @dataclass
@@ -113,11 +116,44 @@ def read_conll(path: Path):
     return Dataset.from_list(sentences)
 
 
+def read_squad(path: Path):
+    """Official SQuAD JSON ({"data": [{"title", "paragraphs": [{"context", "qas": [...]}]}]}), flattened to one
+    row per question like the Hub's `rajpurkar/squad`: id, title, context, question, answers{text, answer_start}.
+    None when the file has another shape (then it is read as plain JSON / JSON lines)."""
+    import json
+
+    from datasets import Dataset
+
+    try:
+        articles = json.loads(path.read_text(encoding="utf-8"))["data"]
+        if not (isinstance(articles, list) and articles and "paragraphs" in articles[0]):
+            return None
+    except (ValueError, TypeError, KeyError, IndexError):
+        return None
+    rows = []
+    try:
+        for article in articles:
+            for paragraph in article["paragraphs"]:
+                for qa in paragraph["qas"]:
+                    answers = qa.get("answers", [])
+                    rows.append({"id": str(qa["id"]), "title": article.get("title", ""),
+                                 "context": paragraph["context"], "question": qa["question"],
+                                 "answers": {"text": [a["text"] for a in answers],
+                                             "answer_start": [int(a["answer_start"]) for a in answers]}})
+    except (KeyError, TypeError, ValueError) as err:
+        raise PeftlabError(f"{path}: not valid SQuAD JSON near question {len(rows)} ({type(err).__name__}: {err}); "
+                           "each paragraph needs 'context' and 'qas' with 'id', 'question' and 'answers'") from None
+    check(bool(rows), f"{path}: no questions in this SQuAD file; supply a file with at least one")
+    return Dataset.from_list(rows)
+
+
 def read_file(path: Path):
     from datasets import load_dataset
 
     if path.suffix == ".conll":
         return read_conll(path)
+    if path.suffix == ".json" and (squad := read_squad(path)) is not None:
+        return squad
     if path.suffix in (".tsv", ".csv"):
         # quoting=3 (QUOTE_NONE): these files carry raw quote characters; na_filter off keeps "null"/"NA" text.
         dataset = load_dataset("csv", data_files=str(path), split="train",
@@ -149,7 +185,7 @@ def _load_hub(data) -> Splits:
     from datasets import load_dataset
 
     owner, _, rest = data.name.partition("/")
-    path, config = (HUB_SHORTCUTS[owner], rest) if owner in HUB_SHORTCUTS and rest else (data.name, None)
+    path, config = (HUB_SHORTCUTS[owner], rest) if owner in HUB_SHORTCUTS and rest else (HUB_IDS.get(data.name, data.name), None)
     try:
         train = load_dataset(path, config, split=data.train_split)
         evaluation = load_dataset(path, config, split=data.eval_split)

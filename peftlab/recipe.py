@@ -48,12 +48,19 @@ class Data:
     eval_split: str = "validation"
     train_limit: Optional[int] = None  # use a seeded random subset of this many training examples
     eval_limit: Optional[int] = None
+    # extractive QA (model.task="qa") only: long contexts are read in windows of max_length tokens
+    stride: int = 128  # tokens shared by consecutive windows over one context
+    max_answer_length: int = 30  # longest answer span considered when decoding, in tokens
+    n_best: int = 20  # best start and end positions per window tried when decoding
 
     def check(self, where: str) -> None:
         check(8 <= self.max_length <= 8192, f"{where}.max_length={self.max_length}: use a value in 8..8192")
         for name in ("train_limit", "eval_limit"):
             value = getattr(self, name)
             check(value is None or value > 0, f"{where}.{name}={value}: use a positive count or None for all")
+        check(self.stride >= 0, f"{where}.stride={self.stride}: use a non-negative overlap, e.g. 128")
+        check(self.max_answer_length >= 1, f"{where}.max_answer_length={self.max_answer_length}: must be >= 1, e.g. 30")
+        check(self.n_best >= 1, f"{where}.n_best={self.n_best}: must be >= 1, e.g. 20")
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,10 @@ class Recipe:
     def check(self, where: str) -> None:
         check(re.fullmatch(r"[A-Za-z0-9_.-]+", self.name) is not None,
               f"{where}.name={self.name!r}: use letters, digits, '_', '-' or '.' (it names files)")
+        if self.model.task == "qa":  # a window holds the question, the overlap and some new context
+            check(self.data.stride < self.data.max_length // 2,
+                  f"{where}.data.stride={self.data.stride}: must be below half of data.max_length="
+                  f"{self.data.max_length} for qa, e.g. max_length=384 with stride=128")
 
 
 # ---------------------------------------------------------------------------------------------- validation

@@ -22,6 +22,11 @@ class PromptTuning(PeftMethod):
     def check_recipe(self, recipe) -> None:
         check(recipe.quant is None, "recipe.method: PromptTuning is not supported on a quantized base here; "
                                     "set quant=None or use LoRA/DoRA/IA3/Houlsby/Pfeiffer")
+        # Tasks with one output per token: peft prepends the virtual tokens to the sequence, so the outputs no
+        # longer line up with the labels (token_classification: shape error; qa: spans shifted by the prompt).
+        check(recipe.model.task not in ("token_classification", "qa"),
+              f"recipe.method: PromptTuning does not support model.task={recipe.model.task!r} (its virtual tokens "
+              "shift per-token outputs against the labels); use PrefixTuning, LoRA, IA3 or a bottleneck adapter")
 
     def peft_config(self, ctx: Context):
         from peft import PromptTuningConfig

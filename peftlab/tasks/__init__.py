@@ -2,14 +2,18 @@
 
 MODEL_CLASS, PEFT_TASK_TYPE, BEST_METRIC, HEADS (task-head module names, kept trainable and never quantized),
 columns(recipe) (data columns it reads), labels(recipe, train), model_kwargs(labels), prepare(dataset, tokenizer, recipe, labels, split),
-collator(tokenizer), metrics_for(eval_ds, raw_eval, labels) -> Trainer's compute_metrics (QA needs the
-features and raw examples to decode spans), predict(model, tokenizer, texts, labels, max_length).
+collator(tokenizer), metrics_for(eval_ds, raw_eval, labels, recipe) -> Trainer's compute_metrics (QA needs the
+features, the raw examples and the recipe's decoding settings to decode spans),
+predict(model, tokenizer, texts, labels, max_length) (qa also takes context=, stride=, n_best=, max_answer_length=).
 """
 
 from importlib import import_module
 
 TASK_MODULES = {
     "classification": "classification",
+    "regression": "regression",
+    "token_classification": "token_classification",
+    "qa": "qa",
 }
 
 

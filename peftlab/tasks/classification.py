@@ -72,7 +72,7 @@ def collator(tokenizer):
     return DataCollatorWithPadding(tokenizer)  # pads each batch to its own longest sequence
 
 
-def metrics_for(eval_ds, raw_eval, label_names: list[str]):
+def metrics_for(eval_ds, raw_eval, label_names: list[str], recipe=None):
     """The compute_metrics function for Trainer (classification needs nothing beyond the predictions)."""
     return compute_metrics
 

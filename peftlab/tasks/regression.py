@@ -1,0 +1,90 @@
+"""Regression on a sentence or sentence pair (STS-B): one output, MSE loss; Pearson and Spearman correlation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from ..data import require_columns
+from ..errors import PeftlabError, check
+from ..metrics import Correlation
+from .classification import collator, columns  # noqa: F401 — same inputs and padding as classification
+
+MODEL_CLASS = AutoModelForSequenceClassification
+PEFT_TASK_TYPE = "SEQ_CLS"
+BEST_METRIC = "pearson"
+HEADS = ("classifier", "score")
+
+def labels(recipe, train) -> list[str]:
+    """One output, named after the target column (it names the score in predictions and the saved config)."""
+    require_columns(train, columns(recipe), "train")
+    check(recipe.model.labels is None, "model.labels: a regression model has a single output and no label names; "
+                                       "remove labels from the recipe")
+    return [recipe.data.label]
+
+
+def model_kwargs(label_names: list[str]) -> dict:
+    # problem_type makes the *ForSequenceClassification head use MSE on one output
+    return {"num_labels": 1, "problem_type": "regression", "id2label": {0: label_names[0]},
+            "label2id": {label_names[0]: 0}}
+
+
+def _targets(values, column: str, indices, split: str) -> list[float]:
+    targets = []
+    for value, row in zip(values, indices):
+        try:
+            target = float(value) if not isinstance(value, bool) else math.nan
+        except (TypeError, ValueError):
+            target = math.nan
+        if not math.isfinite(target):
+            raise PeftlabError(f"{split} split, row {row}: {column}={value!r} is not a number; "
+                               "fix that row or set data.label to the numeric target column")
+        targets.append(target)
+    return targets
+
+
+def prepare(dataset, tokenizer, recipe, label_names: list[str], split: str):
+    data = recipe.data
+    require_columns(dataset, columns(recipe), split)
+
+    def encode(batch, indices):
+        for column in [data.text] + ([data.text_pair] if data.text_pair else []):
+            empty = [i for i, t in zip(indices, batch[column]) if not isinstance(t, str) or not t.strip()]
+            check(not empty, f"{split} split, row {empty[0] if empty else ''}: empty text in column '{column}'; "
+                             "remove or fill those rows")
+        pair = batch[data.text_pair] if data.text_pair else None
+        encoded = tokenizer(batch[data.text], pair, truncation=True, max_length=data.max_length)
+        encoded["labels"] = _targets(batch[data.label], data.label, indices, split)
+        encoded["length"] = [len(ids) for ids in encoded["input_ids"]]  # for length-grouped batches
+        return encoded
+
+    return dataset.map(encode, batched=True, with_indices=True, remove_columns=dataset.column_names,
+                       desc=f"tokenizing {split}")
+
+
+def metrics_for(eval_ds, raw_eval, label_names: list[str], recipe=None):
+    return compute_metrics
+
+
+def compute_metrics(eval_pred) -> dict:
+    predictions = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+    return Correlation().compute(predictions=np.asarray(predictions, dtype=np.float64).reshape(-1),
+                                 references=np.asarray(eval_pred.label_ids, dtype=np.float64).reshape(-1))
+
+
+@torch.no_grad()
+def predict(model, tokenizer, texts: list[str], label_names: list[str], max_length: int = 128) -> list[dict]:
+    """A text holding a TAB is a sentence pair, as in the data files: "A man plays.<TAB>Someone plays." """
+    model.eval()
+    pairs = [t.split("\t", 1) if "\t" in t else [t, None] for t in texts]
+    firsts, seconds = [p[0] for p in pairs], [p[1] for p in pairs]
+    check(all(s is None for s in seconds) or all(s is not None for s in seconds),
+          "give either all texts as sentence pairs (separated by a TAB) or none")
+    batch = tokenizer(firsts, None if seconds[0] is None else seconds, truncation=True, max_length=max_length,
+                      padding=True, return_tensors="pt")
+    batch = {k: v.to(model.device) for k, v in batch.items()}
+    scores = model(**batch).logits.float().reshape(-1)
+    return [{"text": t, label_names[0]: float(s)} for t, s in zip(texts, scores)]

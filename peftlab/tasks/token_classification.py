@@ -1,0 +1,135 @@
+"""Token classification with BIO tags (named entities, WNUT-17): entity-level precision, recall and F1.
+
+Rows hold a list of words (data.text, e.g. "tokens") and one tag per word (data.label, e.g. "tags"). The model
+sees word pieces; each word's tag goes on its first piece and the other pieces are ignored (-100) in the loss
+and in scoring, so a word counts once whatever the tokenizer does with it. Words cut off by max_length are
+not scored (as in transformers' run_ner).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import torch
+from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification
+
+from ..data import require_columns
+from ..errors import check
+from ..metrics import EntityF1, entity_spans
+
+MODEL_CLASS = AutoModelForTokenClassification
+PEFT_TASK_TYPE = "TOKEN_CLS"
+BEST_METRIC = "f1"
+HEADS = ("classifier", "score")
+IGNORE = -100  # label id the loss and the metrics skip
+
+
+def columns(recipe) -> list[str]:
+    return [recipe.data.text, recipe.data.label]
+
+
+def _class_names(dataset, column: str) -> list[str] | None:
+    """Tag names of a Hub dataset storing tags as class ids (Sequence(ClassLabel)), else None."""
+    feature = getattr(dataset.features[column], "feature", None)
+    return list(feature.names) if hasattr(feature, "names") else None
+
+
+def labels(recipe, train) -> list[str]:
+    """Tag names from the recipe, the dataset's class names, or the sorted distinct tags of train with "O" first."""
+    data = recipe.data
+    require_columns(train, columns(recipe), "train")
+    names = recipe.model.labels or _class_names(train, data.label)
+    if names is None:
+        distinct = {str(tag) for tags in train[data.label] for tag in tags}
+        names = sorted(distinct, key=lambda tag: (tag != "O", tag))
+    bad = [n for n in names if n != "O" and not re.fullmatch(r"[BI]-.+", n)]
+    check(not bad, f"tags {bad[:3]} are not BIO tags ('O', 'B-<type>', 'I-<type>'); entity scoring needs BIO: "
+                   "convert the data or fix model.labels")
+    return list(names)
+
+
+def model_kwargs(label_names: list[str]) -> dict:
+    return {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
+            "label2id": {name: i for i, name in enumerate(label_names)}}
+
+
+def _tag_ids(tags, index: dict, n_labels: int, where: str) -> list[int]:
+    ids = []
+    for tag in tags:
+        if isinstance(tag, (int, np.integer)) and not isinstance(tag, bool):  # Hub data: class ids
+            check(0 <= tag < n_labels, f"{where}: tag id {tag} outside 0..{n_labels - 1}; fix the data or model.labels")
+            ids.append(int(tag))
+        else:
+            check(str(tag) in index, f"{where}: tag {tag!r} is not in the label set {list(index)}; "
+                                     "fix the data or model.labels")
+            ids.append(index[str(tag)])
+    return ids
+
+
+def align(word_ids: list[int | None], word_labels: list[int]) -> list[int]:
+    """Label per word piece: the word's label on its first piece; IGNORE on later pieces and special tokens."""
+    aligned, previous = [], None
+    for word in word_ids:
+        aligned.append(IGNORE if word is None or word == previous else word_labels[word])
+        previous = word
+    return aligned
+
+
+def prepare(dataset, tokenizer, recipe, label_names: list[str], split: str):
+    data = recipe.data
+    require_columns(dataset, columns(recipe), split)
+    check(tokenizer.is_fast, f"{type(tokenizer).__name__} is a slow tokenizer: aligning tags to word pieces needs "
+                             "a fast tokenizer (word_ids); use a model that ships tokenizer.json")
+    index = {name: i for i, name in enumerate(label_names)}
+
+    def encode(batch, indices):
+        encoded = tokenizer(batch[data.text], is_split_into_words=True, truncation=True, max_length=data.max_length)
+        encoded["labels"] = []
+        for i, (row, words, tags) in enumerate(zip(indices, batch[data.text], batch[data.label])):
+            where = f"{split} split, sentence {row}"
+            check(len(words) == len(tags), f"{where}: {len(words)} words but {len(tags)} tags; fix the data")
+            encoded["labels"].append(align(encoded.word_ids(i), _tag_ids(tags, index, len(label_names), where)))
+        encoded["length"] = [len(ids) for ids in encoded["input_ids"]]  # for length-grouped batches
+        return encoded
+
+    return dataset.map(encode, batched=True, with_indices=True, remove_columns=dataset.column_names,
+                       desc=f"tokenizing {split}")
+
+
+def collator(tokenizer):
+    return DataCollatorForTokenClassification(tokenizer, label_pad_token_id=IGNORE)  # pads labels with IGNORE too
+
+
+def metrics_for(eval_ds, raw_eval, label_names: list[str], recipe=None):
+    def compute_metrics(eval_pred) -> dict:
+        logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+        predicted, references = np.argmax(logits, axis=-1), eval_pred.label_ids
+        keep = references != IGNORE  # first pieces of words only (batches are padded with IGNORE as well)
+        gold = [[label_names[t] for t in row[mask]] for row, mask in zip(references, keep)]
+        pred = [[label_names[t] for t in row[mask]] for row, mask in zip(predicted, keep)]
+        return EntityF1().compute(predictions=pred, references=gold)
+
+    return compute_metrics
+
+
+@torch.no_grad()
+def predict(model, tokenizer, texts: list[str], label_names: list[str], max_length: int = 128) -> list[dict]:
+    """Entities in raw sentences. Words are split at whitespace, as the training data was given word by word."""
+    model.eval()
+    rows = []
+    for text in texts:
+        words = list(re.finditer(r"\S+", text))
+        check(bool(words), "an empty text has no entities: give a sentence")
+        batch = tokenizer([w.group() for w in words], is_split_into_words=True, truncation=True,
+                          max_length=max_length, return_tensors="pt")
+        word_ids = batch.word_ids(0)
+        best = model(**{k: v.to(model.device) for k, v in batch.items()}).logits[0].argmax(-1).tolist()
+        tags = ["O"] * len(words)  # words beyond max_length stay "O"
+        for position, word in enumerate(word_ids):
+            if word is not None and (position == 0 or word_ids[position - 1] != word):
+                tags[word] = label_names[best[position]]
+        entities = [{"text": text[words[s].start():words[e - 1].end()], "type": kind,
+                     "start": words[s].start(), "end": words[e - 1].end()} for kind, s, e in entity_spans(tags)]
+        rows.append({"text": text, "entities": entities, "tags": tags})
+    return rows

@@ -1,0 +1,21 @@
+"""The SQuAD v1.1 base every SQuAD recipe derives from: MiniLM encoder, extractive question answering, selected
+on SQuAD F1 (exact match reported too; both as fractions, the official script prints percentages).
+
+Only the official dev set is available offline, split by article into two halves with no shared context:
+this trains on validation.json (4,961 questions) and evaluates on test.json (5,609), so scores are not
+comparable with the SQuAD leaderboard. Contexts longer than 384 tokens are read in windows sharing 128 tokens;
+answers are decoded from the 20 best starts x ends of every window, at most 30 tokens long.
+Offline: $PEFTLAB_DATA_DIR/squad_v1.1/{validation,test}.json (official SQuAD JSON). Online (Hub rajpurkar/squad):
+--set data.train_split=train --set data.eval_split=validation.
+"""
+
+from peftlab import Data, FullFineTuning, Model, Recipe, Train
+
+recipe = Recipe(
+    name="squad_base",
+    model=Model("sentence-transformers/all-MiniLM-L6-v2", task="qa"),
+    data=Data("squad_v1.1", text="question", text_pair="context", label="answers", max_length=384, stride=128,
+              max_answer_length=30, n_best=20, train_split="validation", eval_split="test"),
+    method=FullFineTuning(),
+    train=Train(epochs=2, lr=5e-4, batch_size=16, eval_batch_size=64, warmup_ratio=0.06, weight_decay=0.01, seed=0),
+)
