@@ -83,13 +83,35 @@ def load_tokenizer(resolved: Resolved, model_cfg):
     return tokenizer
 
 
+# Dropout probabilities by the names model families give them in their configs.
+DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout",
+                "classifier_dropout", "seq_classif_dropout")
+
+
+def load_config(resolved: Resolved, model_cfg, **task_kwargs):
+    """The model's config with the task's settings and the recipe's dropout override applied."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(resolved.path, revision=model_cfg.revision,
+                                            trust_remote_code=model_cfg.trust_remote_code, **task_kwargs)
+    except (OSError, ValueError) as err:
+        raise PeftlabError(f"model {model_cfg.name}: cannot read its config ({str(err).strip().splitlines()[0]})") from None
+    if model_cfg.dropout is not None:
+        for key in DROPOUT_KEYS:
+            if getattr(config, key, None) is not None:
+                setattr(config, key, model_cfg.dropout)
+    return config
+
+
 def load_model(resolved: Resolved, model_cfg, model_class, quantization_config=None, **task_kwargs):
     if model_cfg.trust_remote_code:
         print(f"warning: trust_remote_code=True — code from {model_cfg.name} will be executed")
+    config = load_config(resolved, model_cfg, **task_kwargs)
     try:
         model = model_class.from_pretrained(
-            resolved.path, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code,
-            quantization_config=quantization_config, **task_kwargs)
+            resolved.path, config=config, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code,
+            quantization_config=quantization_config)
     except (OSError, ValueError) as err:
         first_line = str(err).strip().splitlines()[0]
         raise PeftlabError(f"model {model_cfg.name}: cannot load ({first_line})") from None

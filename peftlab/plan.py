@@ -95,12 +95,10 @@ def activation_bytes(config, batch: int, seq: int, task: str, extra_words: int, 
 
 def predict(recipe, task, resolved, label_names: list[str], longest: int) -> dict:
     """Predicted peak memory of training `recipe`; `longest` is the longest tokenized training example."""
-    from transformers import AutoConfig
-
     from .methods.base import Context
+    from .models import load_config
 
-    config = AutoConfig.from_pretrained(resolved.path, trust_remote_code=recipe.model.trust_remote_code,
-                                        **task.model_kwargs(label_names))
+    config = load_config(resolved, recipe.model, **task.model_kwargs(label_names))
     with torch.device("meta"):
         model = task.MODEL_CLASS.from_config(config)
         heads = tuple(h for h in task.HEADS if hasattr(model, h))

@@ -30,8 +30,10 @@ class Model:
     labels: Optional[list[str]] = None  # label names, index = class id (classification)
     trust_remote_code: bool = False  # executes code from the model repo: off unless asked for
     revision: Optional[str] = None
+    dropout: Optional[float] = None  # override every dropout probability of the base (None: keep the model's)
 
     def check(self, where: str) -> None:
+        check(self.dropout is None or 0 <= self.dropout < 1, f"{where}.dropout={self.dropout}: use [0, 1) or None")
         if self.labels is not None:
             check(len(self.labels) >= 2, f"{where}.labels: need at least 2 label names, got {self.labels}")
             check(len(set(self.labels)) == len(self.labels), f"{where}.labels: names must be unique")

