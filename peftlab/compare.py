@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True, soft_wrap=True)
     try:
         if args.report_only:
+            check((args.comparison / "comparison.json").is_file(), f"{args.comparison} is not a finished comparison "
+                  "directory (no comparison.json): pass runs/<comparison>-<timestamp>")
             record = rundir.read_json(args.comparison / "comparison.json")
         else:
             record = run_all(args, argv, console)
@@ -140,4 +142,7 @@ def run_all(args, argv: list[str], console) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the package's module, not this __main__ copy: comparison files import peftlab.compare.Comparison
+    from peftlab.compare import main as package_main
+
+    sys.exit(package_main())

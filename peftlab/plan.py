@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import re
 import resource
-import sys
 
 import torch
 
@@ -141,12 +140,12 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * 1024 ** " KMGT".index(match.group(2).upper() or " "))
 
 
-def print_plan(prediction: dict, budget: int | None, out=sys.stdout) -> bool:
+def print_plan(prediction: dict, budget: int | None) -> bool:
     fits, limit, what = verdict(prediction, budget)
-    print(f"predicted peak memory ({prediction['device']}): {human_bytes(prediction['predicted_peak_bytes'])}", file=out)
+    print(f"predicted peak memory ({prediction['device']}): {human_bytes(prediction['predicted_peak_bytes'])}")
     for name, value in prediction["parts"].items():
-        print(f"  {name:<12} {human_bytes(value)}", file=out)
-    print(f"trainable parameters: {prediction['trainable_params']:,} of {prediction['total_params']:,}", file=out)
+        print(f"  {name:<12} {human_bytes(value)}")
+    print(f"trainable parameters: {prediction['trainable_params']:,} of {prediction['total_params']:,}")
     print(f"{'fits' if fits else 'does not fit'}: {human_bytes(prediction['predicted_peak_bytes'])} vs "
-          f"{what} {human_bytes(limit)}", file=out)
+          f"{what} {human_bytes(limit)}")
     return fits

@@ -132,6 +132,18 @@ def training_arguments(recipe, out_dir: Path, n_train: int, best_metric: str) ->
     )
 
 
+class InOrderEvalTrainer(Trainer):
+    """Evaluates in dataset order. With train_sampling_strategy="group_by_length" Trainer also groups evaluation
+    batches by length, i.e. permutes the predictions; extractive QA decodes them against its features in dataset
+    order (tasks/qa.py), so the order must stay. (QA sorts its features by length itself, to pad little.)"""
+
+    def _get_eval_sampler(self, eval_dataset):
+        from torch.utils.data import SequentialSampler
+
+        return SequentialSampler(eval_dataset) if eval_dataset is not None and self.args.world_size <= 1 \
+            else super()._get_eval_sampler(eval_dataset)
+
+
 def make_trainer(model, **kwargs) -> Trainer:
     """Trainer refuses a quantized model unless peft wrapped it; our native adapters (bottleneck) train a
     quantized base just as legitimately, so they pass the check under the same flag peft sets. The flag is
@@ -140,7 +152,9 @@ def make_trainer(model, **kwargs) -> Trainer:
     if native_on_quantized:
         model._hf_peft_config_loaded = True
     try:
-        return Trainer(model=model, **kwargs)
+        trainer = InOrderEvalTrainer(model=model, **kwargs)
+        trainer.remove_callback(PrinterCallback)  # peftlab prints its own progress and results
+        return trainer
     finally:
         if native_on_quantized:
             del model._hf_peft_config_loaded
@@ -161,13 +175,12 @@ def build_trainer(recipe, task, model, tokenizer, train_ds, eval_ds, out_dir: Pa
         compute_metrics=compute_metrics,
         callbacks=callbacks,
     )
-    trainer.remove_callback(PrinterCallback)  # RichProgress shows the logs
     return trainer, timer
 
 
 def eval_metrics(logs: dict) -> dict:
     """Task metrics and loss from an evaluation log entry, without the "eval_" prefix and timing keys."""
-    timing = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
+    timing = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "eval_model_preparation_time")
     return {k[5:]: v for k, v in logs.items() if k.startswith("eval_") and k not in timing}
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,9 +32,11 @@ def comparison(tmp_path_factory, tiny_bert, data_dir):
         "from peftlab.compare import Comparison\n"
         "comparison = Comparison(name='cmp', recipes=['full.py', 'lora.py', 'broken.py'], baseline='full',\n"
         "                        seeds=[0, 1], overrides=['data.train_limit=128'])\n")
-    os.environ["PEFTLAB_DATA_DIR"] = str(data_dir)
-    code = compare.main([str(tmp / "cmp.py"), "--runs-dir", str(tmp / "runs"), "--reports-dir", str(tmp / "reports")])
-    assert code == 0
+    # through `python -m`, as a user runs it (the comparison file imports peftlab.compare.Comparison)
+    done = subprocess.run([sys.executable, "-m", "peftlab.compare", str(tmp / "cmp.py"), "--runs-dir", str(tmp / "runs"),
+                           "--reports-dir", str(tmp / "reports")], env=os.environ | {"PEFTLAB_DATA_DIR": str(data_dir)},
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-1000:]
     return tmp
 
 

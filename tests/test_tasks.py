@@ -249,19 +249,22 @@ def test_answer_only_in_the_second_window_is_labelled_and_decoded():
     raw, features, recipe = _qa_features(context, "great", data)
     assert len(features) == 2 and features["example_id"] == [0, 0]
     assert "token_type_ids" not in features.column_names  # peft's QA wrapper would drop them (see qa._windows)
-    first, second = features[0], features[1]
+    # features are sorted by length: the shorter second window comes first
+    w1, w2 = sorted(range(2), key=lambda f: next(o for o in features[f]["offset_mapping"] if o)[0])
+    first, second = features[w1], features[w2]
+    assert w1 == 1 and len(first["input_ids"]) == 24 > len(second["input_ids"])
     assert (first["start_positions"], first["end_positions"]) == (0, 0)  # not in window 1: the CLS token
     s, e = second["start_positions"], second["end_positions"]
     assert tokenizer.convert_ids_to_tokens(second["input_ids"][s:e + 1]) == ["great"]
     assert first["offset_mapping"][:4] == [None] * 4  # [CLS] really good [SEP]: never part of an answer
     # logits: the best-scoring span anywhere is in the question (must be ignored), then "great" in window 2;
-    # window 1 offers only a weaker span and an over-long one
-    n = max(len(first["input_ids"]), len(second["input_ids"]))
-    start_logits, end_logits = np.full((2, n), -5.0), np.full((2, n), -5.0)
+    # window 1 offers only a weaker span and an over-long one. Rows are padded to one length, as Trainer does.
+    start_logits, end_logits = np.full((2, 24), -5.0), np.full((2, 24), -5.0)
     start_logits[:, 1] = end_logits[:, 1] = 20.0  # "really" in the question
-    start_logits[0, 6], end_logits[0, 7] = 3.0, 3.0  # a two-token span in window 1
-    start_logits[0, 8], end_logits[0, 16] = 9.0, 9.0  # 9 tokens: longer than max_answer_length
-    start_logits[1, s], end_logits[1, e] = 8.0, 8.0
+    start_logits[w1, 6], end_logits[w1, 7] = 3.0, 3.0  # a two-token span in window 1
+    start_logits[w1, 8], end_logits[w1, 16] = 9.0, 9.0  # 9 tokens: longer than max_answer_length
+    start_logits[w2, s], end_logits[w2, e] = 8.0, 8.0
+    start_logits[w2, 20:], end_logits[w2, 20:] = 30.0, 30.0  # padding past the end of window 2: never chosen
     compute = qa.metrics_for(features, raw, [], recipe)
     from transformers import EvalPrediction
 
@@ -339,14 +342,26 @@ def test_regression_target_errors(tmp_path, tiny_bert, capsys):
     write_stsb(data / "stsb" / "train.tsv", rows)
     write_stsb(data / "stsb" / "validation.tsv", stsb_rows(4, seed=4))
     recipe_path = task_recipe(tmp_path / "r.py", tiny_bert, "regression")
+    capsys.readouterr()
     assert run_cli.main([str(recipe_path), "--data-dir", str(data), "--runs-dir", str(tmp_path / "runs"),
                          "--reports-dir", ""]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "train split, row 2: score='high' is not a number" in err and len(err.splitlines()) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the line naming the (failed) run directory
+    assert err.startswith("error: train split, row 2: score='high' is not a number; fix that row")
     # a missing column is caught before a run directory exists
     recipe_path.write_text(recipe_path.read_text().replace('label="score"', 'label="similarity"'))
     assert run_cli.main([str(recipe_path), "--data-dir", str(data), "--runs-dir", str(tmp_path / "runs2")]) == 2
     assert "train.tsv: no column 'similarity'" in capsys.readouterr().err and not (tmp_path / "runs2").exists()
+
+
+@pytest.mark.parametrize("task", ["stsb", "wnut17", "squad"])
+def test_recipes_and_comparisons_load(task):
+    from peftlab.compare import load_comparison
+
+    recipes = Path(__file__).resolve().parent.parent / "recipes"
+    comparison, variants = load_comparison(recipes / f"compare_{task}.py")
+    kinds = {(load_recipe(v.recipe).method.kind, load_recipe(v.recipe).quant is not None) for v in variants}
+    assert {("full", False), ("lora", False), ("lora", True)} <= kinds and any(k in ("houlsby", "pfeiffer") for k, _ in kinds)
+    assert comparison.baseline == f"full_{task}"
 
 
 # -------------------------------------------------------------------------------- every method on every task
@@ -434,9 +449,18 @@ def test_token_classification_end_to_end(tmp_path, tiny_bert, task_data, capsys)
         assert scored[key] == pytest.approx(m[key]), key
     report = (run_dir / "report.md").read_text()
     assert "Per entity type" in report and f"| pos | {m['precision_pos']:.4f} |" in report
-    assert predict.main([str(run_dir), "the great film was really bad"]) == 0
-    row = json.loads(capsys.readouterr().out)
-    assert {(e["text"], e["type"]) for e in row["entities"]} == {("great film", "pos"), ("bad", "neg")}
+    # raw sentences (training sentences, irregular spaces): entities come back as text spans with their type
+    sentences = [next(s for s in ner_sentences(160, seed=1) if s[0][1] == "O" and s[1][1] == kind)
+                 for kind in ("B-pos", "B-neg")]
+    texts = ["  ".join(w for w, _ in s) for s in sentences]
+    assert predict.main([str(run_dir), *texts]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    for row, sentence, text in zip(rows, sentences, texts):
+        assert row["tags"] == [t for _, t in sentence]
+        ((kind, start, end),) = entity_spans(row["tags"])
+        (entity,) = row["entities"]
+        assert entity["text"] == "  ".join(w for w, _ in sentence[start:end]) == text[entity["start"]:entity["end"]]
+        assert entity["type"] == kind and entity["start"] == len("  ".join(w for w, _ in sentence[:start])) + 2
 
 
 def test_qa_end_to_end(tmp_path, tiny_bert, task_data, capsys):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from transformers import AutoModelForQuestionAnswering, DataCollatorWithPadding
+from transformers import AutoModelForQuestionAnswering
 
 from ..data import require_columns
 from ..errors import check
@@ -118,15 +118,18 @@ def prepare(dataset, tokenizer, recipe, label_names: list[str], split: str):
                 "start_positions": starts, "end_positions": ends,
                 "length": [len(ids) for ids in encoded["input_ids"]]}  # for length-grouped batches
 
-    return dataset.map(encode, batched=True, with_indices=True, remove_columns=dataset.column_names,
-                       desc=f"tokenizing {split}")
+    features = dataset.map(encode, batched=True, with_indices=True, remove_columns=dataset.column_names,
+                           desc=f"tokenizing {split}")
+    # evaluation runs in dataset order (decoding needs it, see training.InOrderEvalTrainer): sorted by length,
+    # its batches pad little; example_id and offsets travel with each feature, so decoding does not mind
+    return features.sort("length")
 
 
 def collator(tokenizer):
-    pad = DataCollatorWithPadding(tokenizer)
-
     def collate(features):  # offsets and example ids are for decoding; they never go to the model
-        return pad([{k: v for k, v in f.items() if k not in ("offset_mapping", "example_id")} for f in features])
+        kept = [{k: v for k, v in f.items() if k not in ("offset_mapping", "example_id")} for f in features]
+        # start/end positions count from the left: pad on the right whatever the tokenizer's default side
+        return tokenizer.pad(kept, padding=True, return_tensors="pt", padding_side="right")
 
     return collate
 
