@@ -84,8 +84,9 @@ def model_card(trained, record: dict) -> str:
     if recipe.quant:
         lines += ["", "The adapter was trained on a quantized base, so the full-precision export is not bit-identical",
                   "to the model as trained: the difference above is real and expected."]
-    lines += ["", "```python", "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
-              "model = AutoModelForSequenceClassification.from_pretrained(\"<this folder>\")",
+    auto = trained.task.MODEL_CLASS.__name__
+    lines += ["", "```python", f"from transformers import {auto}, AutoTokenizer",
+              f"model = {auto}.from_pretrained(\"<this folder>\")",
               "tokenizer = AutoTokenizer.from_pretrained(\"<this folder>\")", "```"]
     return "\n".join(lines) + "\n"
 

@@ -37,7 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None, help="local data folder (default: $PEFTLAB_DATA_DIR)")
     parser.add_argument("--context", default=None, help="question answering: the passage the texts (questions) "
                                                         "are answered from")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # texts may come before or after the options
+    from .run import quiet_libraries
+
+    quiet_libraries()
     return cli_exit_code(lambda: _predict(args))
 
 

@@ -220,7 +220,7 @@ def test_token_classification_labels_from_data_and_errors():
     task = get_task("token_classification")
     assert task.labels(recipe, train) == ["O", "B-x", "I-x"]  # sorted, "O" first
     bad = Dataset.from_list([{"tokens": ["a"], "tags": ["B-y"]}])
-    with pytest.raises(PeftlabError, match=r"validation split, sentence 0: tag 'B-y' is not in the label set"):
+    with pytest.raises(PeftlabError, match=r"validation split, sentence 0: label 'B-y' is not in the label set"):
         task.prepare(bad, make_tokenizer(), recipe, ["O", "B-x", "I-x"], "validation")
     with pytest.raises(PeftlabError, match="are not BIO tags"):
         task.labels(recipe, Dataset.from_list([{"tokens": ["a"], "tags": ["PER"]}]))

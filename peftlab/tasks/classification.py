@@ -35,16 +35,17 @@ def model_kwargs(label_names: list[str]) -> dict:
             "label2id": {name: i for i, name in enumerate(label_names)}}
 
 
-def _label_ids(values, label_names: list[str], split: str) -> list[int]:
+def label_ids(values, label_names: list[str], where: str) -> list[int]:
+    """Class ids from label values given as ids (Hub data) or as names (local files), checked against the set."""
     index = {name: i for i, name in enumerate(label_names)}
     ids = []
     for value in values:
         if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
             check(0 <= value < len(label_names),
-                  f"{split} split: label {value} outside 0..{len(label_names) - 1}; fix the data or model.labels")
+                  f"{where}: label {value} outside 0..{len(label_names) - 1}; fix the data or model.labels")
             ids.append(int(value))
         else:
-            check(str(value) in index, f"{split} split: label {value!r} is not one of {label_names}; "
+            check(str(value) in index, f"{where}: label {value!r} is not in the label set {label_names}; "
                                        "fix the data or model.labels")
             ids.append(index[str(value)])
     return ids
@@ -60,7 +61,7 @@ def prepare(dataset, tokenizer, recipe, label_names: list[str], split: str):
             check(not empty, f"{split} split: empty text in column '{column}'; remove or fill those rows")
         pair = batch[data.text_pair] if data.text_pair else None
         encoded = tokenizer(batch[data.text], pair, truncation=True, max_length=data.max_length)
-        encoded["labels"] = _label_ids(batch[data.label], label_names, split)
+        encoded["labels"] = label_ids(batch[data.label], label_names, f"{split} split")
         encoded["length"] = [len(ids) for ids in encoded["input_ids"]]  # for length-grouped batches
         return encoded
 

@@ -17,6 +17,7 @@ from transformers import AutoModelForTokenClassification, DataCollatorForTokenCl
 from ..data import require_columns
 from ..errors import check
 from ..metrics import EntityF1, entity_spans
+from .classification import label_ids
 
 MODEL_CLASS = AutoModelForTokenClassification
 PEFT_TASK_TYPE = "TOKEN_CLS"
@@ -54,19 +55,6 @@ def model_kwargs(label_names: list[str]) -> dict:
             "label2id": {name: i for i, name in enumerate(label_names)}}
 
 
-def _tag_ids(tags, index: dict, n_labels: int, where: str) -> list[int]:
-    ids = []
-    for tag in tags:
-        if isinstance(tag, (int, np.integer)) and not isinstance(tag, bool):  # Hub data: class ids
-            check(0 <= tag < n_labels, f"{where}: tag id {tag} outside 0..{n_labels - 1}; fix the data or model.labels")
-            ids.append(int(tag))
-        else:
-            check(str(tag) in index, f"{where}: tag {tag!r} is not in the label set {list(index)}; "
-                                     "fix the data or model.labels")
-            ids.append(index[str(tag)])
-    return ids
-
-
 def align(word_ids: list[int | None], word_labels: list[int]) -> list[int]:
     """Label per word piece: the word's label on its first piece; IGNORE on later pieces and special tokens."""
     aligned, previous = [], None
@@ -81,7 +69,6 @@ def prepare(dataset, tokenizer, recipe, label_names: list[str], split: str):
     require_columns(dataset, columns(recipe), split)
     check(tokenizer.is_fast, f"{type(tokenizer).__name__} is a slow tokenizer: aligning tags to word pieces needs "
                              "a fast tokenizer (word_ids); use a model that ships tokenizer.json")
-    index = {name: i for i, name in enumerate(label_names)}
 
     def encode(batch, indices):
         encoded = tokenizer(batch[data.text], is_split_into_words=True, truncation=True, max_length=data.max_length)
@@ -89,7 +76,7 @@ def prepare(dataset, tokenizer, recipe, label_names: list[str], split: str):
         for i, (row, words, tags) in enumerate(zip(indices, batch[data.text], batch[data.label])):
             where = f"{split} split, sentence {row}"
             check(len(words) == len(tags), f"{where}: {len(words)} words but {len(tags)} tags; fix the data")
-            encoded["labels"].append(align(encoded.word_ids(i), _tag_ids(tags, index, len(label_names), where)))
+            encoded["labels"].append(align(encoded.word_ids(i), label_ids(tags, label_names, where)))
         encoded["length"] = [len(ids) for ids in encoded["input_ids"]]  # for length-grouped batches
         return encoded
 
