@@ -116,6 +116,11 @@ def environment() -> dict:
     }
 
 
+def disk_bytes(path: Path) -> int:
+    """Size on disk of every file below a folder."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
 def human_bytes(n: float | None) -> str:
     if n is None:
         return "n/a"

@@ -18,7 +18,7 @@ import torch
 
 from . import rundir
 from .errors import check, cli_exit_code
-from .measure import human_bytes
+from .measure import disk_bytes, human_bytes
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PEFT_KEY_MARKERS = ("lora_", "base_layer", "modules_to_save", "original_module", "ia3_", "magnitude")
@@ -35,7 +35,7 @@ def merged_model(run_dir: Path, dtype: torch.dtype):
 
 
 @torch.no_grad()
-def compare_logits(reference, export, tokenizer, task, recipe, examples) -> dict:
+def compare_logits(reference, export, tokenizer, task, examples) -> dict:
     """max |Δlogit| and predicted-label agreement between two models on the same batches (float32 maths)."""
     collate = task.collator(tokenizer)
     max_diff, agree, total = 0.0, 0, 0
@@ -92,9 +92,8 @@ def model_card(trained, record: dict) -> str:
 
 
 def export(run_dir: Path, out: Path, dtype_name: str, data_root, n_compare: int, command: str) -> dict:
-    from . import data as data_stage
     from .loading import load_trained
-    from .predict import evaluate_split
+    from .predict import eval_inputs, evaluate_split
 
     run_dir = rundir.require_finished(run_dir)
     recipe = rundir.read_json(run_dir / "recipe.json")
@@ -116,14 +115,13 @@ def export(run_dir: Path, out: Path, dtype_name: str, data_root, n_compare: int,
         merged.save_pretrained(tmp)
         trained.tokenizer.save_pretrained(tmp)
         plain = type(merged).from_pretrained(tmp, dtype=DTYPES[dtype_name]).eval()  # as a user would load it
-        splits = data_stage.load_splits(trained.recipe.data, data_root, trained.recipe.train.seed)
-        examples = trained.task.prepare(splits.eval, trained.tokenizer, trained.recipe, trained.labels,
-                                        trained.recipe.data.eval_split)
-        verification = compare_logits(reference.model, plain, trained.tokenizer, trained.task, trained.recipe,
+        prepared = eval_inputs(trained, data_root)  # read and tokenized once: logit check and scoring
+        examples = prepared[1]
+        verification = compare_logits(reference.model, plain, trained.tokenizer, trained.task,
                                       examples.select(range(min(n_compare, len(examples)))))
         reference.model = plain  # evaluate the export the same way a run is evaluated
         record = {"source_run": str(run_dir), "dtype": dtype_name, "command": command, "verification": verification,
-                  "export_metrics": evaluate_split(reference, data_root),
+                  "export_metrics": evaluate_split(reference, data_root, prepared),
                   "run_metrics": rundir.read_json(run_dir / "metrics.json")["task_metrics"],
                   "trained_on_quantized_base": trained.recipe.quant is not None,
                   "base_fingerprint": rundir.read_json(run_dir / "environment.json")["model"]["fingerprint"]}
@@ -158,7 +156,7 @@ def _merge(args, command: str) -> None:
 
     record = export(args.run, args.out, args.dtype, data_stage.data_dir(args.data_dir), args.compare, command)
     v = record["verification"]
-    print(f"exported {args.out} ({args.dtype}, {human_bytes(sum(f.stat().st_size for f in args.out.iterdir()))})")
+    print(f"exported {args.out} ({args.dtype}, {human_bytes(disk_bytes(args.out))})")
     print(f"max |Δlogit| vs the adapter model as trained: {v['max_abs_logit_diff']:.3g} on {v['compared_examples']} "
           f"examples; label agreement {100 * v['label_agreement']:.2f} %")
     print(f"validation: export {record['export_metrics']} | run {record['run_metrics']}")

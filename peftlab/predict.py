@@ -13,19 +13,28 @@ from pathlib import Path
 from .errors import PeftlabError, cli_exit_code
 
 
-def evaluate_split(trained, data_root) -> dict:
+def eval_inputs(trained, data_root):
+    """The raw evaluation split and its tokenized features, as the run prepared them."""
+    from . import data as data_stage
+
+    recipe = trained.recipe
+    splits = data_stage.load_splits(recipe.data, data_root, recipe.train.seed)
+    features = trained.task.prepare(splits.eval, trained.tokenizer, recipe, trained.labels, recipe.data.eval_split)
+    return splits.eval, features
+
+
+def evaluate_split(trained, data_root, prepared=None) -> dict:
+    """Score the evaluation split; `prepared` = eval_inputs(...) when the caller already has them."""
     from transformers import TrainingArguments
 
-    from . import data as data_stage
     from .training import eval_metrics, make_trainer
 
     recipe, task = trained.recipe, trained.task
-    splits = data_stage.load_splits(recipe.data, data_root, recipe.train.seed)
-    eval_ds = task.prepare(splits.eval, trained.tokenizer, recipe, trained.labels, recipe.data.eval_split)
+    raw_eval, eval_ds = prepared or eval_inputs(trained, data_root)
     args = TrainingArguments(output_dir="/tmp/peftlab-predict", per_device_eval_batch_size=recipe.train.eval_batch_size,
                              report_to=[], disable_tqdm=True, use_cpu=not __import__("torch").cuda.is_available())
     trainer = make_trainer(trained.model, args=args, data_collator=task.collator(trained.tokenizer),
-                           compute_metrics=task.metrics_for(eval_ds, splits.eval, trained.labels, recipe))
+                           compute_metrics=task.metrics_for(eval_ds, raw_eval, trained.labels, recipe))
     return eval_metrics(trainer.evaluate(eval_ds))
 
 

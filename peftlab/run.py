@@ -21,10 +21,6 @@ from .recipe import load_recipe, recipe_to_dict
 from .tasks import get_task
 
 
-def _saved_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
 def build_base(recipe, task, resolved, label_names, quantized: bool = True):
     """The base model with its task head: quantized if the recipe asks (head kept in full precision)."""
     from transformers import set_seed
@@ -131,7 +127,7 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
         "train_samples_per_second": min(samples, len(train_ds) * epochs_done) / max(timer.train_seconds, 1e-9),
         "train_tokens_per_second": tokens / max(timer.train_seconds, 1e-9),
         "wall_seconds": time.perf_counter() - started,
-        "saved_bytes": _saved_bytes(run_dir / recipe.method.saves),
+        "saved_bytes": measure.disk_bytes(run_dir / recipe.method.saves),
         **measure.peak_memory(),
         "predicted_peak_bytes": memory_plan["predicted_peak_bytes"],
         "memory_plan": memory_plan["parts"],

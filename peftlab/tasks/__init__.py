@@ -22,3 +22,11 @@ def get_task(name: str):
 
     check(name in TASK_MODULES, f"model.task={name!r} is not implemented yet; available: {', '.join(TASK_MODULES)}")
     return import_module(f"{__name__}.{TASK_MODULES[name]}")
+
+
+def require_fast_tokenizer(tokenizer, task: str, needs: str) -> None:
+    """Tasks that map word pieces back to words or characters need a fast (Rust) tokenizer."""
+    from ..errors import check
+
+    check(tokenizer.is_fast, f"{type(tokenizer).__name__} is a slow tokenizer: {task} needs {needs} from a fast "
+                             "tokenizer; use a model that ships tokenizer.json")

@@ -19,6 +19,7 @@ from transformers import AutoModelForQuestionAnswering
 from ..data import require_columns
 from ..errors import check
 from ..metrics import SquadScores
+from . import require_fast_tokenizer
 
 MODEL_CLASS = AutoModelForQuestionAnswering
 PEFT_TASK_TYPE = "QUESTION_ANS"
@@ -93,8 +94,7 @@ def token_span(offsets: list, start_char: int, end_char: int) -> tuple[int, int]
 def prepare(dataset, tokenizer, recipe, label_names: list[str], split: str):
     data = recipe.data
     require_columns(dataset, columns(recipe), split)
-    check(tokenizer.is_fast, f"{type(tokenizer).__name__} is a slow tokenizer: qa needs character offsets from "
-                             "a fast tokenizer; use a model that ships tokenizer.json")
+    require_fast_tokenizer(tokenizer, "qa", "character offsets")
 
     def encode(batch, indices):
         contexts = batch[data.text_pair]

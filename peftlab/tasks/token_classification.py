@@ -17,6 +17,7 @@ from transformers import AutoModelForTokenClassification, DataCollatorForTokenCl
 from ..data import require_columns
 from ..errors import check
 from ..metrics import EntityF1, entity_spans
+from . import require_fast_tokenizer
 from .classification import label_ids
 
 MODEL_CLASS = AutoModelForTokenClassification
@@ -67,8 +68,7 @@ def align(word_ids: list[int | None], word_labels: list[int]) -> list[int]:
 def prepare(dataset, tokenizer, recipe, label_names: list[str], split: str):
     data = recipe.data
     require_columns(dataset, columns(recipe), split)
-    check(tokenizer.is_fast, f"{type(tokenizer).__name__} is a slow tokenizer: aligning tags to word pieces needs "
-                             "a fast tokenizer (word_ids); use a model that ships tokenizer.json")
+    require_fast_tokenizer(tokenizer, "token_classification", "word ids (to align tags to word pieces)")
 
     def encode(batch, indices):
         encoded = tokenizer(batch[data.text], is_split_into_words=True, truncation=True, max_length=data.max_length)
