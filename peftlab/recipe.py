@@ -81,6 +81,8 @@ class Train:
     evals_per_epoch: int = 1
     logging_steps: int = 50
     group_by_length: bool = True  # batches of similar length: far less padding, same data
+    # "auto": bf16 autocast on a CPU with native bf16 (not on a quantized base), else float32 (peftlab/speed.py)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
     def check(self, where: str) -> None:
         check(0 < self.epochs <= 100, f"{where}.epochs={self.epochs}: use a value in (0, 100]")

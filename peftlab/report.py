@@ -101,7 +101,9 @@ def render(record: dict) -> str:
             ["wall time of the whole run", f"{m['wall_seconds']:.1f} s"],
             ["throughput", f"{m['train_samples_per_second']:.1f} samples/s, {m['train_tokens_per_second']:.0f} tokens/s"],
             ["optimizer steps", f"{m['steps']} (batch {recipe['train']['batch_size']}, {m['epochs']:.2f} epochs)"],
-            ["peak memory (process RSS)", human_bytes(m["peak_rss_bytes"])],
+            ["peak memory (process RSS)", human_bytes(m["peak_rss_bytes"]) + (
+                " (main); per process: " + ", ".join(map(human_bytes, m["peak_rss_bytes_per_process"]))
+                if "peak_rss_bytes_per_process" in m else "")],
             ["peak GPU memory allocated", human_bytes(m.get("cuda_peak_allocated_bytes"))],
             ["saved weights on disk", human_bytes(m["saved_bytes"])],
         ] + _quant_rows(m.get("quantized_storage"))),
@@ -113,6 +115,8 @@ def render(record: dict) -> str:
             ["data", f"{recipe['data']['name']} from {data['source']}: train {data['train_examples']:,} examples, "
                      f"validation {data['eval_examples']:,}"],
             ["training", ", ".join(f"{k}={v}" for k, v in recipe["train"].items())],
+            ["processes; speed settings", f"{env.get('processes', 1)}; " + ", ".join(
+                f"{k} {v}" for k, v in env.get("speed", {}).items())],
             ["seed", recipe["train"]["seed"]],
         ]),
         "## Evaluations during training\n\n" + _evaluations(record["log_history"]),

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import data as data_stage
-from . import measure, models, plan, rundir
+from . import distributed, measure, models, plan, rundir, speed
 from . import report as report_stage
 from .errors import PeftlabError
 from .recipe import load_recipe, recipe_to_dict
@@ -82,9 +82,11 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
     from .training import best_eval, build_trainer, eval_metrics
 
     started = time.perf_counter()
+    main_process = distributed.is_main()  # with several processes only the main one writes
     set_seed(recipe.train.seed)
-    rundir.write_json(run_dir / "recipe.json", recipe_to_dict(recipe))
-    shutil.copyfile(recipe_path, run_dir / "recipe.py")
+    if main_process:
+        rundir.write_json(run_dir / "recipe.json", recipe_to_dict(recipe))
+        shutil.copyfile(recipe_path, run_dir / "recipe.py")
     inputs = prepare_inputs(recipe, data_root)
     task, resolved, tokenizer, splits = inputs.task, inputs.resolved, inputs.tokenizer, inputs.splits
     label_names, train_ds, eval_ds = inputs.labels, inputs.train, inputs.eval
@@ -95,8 +97,11 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
         "model": {"source": resolved.source, "path": resolved.path, "fingerprint": models.weights_fingerprint(resolved)},
         "data": {"source": splits.source, "files": splits.files, "train_examples": len(train_ds),
                  "eval_examples": len(eval_ds)},
+        "processes": distributed.world_size(),
+        "speed": speed.settings(recipe),
     }
-    rundir.write_json(run_dir / "environment.json", env)
+    if main_process:
+        rundir.write_json(run_dir / "environment.json", env)
 
     memory_plan = predict_memory(recipe, inputs)
     model = build_model(recipe, task, resolved, label_names)
@@ -106,6 +111,9 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
                                    task.metrics_for(eval_ds, splits.eval, label_names, recipe))
     trainer.train()
     state = trainer.state
+    peak_rss = distributed.gather(measure.peak_memory()["peak_rss_bytes"])
+    if not main_process:
+        return {}
     rundir.write_json(run_dir / "log_history.json", state.log_history)
     final = best_eval(state.log_history, state.best_model_checkpoint)
 
@@ -129,6 +137,7 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
         "wall_seconds": time.perf_counter() - started,
         "saved_bytes": measure.disk_bytes(run_dir / recipe.method.saves),
         **measure.peak_memory(),
+        **({"peak_rss_bytes_per_process": peak_rss} if len(peak_rss) > 1 else {}),
         "predicted_peak_bytes": memory_plan["predicted_peak_bytes"],
         "memory_plan": memory_plan["parts"],
     }
@@ -189,9 +198,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.plan:  # predict and exit: nothing is trained or written
             return 0 if plan.print_plan(predict_memory(recipe, prepare_inputs(recipe, data_root)), args.budget) else 1
         reports_dir = Path(args.reports_dir) if args.reports_dir else None
-        run_dir = rundir.create(args.runs_dir, recipe.name)
+        distributed.start()
+        run_dir = distributed.share_from_main(lambda: rundir.create(args.runs_dir, recipe.name))
+        if not distributed.is_main():
+            console.quiet = True  # the main process reports for all
         console.print(f"run directory: {run_dir}")
         metrics = execute(recipe, args.recipe, run_dir, data_root, command)
+        if not distributed.is_main():
+            return 0
         rundir.set_status(run_dir, rundir.FINISHED)
         report = report_stage.write(run_dir, reports_dir)
         console.print(summary_table(recipe, metrics, run_dir))
@@ -211,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _record_failure(run_dir: Path | None, state: str, message: str) -> None:
-    if run_dir is None:
+    if run_dir is None or not distributed.is_main():
         return
     rundir.write_atomic(run_dir / "traceback.txt", traceback.format_exc())
     rundir.set_status(run_dir, state, message.splitlines()[0] if message else state)

@@ -13,6 +13,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
+from . import distributed, speed
+
 
 class EvaluateAtEnd(TrainerCallback):
     """Evaluate and checkpoint at the last step too, so best-model selection sees the final weights
@@ -59,7 +61,9 @@ class RichProgress(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = time.perf_counter()
-        if self.console.is_terminal:
+        if not state.is_world_process_zero:  # one display for a multi-process run
+            self.console.quiet = True
+        if self.console.is_terminal and not self.console.quiet:
             self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                                      TextColumn("loss {task.fields[loss]:.4f}"),
                                      TextColumn("{task.fields[rate]:.1f} samples/s"),
@@ -101,8 +105,8 @@ def training_arguments(recipe, out_dir: Path, n_train: int, best_metric: str) ->
     eval_every = max(1, min(total, per_epoch // t.evals_per_epoch))
     return TrainingArguments(
         output_dir=str(out_dir),
-        per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.eval_batch_size,
+        per_device_train_batch_size=distributed.per_process(t.batch_size, "batch_size"),  # the recipe's is global
+        per_device_eval_batch_size=max(1, t.eval_batch_size // distributed.world_size()),
         num_train_epochs=t.epochs,
         max_steps=t.max_steps or -1,
         learning_rate=t.lr,
@@ -110,7 +114,12 @@ def training_arguments(recipe, out_dir: Path, n_train: int, best_metric: str) ->
         max_grad_norm=t.max_grad_norm,
         warmup_steps=t.warmup_ratio,  # transformers 5: a float < 1 is a ratio of total steps
         lr_scheduler_type=t.scheduler,
-        optim="adamw_torch",
+        optim=speed.optimizer_name(),
+        # With several processes Trainer would multiply the loss by their number for any model whose forward takes
+        # **kwargs, expecting the model to divide by the global token count; sequence classification takes **kwargs
+        # but averages over its own batch, so its loss (and gradients) came out N times too large. Off, each process
+        # averages its equal share and DDP averages those: the mean over the global batch, as in one process.
+        average_tokens_across_devices=False,
         eval_strategy="steps",
         eval_steps=eval_every,
         save_strategy="steps",
@@ -133,15 +142,35 @@ def training_arguments(recipe, out_dir: Path, n_train: int, best_metric: str) ->
 
 
 class InOrderEvalTrainer(Trainer):
-    """Evaluates in dataset order. With train_sampling_strategy="group_by_length" Trainer also groups evaluation
-    batches by length, i.e. permutes the predictions; extractive QA decodes them against its features in dataset
-    order (tasks/qa.py), so the order must stay. (QA sorts its features by length itself, to pad little.)"""
+    """Trains on length buckets (speed.LengthBucketSampler), training forward passes under bf16 autocast where
+    speed.use_bf16 says so, and evaluates in float32 and in dataset order.
+    float32: Trainer's bf16=True would evaluate in bf16 too, and predict/merge (float32) would not reproduce the
+    recorded scores. Order: with train_sampling_strategy="group_by_length" Trainer also groups evaluation batches
+    by length, i.e. permutes the predictions; extractive QA decodes them against its features in dataset order
+    (tasks/qa.py; QA sorts its features by length itself, to pad little). With several processes accelerate splits
+    the sequential batches between them and gathers the predictions back in this order."""
+
+    train_autocast = None  # a torch dtype, or None for float32 training
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        if self.train_autocast is None or not model.training:
+            return super().compute_loss(model, inputs, *args, **kwargs)
+        with torch.autocast(self.args.device.type, dtype=self.train_autocast):
+            return super().compute_loss(model, inputs, *args, **kwargs)
 
     def _get_eval_sampler(self, eval_dataset):
         from torch.utils.data import SequentialSampler
 
-        return SequentialSampler(eval_dataset) if eval_dataset is not None and self.args.world_size <= 1 \
-            else super()._get_eval_sampler(eval_dataset)
+        return SequentialSampler(eval_dataset) if eval_dataset is not None else None
+
+    def _get_train_sampler(self, train_dataset=None):
+        # the "length" column (tasks' prepare) is read from the full dataset: Trainer has already dropped it from
+        # the copy it passes here (same rows), and would else measure every example again
+        if self.args.train_sampling_strategy != "group_by_length" or not speed.enabled("length_buckets") \
+                or "length" not in getattr(self.train_dataset, "column_names", ()):
+            return super()._get_train_sampler(train_dataset)
+        global_batch = self.args.per_device_train_batch_size * max(1, self.args.world_size)
+        return speed.LengthBucketSampler(self.train_dataset["length"], global_batch, self.args.data_seed)
 
 
 def make_trainer(model, **kwargs) -> Trainer:
@@ -163,6 +192,9 @@ def make_trainer(model, **kwargs) -> Trainer:
 def build_trainer(recipe, task, model, tokenizer, train_ds, eval_ds, out_dir: Path,
                   compute_metrics) -> tuple[Trainer, StepTimer]:
     timer = StepTimer()
+    bf16 = speed.use_bf16(recipe)
+    if bf16 and speed.fp32_attention_applies():
+        speed.keep_attention_fp32(model)
     callbacks = [EvaluateAtEnd(), timer, RichProgress(recipe.train.batch_size)]
     if recipe.train.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.train.early_stopping_patience))
@@ -175,6 +207,7 @@ def build_trainer(recipe, task, model, tokenizer, train_ds, eval_ds, out_dir: Pa
         compute_metrics=compute_metrics,
         callbacks=callbacks,
     )
+    trainer.train_autocast = torch.bfloat16 if bf16 else None
     return trainer, timer
 
 

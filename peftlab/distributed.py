@@ -1,0 +1,75 @@
+"""Several processes on one recipe (`accelerate launch` / `torchrun`): data-parallel training, one writer.
+
+Trainer (through accelerate) wraps the model in DistributedDataParallel and gives each process its share of every
+batch; peftlab only has to keep the recipe's meaning and the run directory single:
+- train.batch_size stays the global batch: each of N processes takes batch_size / N examples of it, so a step
+  sees the same examples and the same averaged gradient as in one process;
+- evaluation batches are split the same way and gathered back in dataset order, each example once
+  (accelerate's gather_for_metrics drops the repeats it adds to even out the last batch);
+- the main process alone creates and writes the run directory, the adapter and the reports.
+"""
+
+from __future__ import annotations
+
+from .errors import PeftlabError, check
+
+# launchers name the process count and rank differently: torchrun (accelerate launch) and the MPI flavours
+SIZE_VARS = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+RANK_VARS = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
+
+
+def world_size() -> int:
+    from accelerate.utils import get_int_from_env
+
+    return get_int_from_env(SIZE_VARS, 1)
+
+
+def is_main() -> bool:
+    from accelerate.utils import get_int_from_env
+
+    return get_int_from_env(RANK_VARS, 0) == 0
+
+
+def start() -> None:
+    """Join the process group when launched with several processes (gloo on CPU, nccl on GPU): the same
+    accelerate state that Trainer sets up later, created early so that the run directory can be shared first."""
+    if world_size() > 1:
+        import torch
+        from accelerate import PartialState
+
+        PartialState(cpu=not torch.cuda.is_available())
+
+
+def share_from_main(make):
+    """Run make() on the main process only and hand its result (or its PeftlabError) to every process."""
+    if world_size() == 1:
+        return make()
+    import torch.distributed as dist
+
+    box = [None, None]
+    if is_main():
+        try:
+            box[0] = make()
+        except PeftlabError as err:
+            box[1] = str(err)
+    dist.broadcast_object_list(box, src=0)
+    if box[1] is not None:
+        raise PeftlabError(box[1])
+    return box[0]
+
+
+def per_process(batch_size: int, what: str) -> int:
+    n = world_size()
+    check(batch_size % n == 0, f"train.{what}={batch_size} does not split over {n} processes; use a multiple of {n}")
+    return batch_size // n
+
+
+def gather(value) -> list:
+    """value from every process, in rank order (a one-item list in one process)."""
+    if world_size() == 1:
+        return [value]
+    import torch.distributed as dist
+
+    out = [None] * world_size()
+    dist.all_gather_object(out, value)
+    return out

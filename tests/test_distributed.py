@@ -1,0 +1,137 @@
+"""Two processes (accelerate launch, gloo on CPU) train the tiny recipe like one process does."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from peftlab import rundir
+
+from conftest import run_recipe, write_recipe
+
+# Records, per process, the token ids of every training batch and the labels every evaluation received.
+PROBE = textwrap.dedent("""\
+    import json, os, sys
+
+    def install(path):
+        from peftlab.tasks import classification
+        from peftlab.training import InOrderEvalTrainer
+
+        rank = os.environ.get("RANK", "0")
+        compute_metrics, training_step = classification.compute_metrics, InOrderEvalTrainer.training_step
+
+        def record(kind, value):
+            with open(f"{path}.{kind}.{rank}", "a") as fh:
+                fh.write(json.dumps(value) + "\\n")
+
+        def recording_metrics(eval_pred):
+            record("eval", [int(x) for x in eval_pred.label_ids])
+            return compute_metrics(eval_pred)
+
+        def recording_step(self, model, inputs, *args, **kwargs):
+            record("train", [[t for t, m in zip(ids, mask) if m] for ids, mask in
+                             zip(inputs["input_ids"].tolist(), inputs["attention_mask"].tolist())])
+            return training_step(self, model, inputs, *args, **kwargs)
+
+        classification.compute_metrics, InOrderEvalTrainer.training_step = recording_metrics, recording_step
+
+    if __name__ == "__main__":
+        from peftlab import run
+
+        install(os.environ["PROBE_FILE"])
+        sys.exit(run.main(sys.argv[1:]))
+    """)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(command: list[str], env: dict) -> subprocess.CompletedProcess:
+    """Run in a session of its own, so that a hang guard timeout ends the launcher and its workers together."""
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        out, err = process.communicate(timeout=900)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
+def lines(path) -> list:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="two CPU processes; on a GPU machine accelerate would use nccl")
+def test_two_processes_match_one_process(tmp_path, tiny_bert, data_dir, monkeypatch):
+    # float32 and no dropout (each process would draw its own masks), so that the runs differ only in summation
+    # order (see the loss check at the end)
+    recipe = write_recipe(tmp_path / "r.py", tiny_bert,
+                          method="LoRA(r=4, alpha=8, dropout=0.0, target=['query', 'value'])",
+                          train="epochs=2, lr=5e-3, batch_size=16, logging_steps=1, precision='fp32'")
+    recipe.write_text(recipe.read_text().replace('labels=["negative", "positive"])',
+                                                 'labels=["negative", "positive"], dropout=0.0)'))
+    (tmp_path / "probe.py").write_text(PROBE)
+    spec = importlib.util.spec_from_file_location("probe", tmp_path / "probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    from peftlab.tasks import classification
+    from peftlab.training import InOrderEvalTrainer
+
+    for owner, name in ((classification, "compute_metrics"), (InOrderEvalTrainer, "training_step")):
+        monkeypatch.setattr(owner, name, getattr(owner, name))  # put back after the test, whatever install does
+    probe.install(str(tmp_path / "one"))
+    single = run_recipe(tmp_path / "one", recipe, data_dir)
+
+    runs, reports = tmp_path / "two" / "runs", tmp_path / "two" / "reports"
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PROBE_FILE": str(tmp_path / "two"), "HF_HUB_OFFLINE": "1",
+                        "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    # --multi_gpu is accelerate's multi-process launcher (torchrun); without a GPU each process runs on the CPU, gloo
+    launched = launch([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                       "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                       "--main_process_port", str(free_port()), str(tmp_path / "probe.py"), str(recipe),
+                       "--data-dir", str(data_dir), "--runs-dir", str(runs), "--reports-dir", str(reports)], env)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+
+    # one run directory and one report, written by the main process only
+    (run_dir,) = list(runs.iterdir())
+    assert rundir.status(run_dir) == "finished"
+    assert sorted(p.name for p in reports.iterdir()) == ["tiny.json", "tiny.md"]
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    two, one = rundir.read_json(run_dir / "metrics.json"), rundir.read_json(single / "metrics.json")
+    assert rundir.read_json(run_dir / "environment.json")["processes"] == 2
+    assert len(two["peak_rss_bytes_per_process"]) == 2
+
+    # each step's global batch of 16 = the same examples as in one process, 8 on each process
+    batches = {name: lines(tmp_path / f"{name}.train.0") for name in ("one", "two")}
+    halves = lines(tmp_path / "two.train.1")
+    assert len(batches["one"]) == len(batches["two"]) == len(halves) == one["steps"] == two["steps"] == 32
+    for whole, first, second in zip(batches["one"], batches["two"], halves):
+        assert len(first) == len(second) == 8 and sorted(first + second) == sorted(whole)
+
+    # every evaluation saw each validation example exactly once, in dataset order, on both processes
+    rows = (data_dir / "sst2" / "validation.tsv").read_text().splitlines()[1:]
+    labels = [int(row.rsplit("\t", 1)[1]) for row in rows]
+    for rank in (0, 1):
+        seen = lines(tmp_path / f"two.eval.{rank}")
+        assert len(seen) == 2 and all(s == labels for s in seen)  # one evaluation per epoch
+
+    # Same examples and weights at every step: the losses agree to float rounding (the two processes sum the
+    # halves of each batch in another order, then all-reduce). A loss scaled by the number of processes, a wrong
+    # batch, or a duplicated evaluation example would be off by orders of magnitude more.
+    curves = [[e["loss"] for e in rundir.read_json(d / "log_history.json") if "loss" in e] for d in (single, run_dir)]
+    assert curves[1] == pytest.approx(curves[0], abs=1e-5)
+    assert two["task_metrics"]["loss"] == pytest.approx(one["task_metrics"]["loss"], abs=1e-5)
+    assert two["task_metrics"]["accuracy"] == one["task_metrics"]["accuracy"]
