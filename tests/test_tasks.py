@@ -425,8 +425,10 @@ def _run_and_rescore(tmp_path, recipe: Path, data: Path, capsys) -> tuple[Path, 
 
 
 def test_regression_end_to_end(tmp_path, tiny_bert, task_data, capsys):
-    recipe = task_recipe(tmp_path / "r.py", tiny_bert, "regression", name="tiny_stsb",
-                         train="epochs=6, lr=1e-2, batch_size=16, logging_steps=5")
+    # full fine-tuning: LoRA on this random tiny base learns the scores only on some seeds (Pearson 0.1-0.8 over
+    # seeds 0-4, whichever batch order); full fine-tuning reached 0.92-0.97 on all five
+    recipe = task_recipe(tmp_path / "r.py", tiny_bert, "regression", name="tiny_stsb", method="FullFineTuning()",
+                         train="epochs=15, lr=3e-3, batch_size=16, logging_steps=5")
     run_dir, metrics, scored = _run_and_rescore(tmp_path, recipe, task_data, capsys)
     m = metrics["task_metrics"]
     assert set(m) == {"loss", "pearson", "spearman"} and metrics["labels"] == ["score"]
@@ -439,8 +441,9 @@ def test_regression_end_to_end(tmp_path, tiny_bert, task_data, capsys):
 
 
 def test_token_classification_end_to_end(tmp_path, tiny_bert, task_data, capsys):
+    # 10 epochs: F1 0.95-1.0 over seeds 0-4 (6 epochs: 0.76-0.92, i.e. the threshold depended on the batch order)
     recipe = task_recipe(tmp_path / "r.py", tiny_bert, "token_classification", name="tiny_wnut",
-                         train="epochs=6, lr=1e-2, batch_size=16, logging_steps=5")
+                         train="epochs=10, lr=1e-2, batch_size=16, logging_steps=5")
     run_dir, metrics, scored = _run_and_rescore(tmp_path, recipe, task_data, capsys)
     m = metrics["task_metrics"]
     assert metrics["labels"] == ["O", "B-neg", "B-pos", "I-pos"]
