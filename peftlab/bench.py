@@ -84,7 +84,8 @@ def train_plain(recipe, data_root: Path | None, padded: bool) -> dict:
         scores = trainer.evaluate()
     epochs = trainer.state.epoch
     real_tokens = sum(map(sum, train["attention_mask"])) * epochs
-    return {"train_seconds": timer.train_seconds, "steps": trainer.state.global_step, "epochs": epochs,
+    return {"train_seconds": timer.train_seconds, "eval_seconds": scores["eval_runtime"],
+            "steps": trainer.state.global_step, "epochs": epochs,
             "samples_per_second": len(train) * epochs / timer.train_seconds,
             "tokens_per_second": real_tokens / timer.train_seconds,
             "task_metrics": {k[5:]: v for k, v in scores.items() if k.startswith("eval_") and "runtime" not in k
@@ -96,7 +97,9 @@ def train_plain(recipe, data_root: Path | None, padded: bool) -> dict:
 def peftlab_result(run_dir: Path) -> dict:
     metrics = rundir.read_json(run_dir / "metrics.json")
     env = rundir.read_json(run_dir / "environment.json")
-    return {"train_seconds": metrics["train_seconds"], "steps": metrics["steps"], "epochs": metrics["epochs"],
+    evals = [e["eval_runtime"] for e in rundir.read_json(run_dir / "log_history.json") if "eval_runtime" in e]
+    return {"train_seconds": metrics["train_seconds"], "eval_seconds": sum(evals), "evaluations": len(evals),
+            "steps": metrics["steps"], "epochs": metrics["epochs"],
             "samples_per_second": metrics["train_samples_per_second"],
             "tokens_per_second": metrics["train_tokens_per_second"], "task_metrics": metrics["task_metrics"],
             "train_examples": env["data"]["train_examples"], "eval_examples": env["data"]["eval_examples"],
@@ -175,7 +178,8 @@ def summarize(runs: list[dict], metric: str) -> dict:
     for name in APPROACHES:
         mine = [r for r in runs if r["approach"] == name]
         out[name] = {key: statistics.median(r[key] for r in mine) for key in
-                     ("samples_per_second", "tokens_per_second", "train_seconds", "wall_seconds", "peak_rss_bytes")}
+                     ("samples_per_second", "tokens_per_second", "train_seconds", "eval_seconds", "wall_seconds",
+                      "peak_rss_bytes")}
         out[name][metric] = statistics.mean(r["task_metrics"][metric] for r in mine)
     ours = out["peftlab"]
     for name, target in TARGETS.items():
@@ -233,7 +237,7 @@ def bench(args, command: str) -> int:
                           f"{result['task_metrics']['accuracy']:.4f}, {result['wall_seconds']:.0f} s", highlight=False)
     record = {"command": command, "recipe": recipe_to_dict(recipe), "environment": measure.environment(),
               "repeats": args.repeats, "runs": runs, "summary": summarize(runs, "accuracy")}
-    small = args.overrides + [f"data.train_limit={args.ablation_train_limit}", "data.eval_limit=128"]
+    small = args.overrides + [f"data.train_limit={args.ablation_train_limit}", "data.eval_limit=384"]
     if args.ablation:
         console.print("ablation: peftlab with each speed setting off …")
         record["ablation"] = {"overrides": small, **spawn("ablation", args, small)}
@@ -262,7 +266,8 @@ def render(record: dict) -> str:
     for name, describe in APPROACHES.items():
         s = summary[name]
         rows.append([f"**{name}**: {describe}", f"{s['samples_per_second']:.1f}", f"{s['tokens_per_second']:.0f}",
-                     f"{s['train_seconds']:.1f}", f"{s['wall_seconds']:.0f}", measure.human_bytes(s["peak_rss_bytes"]),
+                     f"{s['train_seconds']:.1f}", f"{s['eval_seconds']:.1f}", f"{s['wall_seconds']:.0f}",
+                     measure.human_bytes(s["peak_rss_bytes"]),
                      f"{100 * s['accuracy']:.2f} %",
                      _ratio(summary["peftlab"]["samples_per_second"] / s["samples_per_second"])])
     targets = [[f"peftlab vs {name}", _ratio(summary[name]["peftlab_speedup"]), f"≥ {_ratio(summary[name]['target'])}",
@@ -280,13 +285,14 @@ def render(record: dict) -> str:
         f"medians over {record['repeats']} round(s), run in the order tutorial, best practice, peftlab, each in "
         "its own process (peak memory is that process's RSS; wall time is the whole process: start-up, "
         "tokenization, training, evaluation, and for peftlab saving and the report).",
-        "## Result\n\n" + table(["approach", "samples/s", "tokens/s", "train s", "wall s", "peak RSS",
+        "## Result\n\n" + table(["approach", "samples/s", "tokens/s", "train s", "eval s", "wall s", "peak RSS",
                                  "val. accuracy", "peftlab is"], rows),
         "## Targets\n\n" + table(["comparison", "speed-up", "target", "", "accuracy gap", "±0.5 pt"], targets),
-        "## Every run\n\n" + table(["round", "approach", "samples/s", "tokens/s", "train s", "wall s", "peak RSS",
-                                    "accuracy", "loss"],
+        "## Every run\n\n" + table(["round", "approach", "samples/s", "tokens/s", "train s", "eval s", "wall s",
+                                    "peak RSS", "accuracy", "loss"],
                                    [[r["repeat"], r["approach"], f"{r['samples_per_second']:.1f}",
                                      f"{r['tokens_per_second']:.0f}", f"{r['train_seconds']:.1f}",
+                                     f"{r['eval_seconds']:.1f}",
                                      f"{r['wall_seconds']:.0f}", measure.human_bytes(r["peak_rss_bytes"]),
                                      f"{r['task_metrics']['accuracy']:.4f}", f"{r['task_metrics']['loss']:.4f}"]
                                     for r in runs]),
@@ -330,14 +336,17 @@ def _ablation_section(ablation: dict) -> str:
         lines.append(["all settings on" if off is None else f"without {off}",
                       ", ".join(f"{r['samples_per_second']:.1f}" for r in mine), f"{median:.1f}",
                       "—" if off is None else _ratio(all_on / median),
+                      ", ".join(f"{r['eval_seconds']:.2f}" for r in mine),
                       ", ".join(f"{r['task_metrics']['accuracy']:.4f}" for r in mine)])
     first = rows[0]
     return ("## Effect of each speed setting (ablation)\n\n"
             f"peftlab runs in one process (after one warm-up run), `PEFTLAB_DISABLE=<setting>` switching one setting "
             f"off at a time, rounds alternating; {first['train_examples']:,} training sentences ({first['steps']} "
             f"steps), validation on {first['eval_examples']} (overrides: `{' '.join(ablation['overrides'])}`). "
-            "\"gain\" = samples/s with all settings on ÷ without this one.\n\n"
-            + table(["variant", "samples/s per round", "median", "gain", "accuracy per round"], lines))
+            "\"gain\" = training samples/s with all settings on ÷ without this one; eval_by_length acts on the "
+            "evaluation time instead.\n\n"
+            + table(["variant", "samples/s per round", "median", "gain", "evaluation s per round",
+                     "accuracy per round"], lines))
 
 
 def _profile_section(profiled: dict) -> str:

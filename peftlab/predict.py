@@ -16,11 +16,12 @@ from .errors import PeftlabError, cli_exit_code
 def eval_inputs(trained, data_root):
     """The raw evaluation split and its tokenized features, as the run prepared them."""
     from . import data as data_stage
+    from .speed import evaluation_order
 
     recipe = trained.recipe
     splits = data_stage.load_splits(recipe.data, data_root, recipe.train.seed)
     features = trained.task.prepare(splits.eval, trained.tokenizer, recipe, trained.labels, recipe.data.eval_split)
-    return splits.eval, features
+    return splits.eval, evaluation_order(features)
 
 
 def evaluate_split(trained, data_root, prepared=None) -> dict:

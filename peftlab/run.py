@@ -68,7 +68,7 @@ def prepare_inputs(recipe, data_root: Path | None) -> Inputs:
     splits = data_stage.load_splits(recipe.data, data_root, recipe.train.seed)
     labels = task.labels(recipe, splits.train)
     train = task.prepare(splits.train, tokenizer, recipe, labels, "train")
-    evaluation = task.prepare(splits.eval, tokenizer, recipe, labels, recipe.data.eval_split)
+    evaluation = speed.evaluation_order(task.prepare(splits.eval, tokenizer, recipe, labels, recipe.data.eval_split))
     return Inputs(task, resolved, tokenizer, splits, labels, train, evaluation)
 
 

@@ -5,7 +5,8 @@
 - bf16: with train.precision="auto", bf16 autocast on a CPU that computes bf16 natively (AVX512-BF16 / AMX);
 - fp32_attention: under CPU bf16 autocast, attention still runs in float32 (torch's CPU flash-attention backward
   is several times slower in bf16 than in float32, which ate the bf16 gain of the matmuls);
-- fused_adamw: torch's fused AdamW kernel (Trainer's default since torch 2.8).
+- fused_adamw: torch's fused AdamW kernel (Trainer's default since torch 2.8);
+- eval_by_length: evaluation examples in order of length, so that evaluation batches pad little.
 
 PEFTLAB_DISABLE=name[,name...] switches them off one by one, for measuring; the settings a run used are recorded
 in its environment.json.
@@ -21,7 +22,7 @@ import torch
 from .errors import check
 
 DISABLE_ENV = "PEFTLAB_DISABLE"
-SWITCHES = ("length_buckets", "bf16", "fp32_attention", "fused_adamw")
+SWITCHES = ("length_buckets", "bf16", "fp32_attention", "fused_adamw", "eval_by_length")
 FP32_ATTENTION = "peftlab_sdpa_fp32"
 
 
@@ -109,6 +110,16 @@ class LengthBucketSampler(torch.utils.data.Sampler):
         short = [batches.pop()] if len(batches[-1]) < self.batch_size else []
         shuffled = [batches[i] for i in torch.randperm(len(batches), generator=generator)] + short
         return iter(torch.cat(shuffled).tolist())
+
+
+def evaluation_order(features):
+    """The prepared evaluation set sorted by length (stable), so that each evaluation batch pads to little more
+    than its own examples (in file order, a batch of 128 SST-2 sentences pads to its longest). The scores do not
+    depend on the order; extractive QA's span decoding needs its features in the order they are evaluated, and
+    tasks/qa.py already sorts them by length, so there this is the identity."""
+    if not enabled("eval_by_length") or "length" not in features.column_names:
+        return features
+    return features.sort("length")
 
 
 # ---------------------------------------------------------------------------------------------- attention

@@ -34,7 +34,7 @@ PROBE = textwrap.dedent("""\
                 fh.write(json.dumps(value) + "\\n")
 
         def recording_metrics(eval_pred):
-            record("eval", [int(x) for x in eval_pred.label_ids])
+            record("eval", {"labels": eval_pred.label_ids.tolist(), "logits": eval_pred.predictions.tolist()})
             return compute_metrics(eval_pred)
 
         def recording_step(self, model, inputs, *args, **kwargs):
@@ -121,12 +121,19 @@ def test_two_processes_match_one_process(tmp_path, tiny_bert, data_dir, monkeypa
     for whole, first, second in zip(batches["one"], batches["two"], halves):
         assert len(first) == len(second) == 8 and sorted(first + second) == sorted(whole)
 
-    # every evaluation saw each validation example exactly once, in dataset order, on both processes
+    # Every evaluation (one per epoch) got each of the 64 validation examples exactly once, in the order one
+    # process has them (by length, speed.evaluation_order), on both processes: same labels, and the same logits
+    # example by example (a duplicated, dropped or moved example would shift them).
     rows = (data_dir / "sst2" / "validation.tsv").read_text().splitlines()[1:]
-    labels = [int(row.rsplit("\t", 1)[1]) for row in rows]
+    single_evals = lines(tmp_path / "one.eval.0")
+    assert len(single_evals) == 2
+    assert sorted(single_evals[0]["labels"]) == sorted(int(row.rsplit("\t", 1)[1]) for row in rows)
     for rank in (0, 1):
-        seen = lines(tmp_path / f"two.eval.{rank}")
-        assert len(seen) == 2 and all(s == labels for s in seen)  # one evaluation per epoch
+        evals = lines(tmp_path / f"two.eval.{rank}")
+        assert [e["labels"] for e in evals] == [e["labels"] for e in single_evals]
+        for mine, theirs in zip(evals, single_evals):
+            assert len(mine["logits"]) == 64
+            assert sum(mine["logits"], []) == pytest.approx(sum(theirs["logits"], []), abs=1e-5)
 
     # Same examples and weights at every step: the losses agree to float rounding (the two processes sum the
     # halves of each batch in another order, then all-reduce). A loss scaled by the number of processes, a wrong
