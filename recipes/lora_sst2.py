@@ -11,5 +11,6 @@ from dataclasses import replace
 from peftlab import LoRA
 from sst2_base import recipe as base
 
-recipe = replace(base, name="lora_sst2", method=LoRA(r=8, alpha=16, dropout=0.0, target="all-linear"),
-                 train=replace(base.train, batch_size=16, lr=1e-3))
+recipe = replace(base, name="lora_sst2",
+                 method=LoRA(r=8, alpha=16, dropout=0.0, target="all-linear", modules_to_save=["LayerNorm"]),
+                 train=replace(base.train, batch_size=32, lr=2e-3))
