@@ -56,11 +56,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _task_options(trained, context: str | None) -> dict:
-    """Extra predict() arguments: question answering reads a context and decodes as the run was evaluated."""
+    """Extra predict() arguments: question answering reads a context and decodes as the run was evaluated;
+    regression scores go back to the data's scale."""
     if trained.recipe.model.task != "qa":
         if context is not None:
             raise PeftlabError(f"--context is for question answering runs; this run's task is {trained.recipe.model.task}")
-        return {}
+        return {"label_scale": trained.recipe.data.label_scale} if trained.recipe.model.task == "regression" else {}
     data = trained.recipe.data
     return {"context": context, "stride": data.stride, "n_best": data.n_best, "max_answer_length": data.max_answer_length}
 

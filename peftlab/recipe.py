@@ -57,6 +57,9 @@ class Data:
     stride: int = 128  # tokens shared by consecutive windows over one context
     max_answer_length: int = 30  # longest answer span considered when decoding, in tokens
     n_best: int = 20  # best start and end positions per window tried when decoding
+    # regression only: the model learns target / label_scale (e.g. STS-B 0-5 -> 0-1, so a fresh head needs small
+    # outputs); predict multiplies back, correlations are unchanged, the evaluation loss is on the learned scale
+    label_scale: float = 1.0
 
     def check(self, where: str) -> None:
         check(8 <= self.max_length <= 8192, f"{where}.max_length={self.max_length}: use a value in 8..8192")
@@ -66,6 +69,7 @@ class Data:
         check(self.stride >= 0, f"{where}.stride={self.stride}: use a non-negative overlap, e.g. 128")
         check(self.max_answer_length >= 1, f"{where}.max_answer_length={self.max_answer_length}: must be >= 1, e.g. 30")
         check(self.n_best >= 1, f"{where}.n_best={self.n_best}: must be >= 1, e.g. 20")
+        check(self.label_scale > 0, f"{where}.label_scale={self.label_scale}: must be > 0, e.g. 5 for 0-5 scores")
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,8 @@ class Recipe:
                   f"{where}.data.stride={self.data.stride}: must be below half of data.max_length="
                   f"{self.data.max_length} for qa, e.g. max_length=384 with stride=128")
         task = self.model.task
+        check(self.data.label_scale == 1 or task == "regression",
+              f"{where}.data.label_scale: scales regression targets; remove it for model.task={task!r}")
         check(self.model.head is None or task in HEAD_TASKS,
               f"{where}.model.head: custom heads are for {', '.join(HEAD_TASKS)}, not {task}; remove model.head")
         check(self.train.loss.is_default or task in LOSS_TASKS,
