@@ -27,6 +27,7 @@ def evaluate_split(trained, data_root, prepared=None) -> dict:
     """Score the evaluation split; `prepared` = eval_inputs(...) when the caller already has them."""
     from transformers import TrainingArguments
 
+    from .losses import compute_loss_func
     from .training import eval_metrics, make_trainer
 
     recipe, task = trained.recipe, trained.task
@@ -34,7 +35,8 @@ def evaluate_split(trained, data_root, prepared=None) -> dict:
     args = TrainingArguments(output_dir="/tmp/peftlab-predict", per_device_eval_batch_size=recipe.train.eval_batch_size,
                              report_to=[], disable_tqdm=True, use_cpu=not __import__("torch").cuda.is_available())
     trainer = make_trainer(trained.model, args=args, data_collator=task.collator(trained.tokenizer),
-                           compute_metrics=task.metrics_for(eval_ds, raw_eval, trained.labels, recipe))
+                           compute_metrics=task.metrics_for(eval_ds, raw_eval, trained.labels, recipe),
+                           compute_loss_func=compute_loss_func(recipe.train.loss, trained.labels))  # loss as in training
     return eval_metrics(trainer.evaluate(eval_ds))
 
 
@@ -54,11 +56,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _task_options(trained, context: str | None) -> dict:
-    """Extra predict() arguments: question answering reads a context and decodes as the run was evaluated."""
+    """Extra predict() arguments: question answering reads a context and decodes as the run was evaluated;
+    regression scores go back to the data's scale."""
     if trained.recipe.model.task != "qa":
         if context is not None:
             raise PeftlabError(f"--context is for question answering runs; this run's task is {trained.recipe.model.task}")
-        return {}
+        return {"label_scale": trained.recipe.data.label_scale} if trained.recipe.model.task == "regression" else {}
     data = trained.recipe.data
     return {"context": context, "stride": data.stride, "n_best": data.n_best, "max_answer_length": data.max_answer_length}
 

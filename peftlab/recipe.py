@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from .errors import PeftlabError, check
+from .heads import HEAD_TASKS, MLPHead
+from .losses import LOSS_TASKS, LOSSES, CrossEntropy, Loss, check_labels
 
 Task = Literal["classification", "regression", "token_classification", "qa", "causal_lm"]
 
@@ -31,6 +33,7 @@ class Model:
     trust_remote_code: bool = False  # executes code from the model repo: off unless asked for
     revision: Optional[str] = None
     dropout: Optional[float] = None  # override every dropout probability of the base (None: keep the model's)
+    head: Optional[MLPHead] = None  # replace the linear task head by a small MLP (None: the model's own head)
 
     def check(self, where: str) -> None:
         check(self.dropout is None or 0 <= self.dropout < 1, f"{where}.dropout={self.dropout}: use [0, 1) or None")
@@ -54,6 +57,9 @@ class Data:
     stride: int = 128  # tokens shared by consecutive windows over one context
     max_answer_length: int = 30  # longest answer span considered when decoding, in tokens
     n_best: int = 20  # best start and end positions per window tried when decoding
+    # regression only: the model learns target / label_scale (e.g. STS-B 0-5 -> 0-1, so a fresh head needs small
+    # outputs); predict multiplies back, correlations are unchanged, the evaluation loss is on the learned scale
+    label_scale: float = 1.0
 
     def check(self, where: str) -> None:
         check(8 <= self.max_length <= 8192, f"{where}.max_length={self.max_length}: use a value in 8..8192")
@@ -63,6 +69,7 @@ class Data:
         check(self.stride >= 0, f"{where}.stride={self.stride}: use a non-negative overlap, e.g. 128")
         check(self.max_answer_length >= 1, f"{where}.max_answer_length={self.max_answer_length}: must be >= 1, e.g. 30")
         check(self.n_best >= 1, f"{where}.n_best={self.n_best}: must be >= 1, e.g. 20")
+        check(self.label_scale > 0, f"{where}.label_scale={self.label_scale}: must be > 0, e.g. 5 for 0-5 scores")
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,7 @@ class Train:
     evals_per_epoch: int = 1
     logging_steps: int = 50
     group_by_length: bool = True  # batches of similar length: far less padding, same data
+    loss: Loss = field(default_factory=CrossEntropy)  # CrossEntropy() as is: the model's own loss
 
     def check(self, where: str) -> None:
         check(0 < self.epochs <= 100, f"{where}.epochs={self.epochs}: use a value in (0, 100]")
@@ -114,6 +122,16 @@ class Recipe:
             check(self.data.stride < self.data.max_length // 2,
                   f"{where}.data.stride={self.data.stride}: must be below half of data.max_length="
                   f"{self.data.max_length} for qa, e.g. max_length=384 with stride=128")
+        task = self.model.task
+        check(self.data.label_scale == 1 or task == "regression",
+              f"{where}.data.label_scale: scales regression targets; remove it for model.task={task!r}")
+        check(self.model.head is None or task in HEAD_TASKS,
+              f"{where}.model.head: custom heads are for {', '.join(HEAD_TASKS)}, not {task}; remove model.head")
+        check(self.train.loss.is_default or task in LOSS_TASKS,
+              f"{where}.train.loss: {type(self.train.loss).__name__} is for {' and '.join(LOSS_TASKS)}; {task} trains "
+              "with its model's own loss: remove train.loss")
+        if self.model.labels is not None:
+            check_labels(self.train.loss, self.model.labels, f"{where}.train.loss")
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -293,6 +311,9 @@ def recipe_to_dict(recipe: Recipe) -> dict:
     """Plain JSON-able form, with the kind of method and quantization named so it can be rebuilt."""
     out = dataclasses.asdict(recipe)
     out["method"] = {"kind": recipe.method.kind, **dataclasses.asdict(recipe.method)}
+    out["train"]["loss"] = {"kind": recipe.train.loss.kind, **dataclasses.asdict(recipe.train.loss)}
+    if recipe.model.head is not None:
+        out["model"]["head"] = {"kind": recipe.model.head.kind, **dataclasses.asdict(recipe.model.head)}
     if recipe.quant is not None:
         out["quant"] = {"kind": recipe.quant.kind, **dataclasses.asdict(recipe.quant)}
     return out
@@ -304,12 +325,18 @@ def recipe_from_dict(data: dict) -> Recipe:
 
     method = dict(data["method"])
     quant = dict(data["quant"]) if data.get("quant") else None
+    model, train = dict(data["model"]), dict(data["train"])
+    if model.get("head"):
+        model["head"] = MLPHead(**{k: v for k, v in model["head"].items() if k != "kind"})
+    if "loss" in train:  # records written before losses existed have none: the model's own loss
+        loss = dict(train["loss"])
+        train["loss"] = LOSSES[loss.pop("kind")](**loss)
     recipe = Recipe(
         name=data["name"],
-        model=Model(**data["model"]),
+        model=Model(**model),
         data=Data(**data["data"]),
         method=METHODS[method.pop("kind")](**method),
-        train=Train(**data["train"]),
+        train=Train(**train),
         quant=QUANTS[quant.pop("kind")](**quant) if quant else None,
     )
     validate(recipe)

@@ -79,6 +79,12 @@ def _quant_rows(storage: dict | None) -> list[list]:
                                   f"= {storage['bits_per_param']:.3f} bits/param (values + scales)"]]
 
 
+def _head_text(head: dict | None) -> str:
+    if not head:
+        return "the model's own (linear)"
+    return f"{head['kind']}(" + ", ".join(f"{k}={v!r}" for k, v in head.items() if k != "kind") + ")"
+
+
 def render(record: dict) -> str:
     recipe, m, env = record["recipe"], record["metrics"], record["environment"]
     method = recipe["method"]
@@ -108,6 +114,7 @@ def render(record: dict) -> str:
         "## Setup\n\n" + table(["part", "value"], [
             ["model", f"{recipe['model']['name']} (loaded from {env['model']['source']}: `{env['model']['path']}`)"],
             ["task", f"{recipe['model']['task']}, labels {m.get('labels')}"],
+            ["task head", _head_text(recipe["model"].get("head"))],
             ["method", f"{method['kind']}({method_args})"],
             ["quantization", quant_text],
             ["data", f"{recipe['data']['name']} from {data['source']}: train {data['train_examples']:,} examples, "

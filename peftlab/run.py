@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import data as data_stage
-from . import measure, models, plan, rundir
+from . import heads, measure, models, plan, rundir
 from . import report as report_stage
 from .errors import PeftlabError
 from .recipe import load_recipe, recipe_to_dict
@@ -29,6 +29,8 @@ def build_base(recipe, task, resolved, label_names, quantized: bool = True):
     quant_config = quant.bnb_config(list(task.HEADS)) if quant else None
     set_seed(recipe.train.seed)  # the new task head is initialised from the seed
     model = models.load_model(resolved, recipe.model, task.MODEL_CLASS, quant_config, **task.model_kwargs(label_names))
+    if recipe.model.head is not None:  # before any method wraps the model: the head trains and saves like the linear one
+        heads.attach(model, recipe.model.head, task.HEADS)
     if quant is not None:
         from peft import prepare_model_for_kbit_training
 
@@ -103,7 +105,7 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
     params = measure.count_parameters(model)
     quant_storage = measure.quantized_storage(model)
     trainer, timer = build_trainer(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir / "checkpoints",
-                                   task.metrics_for(eval_ds, splits.eval, label_names, recipe))
+                                   task.metrics_for(eval_ds, splits.eval, label_names, recipe), label_names)
     trainer.train()
     state = trainer.state
     rundir.write_json(run_dir / "log_history.json", state.log_history)

@@ -161,7 +161,9 @@ def make_trainer(model, **kwargs) -> Trainer:
 
 
 def build_trainer(recipe, task, model, tokenizer, train_ds, eval_ds, out_dir: Path,
-                  compute_metrics) -> tuple[Trainer, StepTimer]:
+                  compute_metrics, labels: list[str]) -> tuple[Trainer, StepTimer]:
+    from .losses import compute_loss_func
+
     timer = StepTimer()
     callbacks = [EvaluateAtEnd(), timer, RichProgress(recipe.train.batch_size)]
     if recipe.train.early_stopping_patience:
@@ -174,6 +176,7 @@ def build_trainer(recipe, task, model, tokenizer, train_ds, eval_ds, out_dir: Pa
         data_collator=task.collator(tokenizer),
         compute_metrics=compute_metrics,
         callbacks=callbacks,
+        compute_loss_func=compute_loss_func(recipe.train.loss, labels),
     )
     return trainer, timer
 

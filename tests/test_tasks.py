@@ -484,3 +484,25 @@ def test_qa_end_to_end(tmp_path, tiny_bert, task_data, capsys):
     record = json.loads((tmp_path / "export" / merge.EXPORT_RECORD).read_text())
     assert record["verification"]["max_abs_logit_diff"] <= 1e-4 and record["verification"]["label_agreement"] == 1.0
     assert record["export_metrics"]["f1"] == pytest.approx(m["f1"])
+
+
+def test_regression_label_scale_trains_on_scaled_targets_and_predicts_on_the_data_scale(tmp_path, tiny_bert, task_data):
+    from peftlab import data as data_stage
+    from peftlab.run import build_model
+
+    path = task_recipe(tmp_path / "r.py", tiny_bert, "regression",
+                       data=TASKS["regression"].replace("max_length=32", "max_length=32, label_scale=5.0"))
+    recipe = load_recipe(path)
+    task = get_task("regression")
+    splits = data_stage.load_splits(recipe.data, task_data, 0)
+    features = task.prepare(splits.train, make_tokenizer(), recipe, ["score"], "train")
+    assert sorted(features["labels"]) == pytest.approx(sorted(float(s) / 5 for s in splits.train["score"]))
+    model = build_model(recipe, task, models.resolve(recipe.model.name), ["score"])
+    pair = "a great film\tthe plot was lovely"
+    raw = task.predict(model, make_tokenizer(), [pair], ["score"])[0]["score"]
+    assert task.predict(model, make_tokenizer(), [pair], ["score"], label_scale=5.0)[0]["score"] == pytest.approx(5 * raw)
+    with pytest.raises(PeftlabError, match="data.label_scale: scales regression targets; remove it"):
+        load_recipe(task_recipe(tmp_path / "c.py", tiny_bert, "token_classification",
+                                data=TASKS["token_classification"].replace(")", ", label_scale=2.0)")))
+    with pytest.raises(PeftlabError, match=r"data.label_scale=0.0: must be > 0"):
+        load_recipe(path, ["data.label_scale=0"])
