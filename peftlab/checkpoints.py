@@ -109,7 +109,7 @@ def require_finite(loss: torch.Tensor, trainer) -> None:
     weights of the last step intact."""
     if torch.isfinite(loss).all():
         return
-    last = last_checkpoint(Path(trainer.args.output_dir)) if Path(trainer.args.output_dir).is_dir() else None
+    last = last_checkpoint(Path(trainer.args.output_dir))
     kept = f"the last good checkpoint is kept: {last}" if last else "no checkpoint had been saved yet"
     raise PeftlabError(f"training loss became {loss.item()} at step {trainer.state.global_step + 1} "
                        f"(lr {trainer.args.learning_rate:g}): stopped before updating the weights; {kept}; "

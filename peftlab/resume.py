@@ -31,6 +31,9 @@ class Resume:
     def step(self) -> int:
         return int(self.checkpoint.name.rsplit("-", 1)[1]) if self.checkpoint else 0
 
+    def __str__(self) -> str:
+        return f"resuming from {self.checkpoint.name}" if self.checkpoint else "resuming: no checkpoint yet, from step 0"
+
 
 def _find(arg: str, runs_dir: Path, name: str) -> Path:
     if arg != AUTO:

@@ -198,9 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         preflight.run_checks(recipe, args.runs_dir, reports_dir)
         resuming = resume.prepare(args.resume, args.runs_dir, recipe, data_root) if args.resume else None
         run_dir = resuming.run_dir if resuming else rundir.create(args.runs_dir, recipe.name)
-        console.print(f"run directory: {run_dir}" + (f" (resuming from {resuming.checkpoint.name})"
-                                                     if resuming and resuming.checkpoint else
-                                                     " (resuming: no checkpoint yet, from step 0)" if resuming else ""))
+        console.print(f"run directory: {run_dir}" + (f" ({resuming})" if resuming else ""))
         metrics = execute(recipe, args.recipe, run_dir, data_root, command, resuming)
         rundir.set_status(run_dir, rundir.FINISHED)
         report = report_stage.write(run_dir, reports_dir)

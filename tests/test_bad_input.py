@@ -66,9 +66,9 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
