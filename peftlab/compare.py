@@ -85,15 +85,17 @@ def run_variant(variant: Variant, comparison: Comparison, out_root: Path, report
     proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run_dirs = sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []
     run = run_dirs[-1] if run_dirs else None
-    finished = proc.returncode == 0 and run is not None and rundir.status(run) == rundir.FINISHED
+    status = rundir.read_status(run) if run is not None else {"state": "failed", "error": None}
+    finished = proc.returncode == 0 and status["state"] == rundir.FINISHED
     (out_root / f"{variant.label}.log").write_text(proc.stdout + proc.stderr)
+    error = None if finished else status.get("error") or _last_error_line(proc.stderr)  # the run's own record first
     if finished and variant.is_recipe_run:  # the recipe's own report too, rather than running it a second time
         from . import report
 
         report.write(run, reports_dir.parent)
     return {"name": variant.name, "seed": variant.seed, "recipe": str(variant.recipe),
             "run": str(run) if run else None, "state": "finished" if finished else "failed",
-            "error": None if finished else _last_error_line(proc.stderr), "seconds": time.perf_counter() - started}
+            "error": error, "seconds": time.perf_counter() - started}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -83,6 +83,14 @@ def _header_columns(path: Path) -> list[str] | None:
     return None  # .json / .conll: structure checked when read
 
 
+def _has_rows(path: Path) -> bool:
+    """A line after the header (CSV/TSV) or a first line (JSON lines) that is not blank."""
+    with open(path, encoding="utf-8") as fh:
+        lines = (line for line in fh if line.strip())
+        next(lines, None)
+        return path.suffix == ".jsonl" or next(lines, None) is not None
+
+
 def preflight(data, root: Path | None, columns: list[str]) -> None:
     """Cheap checks before a run directory exists: folder, split files and columns of local data."""
     folder = local_folder(data.name, root)
@@ -91,6 +99,8 @@ def preflight(data, root: Path | None, columns: list[str]) -> None:
     for split in (data.train_split, data.eval_split):
         path = split_file(folder, split)
         found = _header_columns(path)
+        check(found is None or _has_rows(path), f"{path}: the split is empty (a header and no examples); "
+                                                "supply a file with at least one example")
         missing = [c for c in columns if found is not None and c not in found]
         check(not missing, f"{path.name}: no column {', '.join(map(repr, missing))} (columns: {', '.join(found or [])}); "
                            "set data.text/data.label to the right names")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,7 @@ def _package_dir(module: str) -> Path | None:
     return Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
 
 
+@functools.lru_cache(maxsize=None)  # asked before the run directory exists and again when loading
 def _hub_reachable(name: str, revision: str | None) -> bool:
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return False
@@ -73,11 +76,23 @@ def weights_fingerprint(resolved: Resolved) -> str | None:
     return digest.hexdigest() if files else None
 
 
+_REMOTE_CODE_ANNOUNCED: set[str] = set()
+
+
+def remote_code(model_cfg) -> bool:
+    """trust_remote_code as the recipe sets it (default off); when on, said once, before any of that code runs
+    (on stderr: predict prints its results on stdout)."""
+    if model_cfg.trust_remote_code and model_cfg.name not in _REMOTE_CODE_ANNOUNCED:
+        _REMOTE_CODE_ANNOUNCED.add(model_cfg.name)
+        print(f"warning: trust_remote_code=True — code from {model_cfg.name} will be executed", file=sys.stderr)
+    return model_cfg.trust_remote_code
+
+
 def load_tokenizer(resolved: Resolved, model_cfg):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolved.path, revision=model_cfg.revision,
-                                              trust_remote_code=model_cfg.trust_remote_code)
+                                              trust_remote_code=remote_code(model_cfg))
     if tokenizer.pad_token is None:  # decoder LMs ship without one; eos is the usual choice
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -94,7 +109,7 @@ def load_config(resolved: Resolved, model_cfg, **task_kwargs):
 
     try:
         config = AutoConfig.from_pretrained(resolved.path, revision=model_cfg.revision,
-                                            trust_remote_code=model_cfg.trust_remote_code, **task_kwargs)
+                                            trust_remote_code=remote_code(model_cfg), **task_kwargs)
     except (OSError, ValueError) as err:
         raise PeftlabError(f"model {model_cfg.name}: cannot read its config ({str(err).strip().splitlines()[0]})") from None
     if model_cfg.dropout is not None:
@@ -105,12 +120,10 @@ def load_config(resolved: Resolved, model_cfg, **task_kwargs):
 
 
 def load_model(resolved: Resolved, model_cfg, model_class, quantization_config=None, **task_kwargs):
-    if model_cfg.trust_remote_code:
-        print(f"warning: trust_remote_code=True — code from {model_cfg.name} will be executed")
     config = load_config(resolved, model_cfg, **task_kwargs)
     try:
         model = model_class.from_pretrained(
-            resolved.path, config=config, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code,
+            resolved.path, config=config, revision=model_cfg.revision, trust_remote_code=remote_code(model_cfg),
             quantization_config=quantization_config)
     except (OSError, ValueError) as err:
         first_line = str(err).strip().splitlines()[0]

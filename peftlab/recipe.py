@@ -89,6 +89,9 @@ class Train:
     logging_steps: int = 50
     group_by_length: bool = True  # batches of similar length: far less padding, same data
     loss: Loss = field(default_factory=CrossEntropy)  # CrossEntropy() as is: the model's own loss
+    checkpoint_steps: Optional[int] = None  # also checkpoint every this many steps (None: at evaluations only)
+    keep_checkpoints: int = 2  # newest checkpoints kept for --resume (the best one is kept in addition)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: the GPU when torch sees one, else the CPU
 
     def check(self, where: str) -> None:
         check(0 < self.epochs <= 100, f"{where}.epochs={self.epochs}: use a value in (0, 100]")
@@ -104,6 +107,10 @@ class Train:
               f"{where}.early_stopping_patience: must be > 0 or None")
         check(self.evals_per_epoch >= 1, f"{where}.evals_per_epoch={self.evals_per_epoch}: must be >= 1")
         check(self.logging_steps >= 1, f"{where}.logging_steps={self.logging_steps}: must be >= 1")
+        check(self.checkpoint_steps is None or self.checkpoint_steps >= 1,
+              f"{where}.checkpoint_steps={self.checkpoint_steps}: use a positive step count, or None")
+        check(self.keep_checkpoints >= 1, f"{where}.keep_checkpoints={self.keep_checkpoints}: must be >= 1 "
+                                          "(the newest checkpoint is what --resume continues from)")
 
 
 @dataclass(frozen=True)
@@ -231,6 +238,12 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         raise PeftlabError(f"{path}:{err.lineno}: syntax error in recipe: {err.msg}") from None
     except TypeError as err:
         raise PeftlabError(_unknown_field_message(err, path) or f"{path}: {err}") from None
+    except NameError as err:  # e.g. a misspelled method class
+        import peftlab
+
+        hint = difflib.get_close_matches(err.name or "", peftlab.__all__, n=1)
+        raise PeftlabError(f"{path}: {err}" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+                           + "; recipes get their parts with `from peftlab import *`") from None
     except PeftlabError:
         raise
     except Exception as err:  # the recipe is user code: report where it failed, in one line

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import data as data_stage
-from . import heads, measure, models, plan, rundir
+from . import checkpoints, heads, measure, models, plan, preflight, resume, rundir
 from . import report as report_stage
 from .errors import PeftlabError
 from .recipe import load_recipe, recipe_to_dict
@@ -78,15 +78,17 @@ def predict_memory(recipe, inputs: Inputs) -> dict:
     return plan.predict(recipe, inputs.task, inputs.resolved, inputs.labels, max(inputs.train["length"]))
 
 
-def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, command: str) -> dict:
+def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, command: str,
+            resuming: resume.Resume | None = None) -> dict:
     from transformers import set_seed
 
-    from .training import best_eval, build_trainer, eval_metrics
+    from .training import best_eval, build_trainer, eval_metrics, train_seconds
 
     started = time.perf_counter()
     set_seed(recipe.train.seed)
-    rundir.write_json(run_dir / "recipe.json", recipe_to_dict(recipe))
-    shutil.copyfile(recipe_path, run_dir / "recipe.py")
+    if resuming is None:  # a resumed run keeps the records it started with (its recipe was checked equal)
+        rundir.write_json(run_dir / "recipe.json", recipe_to_dict(recipe))
+        shutil.copyfile(recipe_path, run_dir / "recipe.py")
     inputs = prepare_inputs(recipe, data_root)
     task, resolved, tokenizer, splits = inputs.task, inputs.resolved, inputs.tokenizer, inputs.splits
     label_names, train_ds, eval_ds = inputs.labels, inputs.train, inputs.eval
@@ -98,15 +100,16 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
         "data": {"source": splits.source, "files": splits.files, "train_examples": len(train_ds),
                  "eval_examples": len(eval_ds)},
     }
-    rundir.write_json(run_dir / "environment.json", env)
+    rundir.write_json(run_dir / "environment.json", resume.environment(resuming, env) if resuming else env)
 
     memory_plan = predict_memory(recipe, inputs)
     model = build_model(recipe, task, resolved, label_names)
     params = measure.count_parameters(model)
     quant_storage = measure.quantized_storage(model)
-    trainer, timer = build_trainer(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir / "checkpoints",
-                                   task.metrics_for(eval_ds, splits.eval, label_names, recipe), label_names)
-    trainer.train()
+    trainer = build_trainer(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir / "checkpoints",
+                            task.metrics_for(eval_ds, splits.eval, label_names, recipe), label_names)
+    checkpoints.train(trainer, resuming.checkpoint if resuming else None)
+    seconds = train_seconds(trainer)  # over all processes of a resumed run
     state = trainer.state
     rundir.write_json(run_dir / "log_history.json", state.log_history)
     final = best_eval(state.log_history, state.best_model_checkpoint)
@@ -125,10 +128,10 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
         "quantized_storage": quant_storage,
         "steps": state.global_step,
         "epochs": epochs_done,
-        "train_seconds": timer.train_seconds,
-        "train_samples_per_second": min(samples, len(train_ds) * epochs_done) / max(timer.train_seconds, 1e-9),
-        "train_tokens_per_second": tokens / max(timer.train_seconds, 1e-9),
-        "wall_seconds": time.perf_counter() - started,
+        "train_seconds": seconds,
+        "train_samples_per_second": min(samples, len(train_ds) * epochs_done) / max(seconds, 1e-9),
+        "train_tokens_per_second": tokens / max(seconds, 1e-9),
+        "wall_seconds": time.perf_counter() - started,  # of this process (the last one, if resumed)
         "saved_bytes": measure.disk_bytes(run_dir / recipe.method.saves),
         **measure.peak_memory(),
         "predicted_peak_bytes": memory_plan["predicted_peak_bytes"],
@@ -177,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plan", action="store_true", help="predict peak memory, say whether it fits, and exit")
     parser.add_argument("--budget", type=plan.parse_size, default=None,
                         help="memory budget for --plan, e.g. 16GiB (default: GPU memory, else physical memory)")
+    parser.add_argument("--resume", nargs="?", const=resume.AUTO, default=None, metavar="RUN_DIR",
+                        help="continue an interrupted or failed run from its last checkpoint (default: the newest "
+                             "one of this recipe in --runs-dir); give the same recipe and --set options")
     args = parser.parse_args(argv)
     command = shlex.join(["python", "-m", "peftlab.run", *argv])
     from rich.console import Console
@@ -191,9 +197,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.plan:  # predict and exit: nothing is trained or written
             return 0 if plan.print_plan(predict_memory(recipe, prepare_inputs(recipe, data_root)), args.budget) else 1
         reports_dir = Path(args.reports_dir) if args.reports_dir else None
-        run_dir = rundir.create(args.runs_dir, recipe.name)
-        console.print(f"run directory: {run_dir}")
-        metrics = execute(recipe, args.recipe, run_dir, data_root, command)
+        preflight.run_checks(recipe, args.runs_dir, reports_dir)
+        resuming = resume.prepare(args.resume, args.runs_dir, recipe, data_root) if args.resume else None
+        run_dir = resuming.run_dir if resuming else rundir.create(args.runs_dir, recipe.name)
+        console.print(f"run directory: {run_dir}" + (f" ({resuming})" if resuming else ""))
+        metrics = execute(recipe, args.recipe, run_dir, data_root, command, resuming)
         rundir.set_status(run_dir, rundir.FINISHED)
         report = report_stage.write(run_dir, reports_dir)
         console.print(summary_table(recipe, metrics, run_dir))
@@ -203,20 +211,31 @@ def main(argv: list[str] | None = None) -> int:
         _record_failure(run_dir, "failed", str(err))
         console.print(f"[bold red]error:[/] {err}", highlight=False)
         return 2
-    except KeyboardInterrupt:
-        _record_failure(run_dir, "interrupted", "interrupted by the user")
-        console.print("interrupted")
+    except KeyboardInterrupt as err:  # Ctrl-C: after a checkpoint (TrainingStopped) unless pressed twice
+        _record_failure(run_dir, "interrupted", str(err) or "interrupted by the user")
+        console.print(f"interrupted{': ' + str(err) if str(err) else ''}", highlight=False)
+        if run_dir is not None:
+            console.print(f"resume with: {resume.command_line(argv, args.resume, run_dir)}", highlight=False)
         return 130
     except Exception as err:
-        _record_failure(run_dir, "failed", f"{type(err).__name__}: {err}")
-        raise
+        problem = preflight.storage_problem(err, run_dir)  # disk full, read-only: one line, resumable
+        _record_failure(run_dir, "failed", problem or f"{type(err).__name__}: {err}")
+        if problem is None:
+            raise
+        console.print(f"[bold red]error:[/] {problem}", highlight=False)
+        if run_dir is not None:
+            console.print(f"resume with: {resume.command_line(argv, args.resume, run_dir)}", highlight=False)
+        return 2
 
 
 def _record_failure(run_dir: Path | None, state: str, message: str) -> None:
     if run_dir is None:
         return
-    rundir.write_atomic(run_dir / "traceback.txt", traceback.format_exc())
-    rundir.set_status(run_dir, state, message.splitlines()[0] if message else state)
+    try:
+        rundir.write_atomic(run_dir / "traceback.txt", traceback.format_exc())
+        rundir.set_status(run_dir, state, message.splitlines()[0] if message else state)
+    except OSError:  # the disk is full or gone: the status stays "running", read as "interrupted" once we exit
+        pass
 
 
 if __name__ == "__main__":
