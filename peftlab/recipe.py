@@ -54,6 +54,16 @@ class Data:
     stride: int = 128  # tokens shared by consecutive windows over one context
     max_answer_length: int = 30  # longest answer span considered when decoding, in tokens
     n_best: int = 20  # best start and end positions per window tried when decoding
+    # data without a validation split: hold out this many training examples (fixed seed 0, the same for every
+    # training seed) as the evaluation split; set eval_split to the train split's name to say so
+    holdout: Optional[int] = None
+    # causal language modelling (model.task="causal_lm") only, see peftlab/tasks/causal_lm.py
+    prompt_template: Optional[str] = None  # e.g. "Question: {question}\nAnswer: "; None: the tokenizer's chat template
+    strip_regex: Optional[str] = None  # removed from responses before training, e.g. GSM8K's r"<<[^>]*>>"
+    packing: bool = False  # pack several short training examples into one row (kept apart by position ids)
+    generate_split: Optional[str] = None  # split whose first generate_limit prompts are answered by greedy decoding
+    generate_limit: Optional[int] = None
+    max_new_tokens: int = 256
 
     def check(self, where: str) -> None:
         check(8 <= self.max_length <= 8192, f"{where}.max_length={self.max_length}: use a value in 8..8192")
@@ -63,6 +73,18 @@ class Data:
         check(self.stride >= 0, f"{where}.stride={self.stride}: use a non-negative overlap, e.g. 128")
         check(self.max_answer_length >= 1, f"{where}.max_answer_length={self.max_answer_length}: must be >= 1, e.g. 30")
         check(self.n_best >= 1, f"{where}.n_best={self.n_best}: must be >= 1, e.g. 20")
+        check((self.holdout is not None) == (self.eval_split == self.train_split),
+              f"{where}.holdout={self.holdout}, eval_split={self.eval_split!r}: to evaluate on held-out training "
+              f"examples set both eval_split={self.train_split!r} and holdout=N; otherwise neither")
+        check(self.holdout is None or self.holdout > 0, f"{where}.holdout={self.holdout}: use a positive count")
+        check(self.generate_limit is None or self.generate_limit > 0,
+              f"{where}.generate_limit={self.generate_limit}: use a positive count or None for the whole split")
+        check(1 <= self.max_new_tokens <= 8192, f"{where}.max_new_tokens={self.max_new_tokens}: use 1..8192")
+        if self.strip_regex is not None:
+            try:
+                re.compile(self.strip_regex)
+            except re.error as err:
+                raise PeftlabError(f"{where}.strip_regex={self.strip_regex!r}: not a regular expression ({err})") from None
 
 
 @dataclass(frozen=True)
@@ -114,6 +136,18 @@ class Recipe:
             check(self.data.stride < self.data.max_length // 2,
                   f"{where}.data.stride={self.data.stride}: must be below half of data.max_length="
                   f"{self.data.max_length} for qa, e.g. max_length=384 with stride=128")
+        if self.model.task != "causal_lm":
+            defaults = Data(self.data.name)
+            for name in ("prompt_template", "strip_regex", "packing", "generate_split", "generate_limit",
+                         "max_new_tokens"):
+                check(getattr(self.data, name) == getattr(defaults, name),
+                      f"{where}.data.{name} is for model.task='causal_lm'; remove it for {self.model.task!r}")
+        elif self.data.packing:  # their virtual tokens / key-value prefixes would bridge the packed examples
+            check(self.method.kind not in ("prefix", "prompt"),
+                  f"{where}.data.packing: {type(self.method).__name__} cannot keep packed examples apart (peft "
+                  "drops position ids for prompt tuning; a key-value prefix turns off transformers' packed-sequence "
+                  "mask); set packing=False or use LoRA, DoRA, IA3, a bottleneck adapter or full "
+                  "fine-tuning")
 
 
 # ---------------------------------------------------------------------------------------------- validation
