@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import resource
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # this checkout's peftlab, whatever is installed
 
 
 def main() -> None:
