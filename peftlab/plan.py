@@ -105,7 +105,7 @@ def predict(recipe, task, resolved, label_names: list[str], longest: int) -> dic
             attach_head(model, recipe.model.head, task.HEADS)
         heads = tuple(h for h in task.HEADS if hasattr(model, h))
         model = recipe.method.wrap(model, Context(heads, task.PEFT_TASK_TYPE, recipe.quant is not None, resolved.path))
-    weights, trainable, total = parameter_bytes(model, recipe.quant, heads)
+    weights, trainable, total = parameter_bytes(model, recipe.quant, heads + tuple(getattr(task, "UNQUANTIZED", ())))
     on_gpu = torch.cuda.is_available()
     # with dropout on attention probabilities SDPA takes the math path and keeps them; without, it keeps none
     scores_kept = getattr(config, "attention_probs_dropout_prob", 0.0) > 0

@@ -60,6 +60,16 @@ class Data:
     # regression only: the model learns target / label_scale (e.g. STS-B 0-5 -> 0-1, so a fresh head needs small
     # outputs); predict multiplies back, correlations are unchanged, the evaluation loss is on the learned scale
     label_scale: float = 1.0
+    # data without a validation split: hold out this many training examples (fixed seed 0, the same for every
+    # training seed) as the evaluation split; set eval_split to the train split's name to say so
+    holdout: Optional[int] = None
+    # causal language modelling (model.task="causal_lm") only, see peftlab/tasks/causal_lm.py
+    prompt_template: Optional[str] = None  # e.g. "Question: {question}\nAnswer: "; None: the tokenizer's chat template
+    strip_regex: Optional[str] = None  # removed from responses before training, e.g. GSM8K's r"<<[^>]*>>"
+    packing: bool = False  # pack several short training examples into one row (kept apart by position ids)
+    generate_split: Optional[str] = None  # split whose first generate_limit prompts are answered by greedy decoding
+    generate_limit: Optional[int] = None
+    max_new_tokens: int = 256
 
     def check(self, where: str) -> None:
         check(8 <= self.max_length <= 8192, f"{where}.max_length={self.max_length}: use a value in 8..8192")
@@ -70,6 +80,18 @@ class Data:
         check(self.max_answer_length >= 1, f"{where}.max_answer_length={self.max_answer_length}: must be >= 1, e.g. 30")
         check(self.n_best >= 1, f"{where}.n_best={self.n_best}: must be >= 1, e.g. 20")
         check(self.label_scale > 0, f"{where}.label_scale={self.label_scale}: must be > 0, e.g. 5 for 0-5 scores")
+        check((self.holdout is not None) == (self.eval_split == self.train_split),
+              f"{where}.holdout={self.holdout}, eval_split={self.eval_split!r}: to evaluate on held-out training "
+              f"examples set both eval_split={self.train_split!r} and holdout=N; otherwise neither")
+        check(self.holdout is None or self.holdout > 0, f"{where}.holdout={self.holdout}: use a positive count")
+        check(self.generate_limit is None or self.generate_limit > 0,
+              f"{where}.generate_limit={self.generate_limit}: use a positive count or None for the whole split")
+        check(1 <= self.max_new_tokens <= 8192, f"{where}.max_new_tokens={self.max_new_tokens}: use 1..8192")
+        if self.strip_regex is not None:
+            try:
+                re.compile(self.strip_regex)
+            except re.error as err:
+                raise PeftlabError(f"{where}.strip_regex={self.strip_regex!r}: not a regular expression ({err})") from None
 
 
 @dataclass(frozen=True)
@@ -139,6 +161,18 @@ class Recipe:
               "with its model's own loss: remove train.loss")
         if self.model.labels is not None:
             check_labels(self.train.loss, self.model.labels, f"{where}.train.loss")
+        if self.model.task != "causal_lm":
+            defaults = Data(self.data.name)
+            for name in ("prompt_template", "strip_regex", "packing", "generate_split", "generate_limit",
+                         "max_new_tokens"):
+                check(getattr(self.data, name) == getattr(defaults, name),
+                      f"{where}.data.{name} is for model.task='causal_lm'; remove it for {self.model.task!r}")
+        elif self.data.packing:  # their virtual tokens / key-value prefixes would bridge the packed examples
+            check(self.method.kind not in ("prefix", "prompt"),
+                  f"{where}.data.packing: {type(self.method).__name__} cannot keep packed examples apart (peft "
+                  "drops position ids for prompt tuning; a key-value prefix turns off transformers' packed-sequence "
+                  "mask); set packing=False or use LoRA, DoRA, IA3, a bottleneck adapter or full "
+                  "fine-tuning")
 
 
 # ---------------------------------------------------------------------------------------------- validation

@@ -85,6 +85,39 @@ def _head_text(head: dict | None) -> str:
     return f"{head['kind']}(" + ", ".join(f"{k}={v!r}" for k, v in head.items() if k != "kind") + ")"
 
 
+def _fenced(text: str) -> str:
+    return "```\n" + text.replace("```", "` ` `") + "\n```"
+
+
+def _before_after(m: dict) -> str:
+    """Base model before training vs the trained model (tasks that record `before`, e.g. causal_lm)."""
+    before, after = m["before"], m["task_metrics"]
+    rows = [[METRIC_NAMES.get(k, k), _fmt(before[k]), _fmt(after[k])] for k in before if k in after]
+    text = ("## Before and after training\n\nThe base model as loaded (quantized if the recipe quantizes it), before "
+            "any adapter exists, against the trained model: loss and perplexity on the validation split, exact match "
+            "on the generation prompts.\n\n" + table(["metric", "base model", "trained"], rows))
+    gen = m.get("generation")
+    if not gen:
+        return text
+    text += "\n\n## Generation\n\n" + table(["measure", "base model", "trained"], [
+        ["prompts", f"the first {gen['prompts']} of split `{gen['split']}`", ""],
+        ["decoding", f"{gen['decoding']}, at most {gen['max_new_tokens']} new tokens, batches of {gen['batch_size']} "
+                     "(left padding)", ""],
+        ["tokens generated", gen["new_tokens_before"], gen["new_tokens_after"]],
+        ["generation time", f"{gen['seconds_before']:.1f} s", f"{gen['seconds_after']:.1f} s"],
+        ["generation speed", f"{gen['tokens_per_second_before']:.1f} tokens/s",
+         f"{gen['tokens_per_second_after']:.1f} tokens/s"],
+    ]) + ("\n\nFinal answer: the first number after the last `####`, else the last number in the text, compared by "
+          "value with the reference's `####` number. Every generation is in the run's `generations.json`.")
+    for i, sample in enumerate(gen["samples"], 1):
+        verdict = {True: "correct", False: "wrong"}
+        text += (f"\n\n### Sample {i} (reference answer {sample['reference']})\n\n{_fenced(sample['question'])}"
+                 f"\n\nBase model (answer {sample['answer_before']}, {verdict[sample['correct_before']]}):\n\n"
+                 f"{_fenced(sample['generation_before'])}\n\nTrained (answer {sample['answer']}, "
+                 f"{verdict[sample['correct']]}):\n\n{_fenced(sample['generation'])}")
+    return text
+
+
 def render(record: dict) -> str:
     recipe, m, env = record["recipe"], record["metrics"], record["environment"]
     method = recipe["method"]
@@ -103,6 +136,7 @@ def render(record: dict) -> str:
         "## Result\n\n" + table(["metric (validation)", "value"], task_rows)
         + ("\n\nPer entity type (support: entities in the evaluation split):\n\n" + _entity_table(m["task_metrics"])
            if per_type else ""),
+    ] + ([_before_after(m)] if "before" in m else []) + [
         "## Cost\n\n" + table(["measure", "value"], [
             ["trainable parameters", f"{m['trainable_params']:,} ({m['trainable_percent']:.3f} % of {m['total_params']:,})"],
             ["train time (steps only, no evaluation)", f"{m['train_seconds']:.1f} s"],
@@ -134,7 +168,7 @@ def render(record: dict) -> str:
             ["versions", ", ".join(f"{k} {v}" for k, v in env["versions"].items())],
             ["peftlab commit", env.get("peftlab_commit")],
             ["base weights sha256", env["model"].get("fingerprint")],
-        ] + [[f"data md5 `{name}`", digest] for name, digest in files.items()]),
+        ] + ([["base weights converted from", env["model"]["origin"]]] if env["model"].get("origin") else []) + [[f"data md5 `{name}`", digest] for name, digest in files.items()]),
     ]
     return "\n\n".join(sections) + "\n"
 

@@ -26,7 +26,7 @@ def build_base(recipe, task, resolved, label_names, quantized: bool = True):
     from transformers import set_seed
 
     quant = recipe.quant if quantized else None
-    quant_config = quant.bnb_config(list(task.HEADS)) if quant else None
+    quant_config = quant.bnb_config(list(task.HEADS) + list(getattr(task, "UNQUANTIZED", ()))) if quant else None
     set_seed(recipe.train.seed)  # the new task head is initialised from the seed
     model = models.load_model(resolved, recipe.model, task.MODEL_CLASS, quant_config, **task.model_kwargs(label_names))
     if recipe.model.head is not None:  # before any method wraps the model: the head trains and saves like the linear one
@@ -34,17 +34,23 @@ def build_base(recipe, task, resolved, label_names, quantized: bool = True):
     if quant is not None:
         from peft import prepare_model_for_kbit_training
 
+        from .quant import keep_one_weight_layout
+
+        keep_one_weight_layout(model)  # else training after an evaluation gets wrong gradients on some CPUs
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return model
 
 
-def build_model(recipe, task, resolved, label_names):
-    """The base wrapped with the recipe's method, adapters initialised from the seed."""
+def build_model(recipe, task, resolved, label_names, on_base=None):
+    """The base wrapped with the recipe's method, adapters initialised from the seed. on_base(base), if given, sees
+    the base before it is wrapped (causal_lm evaluates it there)."""
     from transformers import set_seed
 
     from .methods.base import Context
 
     model = build_base(recipe, task, resolved, label_names)
+    if on_base is not None:
+        on_base(model)
     present = tuple(h for h in task.HEADS if hasattr(model, h))
     set_seed(recipe.train.seed)  # whatever loading consumed, adapters start from the same state
     return recipe.method.wrap(model, Context(present, task.PEFT_TASK_TYPE, recipe.quant is not None, resolved.path))
@@ -96,14 +102,16 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
     env = measure.environment() | {
         "command": command,
         "seed": recipe.train.seed,
-        "model": {"source": resolved.source, "path": resolved.path, "fingerprint": models.weights_fingerprint(resolved)},
+        "model": {"source": resolved.source, "path": resolved.path, "fingerprint": models.weights_fingerprint(resolved),
+                  "origin": resolved.origin},
         "data": {"source": splits.source, "files": splits.files, "train_examples": len(train_ds),
                  "eval_examples": len(eval_ds)},
     }
     rundir.write_json(run_dir / "environment.json", resume.environment(resuming, env) if resuming else env)
 
     memory_plan = predict_memory(recipe, inputs)
-    model = build_model(recipe, task, resolved, label_names)
+    extra = task.Evaluation(inputs, recipe) if hasattr(task, "Evaluation") else None  # before/after figures
+    model = build_model(recipe, task, resolved, label_names, on_base=extra.before if extra else None)
     params = measure.count_parameters(model)
     quant_storage = measure.quantized_storage(model)
     trainer = build_trainer(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir / "checkpoints",
@@ -113,6 +121,8 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
     state = trainer.state
     rundir.write_json(run_dir / "log_history.json", state.log_history)
     final = best_eval(state.log_history, state.best_model_checkpoint)
+    if extra:
+        extra.after(trainer.model)  # the best checkpoint, as Trainer reloaded it
 
     recipe.method.save(trainer.model, run_dir)
     tokenizer.save_pretrained(run_dir / "tokenizer")
@@ -121,7 +131,7 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
     samples = state.global_step * recipe.train.batch_size
     tokens = sum(train_ds["length"]) * epochs_done
     metrics = {
-        "task_metrics": eval_metrics(final),
+        "task_metrics": eval_metrics(final) | (extra.task_metrics() if extra else {}),
         "best_step": final.get("step"),
         "labels": label_names,
         **params,
@@ -136,7 +146,7 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
         **measure.peak_memory(),
         "predicted_peak_bytes": memory_plan["predicted_peak_bytes"],
         "memory_plan": memory_plan["parts"],
-    }
+    } | (extra.record(run_dir) if extra else {})
     rundir.write_json(run_dir / "metrics.json", metrics)
     return metrics
 

@@ -107,7 +107,8 @@ def total_steps(recipe, n_train: int) -> tuple[int, int]:
     return per_epoch, total
 
 
-def training_arguments(recipe, out_dir: Path, n_train: int, best_metric: str) -> TrainingArguments:
+def training_arguments(recipe, out_dir: Path, n_train: int, best_metric: str,
+                       greater_is_better: bool = True) -> TrainingArguments:
     t = recipe.train
     per_epoch, total = total_steps(recipe, n_train)
     eval_every = max(1, min(total, per_epoch // t.evals_per_epoch))
@@ -131,7 +132,7 @@ def training_arguments(recipe, out_dir: Path, n_train: int, best_metric: str) ->
         restore_callback_states_from_checkpoint=True,  # early-stopping patience, step timer
         load_best_model_at_end=True,
         metric_for_best_model=best_metric,
-        greater_is_better=True,
+        greater_is_better=greater_is_better,
         logging_strategy="steps",
         logging_steps=t.logging_steps,
         seed=t.seed,
@@ -193,11 +194,12 @@ def build_trainer(recipe, task, model, tokenizer, train_ds, eval_ds, out_dir: Pa
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.train.early_stopping_patience))
     return make_trainer(
         model=model,
-        args=training_arguments(recipe, out_dir, len(train_ds), task.BEST_METRIC),
+        args=training_arguments(recipe, out_dir, len(train_ds), task.BEST_METRIC, getattr(task, "GREATER_IS_BETTER", True)),
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         data_collator=task.collator(tokenizer),
         compute_metrics=compute_metrics,
+        preprocess_logits_for_metrics=getattr(task, "preprocess_logits", None),
         callbacks=callbacks,
         compute_loss_func=compute_loss_func(recipe.train.loss, labels),
     )
