@@ -28,6 +28,7 @@ import torch
 from transformers import TrainerCallback
 
 from .errors import PeftlabError
+from .rundir import write_json
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 STATE = "trainer_state.json"  # Trainer writes it last, after weights, optimizer, scheduler and RNG states
@@ -79,8 +80,6 @@ def prepare_resume(folder: Path) -> Path | None:
         best = state.get("best_model_checkpoint")
         if best and (folder / Path(best).name).is_dir():
             state["best_model_checkpoint"] = str(folder / Path(best).name)
-            from .rundir import write_json
-
             write_json(state_file, state)
     return checkpoint
 
