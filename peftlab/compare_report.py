@@ -112,7 +112,7 @@ def _plot(rows: list[dict], main: str, key, xlabel: str, path: Path, log_x: bool
         ax.legend(loc="lower right")
     ax.set_xscale("log" if log_x else "linear")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(f"validation {main} (%)")
+    ax.set_ylabel(f"{main} (%)")  # validation, or generation prompts for causal_lm
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
