@@ -426,7 +426,7 @@ def _run_and_rescore(tmp_path, recipe: Path, data: Path, capsys) -> tuple[Path, 
 
 def test_regression_end_to_end(tmp_path, tiny_bert, task_data, capsys):
     recipe = task_recipe(tmp_path / "r.py", tiny_bert, "regression", name="tiny_stsb",
-                         train="epochs=6, lr=1e-2, batch_size=16, logging_steps=5")
+                         train="epochs=10, lr=1e-2, batch_size=16, logging_steps=5")  # 6 epochs: 0.35-0.56 by data order
     run_dir, metrics, scored = _run_and_rescore(tmp_path, recipe, task_data, capsys)
     m = metrics["task_metrics"]
     assert set(m) == {"loss", "pearson", "spearman"} and metrics["labels"] == ["score"]
