@@ -440,7 +440,7 @@ def test_regression_end_to_end(tmp_path, tiny_bert, task_data, capsys):
 
 def test_token_classification_end_to_end(tmp_path, tiny_bert, task_data, capsys):
     recipe = task_recipe(tmp_path / "r.py", tiny_bert, "token_classification", name="tiny_wnut",
-                         train="epochs=6, lr=1e-2, batch_size=16, logging_steps=5")
+                         train="epochs=10, lr=1e-2, batch_size=16, logging_steps=5")
     run_dir, metrics, scored = _run_and_rescore(tmp_path, recipe, task_data, capsys)
     m = metrics["task_metrics"]
     assert metrics["labels"] == ["O", "B-neg", "B-pos", "I-pos"]
