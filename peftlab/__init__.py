@@ -1,8 +1,10 @@
 """peftlab: parameter-efficient fine-tuning of Hugging Face transformers, driven by recipes."""
 
+from .heads import MLPHead
+from .losses import CrossEntropy, FocalLoss
 from .methods import IA3, DoRA, FullFineTuning, Houlsby, LoRA, Pfeiffer, PrefixTuning, PromptTuning
 from .quant import Quant4bit, Quant8bit
 from .recipe import Data, Model, Recipe, Train, load_recipe
 
 __all__ = ["Recipe", "Model", "Data", "Train", "load_recipe", "FullFineTuning", "LoRA", "DoRA", "IA3", "PrefixTuning", "PromptTuning",
-           "Houlsby", "Pfeiffer", "Quant4bit", "Quant8bit"]
+           "Houlsby", "Pfeiffer", "Quant4bit", "Quant8bit", "MLPHead", "CrossEntropy", "FocalLoss"]

@@ -3,6 +3,8 @@
 Each variant (× seed) runs as its own `python -m peftlab.run` subprocess: peak memory is measured
 cleanly per variant and a crash stops only that variant. The report is built only from the run
 records on disk; `python -m peftlab.compare --report-only runs/compare_sst2-<stamp>` rebuilds it.
+A variant with no overrides at its recipe's own seed is exactly the recipe's run, so its report also goes to
+reports/<recipe>.md (no second run needed for the recipe's own report).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class Variant:
     recipe: Path
     name: str
     seed: int
+    is_recipe_run: bool = False  # no overrides, the recipe's own seed: the very run `peftlab.run RECIPE` makes
 
     @property
     def label(self) -> str:
@@ -57,7 +60,8 @@ def load_comparison(path: Path) -> tuple[Comparison, list[Variant]]:
         first = first or recipe
         check(recipe.model.name == first.model.name and recipe.data == first.data,
               f"{recipe_path}: model or data differ from {comparison.recipes[0]}; a comparison needs the same task")
-        variants += [Variant(recipe_path, recipe.name, seed) for seed in comparison.seeds]
+        variants += [Variant(recipe_path, recipe.name, seed, not comparison.overrides and seed == recipe.train.seed)
+                     for seed in comparison.seeds]
     names = [v.name for v in variants]
     check(comparison.baseline in names, f"{path}: baseline {comparison.baseline!r} is not among the recipes {sorted(set(names))}")
     return comparison, variants
@@ -72,18 +76,26 @@ def _last_error_line(stderr: str) -> str:
 def run_variant(variant: Variant, comparison: Comparison, out_root: Path, reports_dir: Path) -> dict:
     runs_dir = out_root / variant.label
     command = [sys.executable, "-m", "peftlab.run", str(variant.recipe), "--runs-dir", str(runs_dir),
-               "--reports-dir", str(reports_dir), "--set", f"train.seed={variant.seed}"]
+               "--reports-dir", str(reports_dir)]
+    if not variant.is_recipe_run:
+        command += ["--set", f"train.seed={variant.seed}"]
     for item in comparison.overrides:
         command += ["--set", item]
     started = time.perf_counter()
     proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run_dirs = sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []
     run = run_dirs[-1] if run_dirs else None
-    finished = proc.returncode == 0 and run is not None and rundir.status(run) == rundir.FINISHED
+    status = rundir.read_status(run) if run is not None else {"state": "failed", "error": None}
+    finished = proc.returncode == 0 and status["state"] == rundir.FINISHED
     (out_root / f"{variant.label}.log").write_text(proc.stdout + proc.stderr)
+    error = None if finished else status.get("error") or _last_error_line(proc.stderr)  # the run's own record first
+    if finished and variant.is_recipe_run:  # the recipe's own report too, rather than running it a second time
+        from . import report
+
+        report.write(run, reports_dir.parent)
     return {"name": variant.name, "seed": variant.seed, "recipe": str(variant.recipe),
             "run": str(run) if run else None, "state": "finished" if finished else "failed",
-            "error": None if finished else _last_error_line(proc.stderr), "seconds": time.perf_counter() - started}
+            "error": error, "seconds": time.perf_counter() - started}
 
 
 def main(argv: list[str] | None = None) -> int:

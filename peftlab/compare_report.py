@@ -16,9 +16,20 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def _fmt_score(values: list[float]) -> str:
+def _fmt_score(values: list[float], scale: float = 100) -> str:
     mean, std = _mean_std(values)
-    return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if len(values) > 1 else "")
+    return f"{scale * mean:.2f}" + (f" ± {scale * std:.2f}" if len(values) > 1 else "")
+
+
+def _raw_metrics(first: dict) -> tuple[str, ...]:
+    """Metrics that are not fractions (e.g. perplexity): shown as they are, not as percentages."""
+    from .tasks import get_task
+
+    return getattr(get_task(first["recipe"]["model"]["task"]), "RAW_METRICS", ())
+
+
+def _header(name: str, raw: tuple[str, ...]) -> str:
+    return name if name in raw else f"{name} (%)"
 
 
 def summarise(record: dict) -> tuple[list[dict], dict]:
@@ -37,7 +48,8 @@ def summarise(record: dict) -> tuple[list[dict], dict]:
 def _metric_names(first: dict) -> tuple[str, list[str]]:
     from .tasks import get_task
 
-    main = get_task(first["recipe"]["model"]["task"]).BEST_METRIC
+    task = get_task(first["recipe"]["model"]["task"])
+    main = getattr(task, "COMPARE_METRIC", task.BEST_METRIC)  # a fraction, higher is better
     metrics = first["metrics"]["task_metrics"]
     per_type = _per_type_keys(metrics)  # entity recognition's per-type scores stay in each run's report
     others = [k for k in metrics if k not in (main, "loss") and k not in per_type]
@@ -57,7 +69,7 @@ def _method(run: dict) -> str:
     return run["recipe"]["method"]["kind"] + (f" + {quant['kind']} base" if quant else "")
 
 
-def _row_cells(row: dict, main: str, others: list[str], baseline: float | None) -> list[str]:
+def _row_cells(row: dict, main: str, others: list[str], baseline: float | None, raw: tuple[str, ...] = ()) -> list[str]:
     if not row["runs"]:
         return [row["name"], "**failed**", "; ".join(row["errors"])] + [""] * (8 + len(others))
     m0 = row["runs"][0]["metrics"]
@@ -72,7 +84,8 @@ def _row_cells(row: dict, main: str, others: list[str], baseline: float | None) 
             human_bytes(predicted) + error, human_bytes(measured),
             f"{statistics.fmean(_values(row, 'train_seconds')):.1f} s",
             f"{statistics.fmean(_values(row, 'train_samples_per_second')):.1f}",
-            _fmt_score(_scores(row, main))] + [_fmt_score(_scores(row, k)) for k in others] + [delta]
+            _fmt_score(_scores(row, main))] + [_fmt_score(_scores(row, k), 1 if k in raw else 100) for k in others] \
+        + [delta]
 
 
 def pareto(points: list[tuple[float, float, str]]) -> list[str]:
@@ -99,7 +112,7 @@ def _plot(rows: list[dict], main: str, key, xlabel: str, path: Path, log_x: bool
         ax.legend(loc="lower right")
     ax.set_xscale("log" if log_x else "linear")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(f"validation {main} (%)")
+    ax.set_ylabel(f"{main} (%)")  # validation, or generation prompts for causal_lm
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -108,10 +121,11 @@ def _plot(rows: list[dict], main: str, key, xlabel: str, path: Path, log_x: bool
 
 def render(record: dict, rows: list[dict], first: dict, plot_dir: str) -> str:
     main, others = _metric_names(first)
+    raw = _raw_metrics(first)
     base_row = next((r for r in rows if r["name"] == record["baseline"] and r["runs"]), None)
     baseline = statistics.fmean(_scores(base_row, main)) if base_row else None
     header = (["variant", "method", "trainable params", "adapter on disk", "predicted peak (error)",
-               "measured peak RSS", "train time", "samples/s", f"{main} (%)"] + [f"{k} (%)" for k in others]
+               "measured peak RSS", "train time", "samples/s", f"{main} (%)"] + [_header(k, raw) for k in others]
               + [f"Δ {main} vs {record['baseline']} (pt)"])
     env, data = first["environment"], first["environment"]["data"]
     seeds = ", ".join(map(str, record["seeds"]))
@@ -126,7 +140,7 @@ def render(record: dict, rows: list[dict], first: dict, plot_dir: str) -> str:
         f"each in its own process. Scores are mean ± std over seeds; memory is the peak resident memory of the "
         f"variant's process (CPU) and is predicted before the run from parameter counts, dtypes, optimizer "
         f"state and an activation estimate. Wall time of the whole comparison: {record['wall_seconds'] / 60:.1f} min.",
-        "## Results\n\n" + table(header, [_row_cells(r, main, others, baseline) for r in rows]),
+        "## Results\n\n" + table(header, [_row_cells(r, main, others, baseline, raw) for r in rows]),
         f"Pareto front (lowest measured memory for its {main}): {', '.join(front)}.",
         f"![peak memory vs {main}]({plot_dir}/{PLOT_MEMORY})\n\n![trainable parameters vs {main}]({plot_dir}/{PLOT_PARAMS})",
         "## Environment\n\n" + table(["item", "value"], [

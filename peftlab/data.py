@@ -21,6 +21,7 @@ HUB_SHORTCUTS = {"glue": "nyu-mll/glue"}
 # Local folder names whose Hub dataset has another id (the Hub copies also name their splits differently:
 # rajpurkar/squad has train/validation, leondz/wnut_17 stores tags as class ids in "ner_tags").
 HUB_IDS = {"wnut17": "leondz/wnut_17", "squad_v1.1": "rajpurkar/squad"}
+HUB_CONFIGS = {"openai/gsm8k": "main"}  # Hub datasets that need a config name
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Splits:
     eval: object
     source: str  # "local:<folder>" or "hub:<id>"
     files: dict = field(default_factory=dict)  # file name -> md5 (local data only)
+    generate: object = None  # prompts answered by generation (causal_lm's data.generate_split), or None
 
 
 def data_dir(cli_value: str | None = None) -> Path | None:
@@ -83,14 +85,24 @@ def _header_columns(path: Path) -> list[str] | None:
     return None  # .json / .conll: structure checked when read
 
 
+def _has_rows(path: Path) -> bool:
+    """A line after the header (CSV/TSV) or a first line (JSON lines) that is not blank."""
+    with open(path, encoding="utf-8") as fh:
+        lines = (line for line in fh if line.strip())
+        next(lines, None)
+        return path.suffix == ".jsonl" or next(lines, None) is not None
+
+
 def preflight(data, root: Path | None, columns: list[str]) -> None:
     """Cheap checks before a run directory exists: folder, split files and columns of local data."""
     folder = local_folder(data.name, root)
     if folder is None:
         return  # Hub data is checked when loaded
-    for split in (data.train_split, data.eval_split):
+    for split in dict.fromkeys(s for s in (data.train_split, data.eval_split, data.generate_split) if s):
         path = split_file(folder, split)
         found = _header_columns(path)
+        check(found is None or _has_rows(path), f"{path}: the split is empty (a header and no examples); "
+                                                "supply a file with at least one example")
         missing = [c for c in columns if found is not None and c not in found]
         check(not missing, f"{path.name}: no column {', '.join(map(repr, missing))} (columns: {', '.join(found or [])}); "
                            "set data.text/data.label to the right names")
@@ -165,15 +177,27 @@ def read_file(path: Path):
     return dataset
 
 
+HOLDOUT_SEED = 0  # held-out examples must not change with the training seed: every run evaluates on the same ones
+
+
 def load_splits(data, root: Path | None, seed: int) -> Splits:
     folder = local_folder(data.name, root)
     if folder is not None:
-        train_file, eval_file = split_file(folder, data.train_split), split_file(folder, data.eval_split)
-        train, evaluation = read_file(train_file), read_file(eval_file)
-        files = {f"{folder.name}/{p.name}": md5(p) for p in (train_file, eval_file)}
-        splits = Splits(train, evaluation, f"local:{folder}", files)
+        paths = {split: split_file(folder, split) for split in (data.train_split, data.eval_split, data.generate_split)
+                 if split}
+        read = {split: read_file(path) for split, path in paths.items()}
+        files = {f"{folder.name}/{p.name}": md5(p) for p in paths.values()}
+        splits = Splits(read[data.train_split], read[data.eval_split], f"local:{folder}", files,
+                        read.get(data.generate_split))
     else:
         splits = _load_hub(data)
+    if data.holdout is not None:
+        check(data.holdout < len(splits.train), f"data.holdout={data.holdout}: the {data.train_split} split has only "
+                                                f"{len(splits.train)} examples; hold out fewer")
+        parts = splits.train.train_test_split(test_size=data.holdout, shuffle=True, seed=HOLDOUT_SEED)
+        splits.train, splits.eval = parts["train"], parts["test"]
+    if splits.generate is not None and data.generate_limit is not None:
+        splits.generate = splits.generate.select(range(min(data.generate_limit, len(splits.generate))))  # the first N
     if data.train_limit is not None and data.train_limit < len(splits.train):
         splits.train = splits.train.shuffle(seed=seed).select(range(data.train_limit))
     if data.eval_limit is not None and data.eval_limit < len(splits.eval):
@@ -186,14 +210,16 @@ def _load_hub(data) -> Splits:
 
     owner, _, rest = data.name.partition("/")
     path, config = (HUB_SHORTCUTS[owner], rest) if owner in HUB_SHORTCUTS and rest else (HUB_IDS.get(data.name, data.name), None)
+    config = config or HUB_CONFIGS.get(path)
     try:
         train = load_dataset(path, config, split=data.train_split)
         evaluation = load_dataset(path, config, split=data.eval_split)
+        generate = load_dataset(path, config, split=data.generate_split) if data.generate_split else None
     except Exception as err:  # offline, missing dataset or split: all need the same advice
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise PeftlabError(f"dataset {data.name}: cannot load from the Hub ({first_line}); offline, point "
                            f"--data-dir or ${DATA_DIR_ENV} at a folder holding {data.name.split('/')[-1]}/") from None
-    return Splits(train, evaluation, f"hub:{data.name}", {"fingerprint": train._fingerprint})
+    return Splits(train, evaluation, f"hub:{data.name}", {"fingerprint": train._fingerprint}, generate)
 
 
 def require_columns(dataset, columns: list[str], split: str) -> None:

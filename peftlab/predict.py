@@ -28,6 +28,7 @@ def evaluate_split(trained, data_root, prepared=None) -> dict:
     """Score the evaluation split; `prepared` = eval_inputs(...) when the caller already has them."""
     from transformers import TrainingArguments
 
+    from .losses import compute_loss_func
     from .training import eval_metrics, make_trainer
 
     recipe, task = trained.recipe, trained.task
@@ -35,7 +36,9 @@ def evaluate_split(trained, data_root, prepared=None) -> dict:
     args = TrainingArguments(output_dir="/tmp/peftlab-predict", per_device_eval_batch_size=recipe.train.eval_batch_size,
                              report_to=[], disable_tqdm=True, use_cpu=not __import__("torch").cuda.is_available())
     trainer = make_trainer(trained.model, args=args, data_collator=task.collator(trained.tokenizer),
-                           compute_metrics=task.metrics_for(eval_ds, raw_eval, trained.labels, recipe))
+                           compute_metrics=task.metrics_for(eval_ds, raw_eval, trained.labels, recipe),
+                           compute_loss_func=compute_loss_func(recipe.train.loss, trained.labels),  # as in training
+                           preprocess_logits_for_metrics=getattr(task, "preprocess_logits", None))
     return eval_metrics(trainer.evaluate(eval_ds))
 
 
@@ -47,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None, help="local data folder (default: $PEFTLAB_DATA_DIR)")
     parser.add_argument("--context", default=None, help="question answering: the passage the texts (questions) "
                                                         "are answered from")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="causal_lm: longest generation in tokens (default: the recipe's data.max_new_tokens)")
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="causal_lm: 0 decodes greedily (default); above 0 samples at that temperature")
     args = parser.parse_intermixed_args(argv)  # texts may come before or after the options
     from .run import quiet_libraries
 
@@ -54,13 +61,19 @@ def main(argv: list[str] | None = None) -> int:
     return cli_exit_code(lambda: _predict(args))
 
 
-def _task_options(trained, context: str | None) -> dict:
-    """Extra predict() arguments: question answering reads a context and decodes as the run was evaluated."""
-    if trained.recipe.model.task != "qa":
+def _task_options(trained, args) -> dict:
+    """Extra predict() arguments: question answering reads a context and decodes as the run was evaluated;
+    a causal LM renders prompts as in training and generates; regression scores go back to the data's scale."""
+    context, task, data = args.context, trained.recipe.model.task, trained.recipe.data
+    if (args.max_new_tokens is not None or args.temperature) and task != "causal_lm":
+        raise PeftlabError(f"--max-new-tokens and --temperature are for causal_lm runs; this run's task is {task}")
+    if task == "causal_lm" and context is None:
+        return {"data": data, "max_new_tokens": args.max_new_tokens or data.max_new_tokens,
+                "temperature": args.temperature}
+    if task != "qa":
         if context is not None:
             raise PeftlabError(f"--context is for question answering runs; this run's task is {trained.recipe.model.task}")
-        return {}
-    data = trained.recipe.data
+        return {"label_scale": data.label_scale} if task == "regression" else {}
     return {"context": context, "stride": data.stride, "n_best": data.n_best, "max_answer_length": data.max_answer_length}
 
 
@@ -74,7 +87,7 @@ def _predict(args) -> None:
     trained = load_any(args.run)
     if args.texts:
         for row in trained.task.predict(trained.model, trained.tokenizer, args.texts, trained.labels,
-                                        trained.recipe.data.max_length, **_task_options(trained, args.context)):
+                                        trained.recipe.data.max_length, **_task_options(trained, args)):
             print(json.dumps(row))
     if args.eval:
         print(json.dumps({"eval": evaluate_split(trained, data_root)}))

@@ -49,6 +49,16 @@ class Quant8bit:
                                   llm_int8_skip_modules=skip_modules)
 
 
+def keep_one_weight_layout(model) -> None:
+    """bitsandbytes 0.50 repacks a Linear4bit weight in place into a CPU inference layout the first time the layer
+    runs in eval mode without gradients on a CPU with AVX512-BF16, and never back; that layout's kernel has no
+    autograd, so any training after an evaluation got silently wrong gradients (only a warning: "an autograd kernel
+    was not registered"). Turning the repacking off keeps the trainable layout for evaluation too."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
 def _check_bnb_available() -> None:
     import importlib.util
 

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from .errors import PeftlabError, check
+from .heads import HEAD_TASKS, MLPHead
+from .losses import LOSS_TASKS, LOSSES, CrossEntropy, Loss, check_labels
 
 Task = Literal["classification", "regression", "token_classification", "qa", "causal_lm"]
 
@@ -31,6 +33,7 @@ class Model:
     trust_remote_code: bool = False  # executes code from the model repo: off unless asked for
     revision: Optional[str] = None
     dropout: Optional[float] = None  # override every dropout probability of the base (None: keep the model's)
+    head: Optional[MLPHead] = None  # replace the linear task head by a small MLP (None: the model's own head)
 
     def check(self, where: str) -> None:
         check(self.dropout is None or 0 <= self.dropout < 1, f"{where}.dropout={self.dropout}: use [0, 1) or None")
@@ -54,6 +57,19 @@ class Data:
     stride: int = 128  # tokens shared by consecutive windows over one context
     max_answer_length: int = 30  # longest answer span considered when decoding, in tokens
     n_best: int = 20  # best start and end positions per window tried when decoding
+    # regression only: the model learns target / label_scale (e.g. STS-B 0-5 -> 0-1, so a fresh head needs small
+    # outputs); predict multiplies back, correlations are unchanged, the evaluation loss is on the learned scale
+    label_scale: float = 1.0
+    # data without a validation split: hold out this many training examples (fixed seed 0, the same for every
+    # training seed) as the evaluation split; set eval_split to the train split's name to say so
+    holdout: Optional[int] = None
+    # causal language modelling (model.task="causal_lm") only, see peftlab/tasks/causal_lm.py
+    prompt_template: Optional[str] = None  # e.g. "Question: {question}\nAnswer: "; None: the tokenizer's chat template
+    strip_regex: Optional[str] = None  # removed from responses before training, e.g. GSM8K's r"<<[^>]*>>"
+    packing: bool = False  # pack several short training examples into one row (kept apart by position ids)
+    generate_split: Optional[str] = None  # split whose first generate_limit prompts are answered by greedy decoding
+    generate_limit: Optional[int] = None
+    max_new_tokens: int = 256
 
     def check(self, where: str) -> None:
         check(8 <= self.max_length <= 8192, f"{where}.max_length={self.max_length}: use a value in 8..8192")
@@ -63,6 +79,19 @@ class Data:
         check(self.stride >= 0, f"{where}.stride={self.stride}: use a non-negative overlap, e.g. 128")
         check(self.max_answer_length >= 1, f"{where}.max_answer_length={self.max_answer_length}: must be >= 1, e.g. 30")
         check(self.n_best >= 1, f"{where}.n_best={self.n_best}: must be >= 1, e.g. 20")
+        check(self.label_scale > 0, f"{where}.label_scale={self.label_scale}: must be > 0, e.g. 5 for 0-5 scores")
+        check((self.holdout is not None) == (self.eval_split == self.train_split),
+              f"{where}.holdout={self.holdout}, eval_split={self.eval_split!r}: to evaluate on held-out training "
+              f"examples set both eval_split={self.train_split!r} and holdout=N; otherwise neither")
+        check(self.holdout is None or self.holdout > 0, f"{where}.holdout={self.holdout}: use a positive count")
+        check(self.generate_limit is None or self.generate_limit > 0,
+              f"{where}.generate_limit={self.generate_limit}: use a positive count or None for the whole split")
+        check(1 <= self.max_new_tokens <= 8192, f"{where}.max_new_tokens={self.max_new_tokens}: use 1..8192")
+        if self.strip_regex is not None:
+            try:
+                re.compile(self.strip_regex)
+            except re.error as err:
+                raise PeftlabError(f"{where}.strip_regex={self.strip_regex!r}: not a regular expression ({err})") from None
 
 
 @dataclass(frozen=True)
@@ -81,6 +110,10 @@ class Train:
     evals_per_epoch: int = 1
     logging_steps: int = 50
     group_by_length: bool = True  # batches of similar length: far less padding, same data
+    loss: Loss = field(default_factory=CrossEntropy)  # CrossEntropy() as is: the model's own loss
+    checkpoint_steps: Optional[int] = None  # also checkpoint every this many steps (None: at evaluations only)
+    keep_checkpoints: int = 2  # newest checkpoints kept for --resume (the best one is kept in addition)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: the GPU when torch sees one, else the CPU
     # "auto": bf16 autocast on a CPU with native bf16 (not on a quantized base), else float32 (peftlab/speed.py)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
 
@@ -98,6 +131,10 @@ class Train:
               f"{where}.early_stopping_patience: must be > 0 or None")
         check(self.evals_per_epoch >= 1, f"{where}.evals_per_epoch={self.evals_per_epoch}: must be >= 1")
         check(self.logging_steps >= 1, f"{where}.logging_steps={self.logging_steps}: must be >= 1")
+        check(self.checkpoint_steps is None or self.checkpoint_steps >= 1,
+              f"{where}.checkpoint_steps={self.checkpoint_steps}: use a positive step count, or None")
+        check(self.keep_checkpoints >= 1, f"{where}.keep_checkpoints={self.keep_checkpoints}: must be >= 1 "
+                                          "(the newest checkpoint is what --resume continues from)")
 
 
 @dataclass(frozen=True)
@@ -116,6 +153,28 @@ class Recipe:
             check(self.data.stride < self.data.max_length // 2,
                   f"{where}.data.stride={self.data.stride}: must be below half of data.max_length="
                   f"{self.data.max_length} for qa, e.g. max_length=384 with stride=128")
+        task = self.model.task
+        check(self.data.label_scale == 1 or task == "regression",
+              f"{where}.data.label_scale: scales regression targets; remove it for model.task={task!r}")
+        check(self.model.head is None or task in HEAD_TASKS,
+              f"{where}.model.head: custom heads are for {', '.join(HEAD_TASKS)}, not {task}; remove model.head")
+        check(self.train.loss.is_default or task in LOSS_TASKS,
+              f"{where}.train.loss: {type(self.train.loss).__name__} is for {' and '.join(LOSS_TASKS)}; {task} trains "
+              "with its model's own loss: remove train.loss")
+        if self.model.labels is not None:
+            check_labels(self.train.loss, self.model.labels, f"{where}.train.loss")
+        if self.model.task != "causal_lm":
+            defaults = Data(self.data.name)
+            for name in ("prompt_template", "strip_regex", "packing", "generate_split", "generate_limit",
+                         "max_new_tokens"):
+                check(getattr(self.data, name) == getattr(defaults, name),
+                      f"{where}.data.{name} is for model.task='causal_lm'; remove it for {self.model.task!r}")
+        elif self.data.packing:  # their virtual tokens / key-value prefixes would bridge the packed examples
+            check(self.method.kind not in ("prefix", "prompt"),
+                  f"{where}.data.packing: {type(self.method).__name__} cannot keep packed examples apart (peft "
+                  "drops position ids for prompt tuning; a key-value prefix turns off transformers' packed-sequence "
+                  "mask); set packing=False or use LoRA, DoRA, IA3, a bottleneck adapter or full "
+                  "fine-tuning")
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -215,6 +274,12 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         raise PeftlabError(f"{path}:{err.lineno}: syntax error in recipe: {err.msg}") from None
     except TypeError as err:
         raise PeftlabError(_unknown_field_message(err, path) or f"{path}: {err}") from None
+    except NameError as err:  # e.g. a misspelled method class
+        import peftlab
+
+        hint = difflib.get_close_matches(err.name or "", peftlab.__all__, n=1)
+        raise PeftlabError(f"{path}: {err}" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+                           + "; recipes get their parts with `from peftlab import *`") from None
     except PeftlabError:
         raise
     except Exception as err:  # the recipe is user code: report where it failed, in one line
@@ -295,6 +360,9 @@ def recipe_to_dict(recipe: Recipe) -> dict:
     """Plain JSON-able form, with the kind of method and quantization named so it can be rebuilt."""
     out = dataclasses.asdict(recipe)
     out["method"] = {"kind": recipe.method.kind, **dataclasses.asdict(recipe.method)}
+    out["train"]["loss"] = {"kind": recipe.train.loss.kind, **dataclasses.asdict(recipe.train.loss)}
+    if recipe.model.head is not None:
+        out["model"]["head"] = {"kind": recipe.model.head.kind, **dataclasses.asdict(recipe.model.head)}
     if recipe.quant is not None:
         out["quant"] = {"kind": recipe.quant.kind, **dataclasses.asdict(recipe.quant)}
     return out
@@ -306,12 +374,18 @@ def recipe_from_dict(data: dict) -> Recipe:
 
     method = dict(data["method"])
     quant = dict(data["quant"]) if data.get("quant") else None
+    model, train = dict(data["model"]), dict(data["train"])
+    if model.get("head"):
+        model["head"] = MLPHead(**{k: v for k, v in model["head"].items() if k != "kind"})
+    if "loss" in train:  # records written before losses existed have none: the model's own loss
+        loss = dict(train["loss"])
+        train["loss"] = LOSSES[loss.pop("kind")](**loss)
     recipe = Recipe(
         name=data["name"],
-        model=Model(**data["model"]),
+        model=Model(**model),
         data=Data(**data["data"]),
         method=METHODS[method.pop("kind")](**method),
-        train=Train(**data["train"]),
+        train=Train(**train),
         quant=QUANTS[quant.pop("kind")](**quant) if quant else None,
     )
     validate(recipe)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import data as data_stage
-from . import distributed, measure, models, plan, rundir, speed
+from . import checkpoints, distributed, heads, measure, models, plan, preflight, resume, rundir, speed
 from . import report as report_stage
 from .errors import PeftlabError
 from .recipe import load_recipe, recipe_to_dict
@@ -26,23 +26,31 @@ def build_base(recipe, task, resolved, label_names, quantized: bool = True):
     from transformers import set_seed
 
     quant = recipe.quant if quantized else None
-    quant_config = quant.bnb_config(list(task.HEADS)) if quant else None
+    quant_config = quant.bnb_config(list(task.HEADS) + list(getattr(task, "UNQUANTIZED", ()))) if quant else None
     set_seed(recipe.train.seed)  # the new task head is initialised from the seed
     model = models.load_model(resolved, recipe.model, task.MODEL_CLASS, quant_config, **task.model_kwargs(label_names))
+    if recipe.model.head is not None:  # before any method wraps the model: the head trains and saves like the linear one
+        heads.attach(model, recipe.model.head, task.HEADS)
     if quant is not None:
         from peft import prepare_model_for_kbit_training
 
+        from .quant import keep_one_weight_layout
+
+        keep_one_weight_layout(model)  # else training after an evaluation gets wrong gradients on some CPUs
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return model
 
 
-def build_model(recipe, task, resolved, label_names):
-    """The base wrapped with the recipe's method, adapters initialised from the seed."""
+def build_model(recipe, task, resolved, label_names, on_base=None):
+    """The base wrapped with the recipe's method, adapters initialised from the seed. on_base(base), if given, sees
+    the base before it is wrapped (causal_lm evaluates it there)."""
     from transformers import set_seed
 
     from .methods.base import Context
 
     model = build_base(recipe, task, resolved, label_names)
+    if on_base is not None:
+        on_base(model)
     present = tuple(h for h in task.HEADS if hasattr(model, h))
     set_seed(recipe.train.seed)  # whatever loading consumed, adapters start from the same state
     return recipe.method.wrap(model, Context(present, task.PEFT_TASK_TYPE, recipe.quant is not None, resolved.path))
@@ -76,15 +84,16 @@ def predict_memory(recipe, inputs: Inputs) -> dict:
     return plan.predict(recipe, inputs.task, inputs.resolved, inputs.labels, max(inputs.train["length"]))
 
 
-def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, command: str) -> dict:
+def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, command: str,
+            resuming: resume.Resume | None = None) -> dict:
     from transformers import set_seed
 
-    from .training import best_eval, build_trainer, eval_metrics
+    from .training import best_eval, build_trainer, eval_metrics, train_seconds
 
     started = time.perf_counter()
     main_process = distributed.is_main()  # with several processes only the main one writes
     set_seed(recipe.train.seed)
-    if main_process:
+    if main_process and resuming is None:  # a resumed run keeps the records it started with (recipe checked equal)
         rundir.write_json(run_dir / "recipe.json", recipe_to_dict(recipe))
         shutil.copyfile(recipe_path, run_dir / "recipe.py")
     inputs = prepare_inputs(recipe, data_root)
@@ -94,28 +103,33 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
     env = measure.environment() | {
         "command": command,
         "seed": recipe.train.seed,
-        "model": {"source": resolved.source, "path": resolved.path, "fingerprint": models.weights_fingerprint(resolved)},
+        "model": {"source": resolved.source, "path": resolved.path, "fingerprint": models.weights_fingerprint(resolved),
+                  "origin": resolved.origin},
         "data": {"source": splits.source, "files": splits.files, "train_examples": len(train_ds),
                  "eval_examples": len(eval_ds)},
         "processes": distributed.world_size(),
         "speed": speed.settings(recipe),
     }
     if main_process:
-        rundir.write_json(run_dir / "environment.json", env)
+        rundir.write_json(run_dir / "environment.json", resume.environment(resuming, env) if resuming else env)
 
     memory_plan = predict_memory(recipe, inputs)
-    model = build_model(recipe, task, resolved, label_names)
+    extra = task.Evaluation(inputs, recipe) if hasattr(task, "Evaluation") else None  # before/after figures
+    model = build_model(recipe, task, resolved, label_names, on_base=extra.before if extra else None)
     params = measure.count_parameters(model)
     quant_storage = measure.quantized_storage(model)
-    trainer, timer = build_trainer(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir / "checkpoints",
-                                   task.metrics_for(eval_ds, splits.eval, label_names, recipe))
-    trainer.train()
+    trainer = build_trainer(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir / "checkpoints",
+                            task.metrics_for(eval_ds, splits.eval, label_names, recipe), label_names)
+    checkpoints.train(trainer, resuming.checkpoint if resuming else None)
+    seconds = train_seconds(trainer)  # over all processes of a resumed run
     state = trainer.state
     peak_rss = distributed.gather(measure.peak_memory()["peak_rss_bytes"])
     if not main_process:
         return {}
     rundir.write_json(run_dir / "log_history.json", state.log_history)
     final = best_eval(state.log_history, state.best_model_checkpoint)
+    if extra:
+        extra.after(trainer.model)  # the best checkpoint, as Trainer reloaded it
 
     recipe.method.save(trainer.model, run_dir)
     tokenizer.save_pretrained(run_dir / "tokenizer")
@@ -124,23 +138,23 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
     samples = state.global_step * recipe.train.batch_size
     tokens = sum(train_ds["length"]) * epochs_done
     metrics = {
-        "task_metrics": eval_metrics(final),
+        "task_metrics": eval_metrics(final) | (extra.task_metrics() if extra else {}),
         "best_step": final.get("step"),
         "labels": label_names,
         **params,
         "quantized_storage": quant_storage,
         "steps": state.global_step,
         "epochs": epochs_done,
-        "train_seconds": timer.train_seconds,
-        "train_samples_per_second": min(samples, len(train_ds) * epochs_done) / max(timer.train_seconds, 1e-9),
-        "train_tokens_per_second": tokens / max(timer.train_seconds, 1e-9),
-        "wall_seconds": time.perf_counter() - started,
+        "train_seconds": seconds,
+        "train_samples_per_second": min(samples, len(train_ds) * epochs_done) / max(seconds, 1e-9),
+        "train_tokens_per_second": tokens / max(seconds, 1e-9),
+        "wall_seconds": time.perf_counter() - started,  # of this process (the last one, if resumed)
         "saved_bytes": measure.disk_bytes(run_dir / recipe.method.saves),
         **measure.peak_memory(),
         **({"peak_rss_bytes_per_process": peak_rss} if len(peak_rss) > 1 else {}),
         "predicted_peak_bytes": memory_plan["predicted_peak_bytes"],
         "memory_plan": memory_plan["parts"],
-    }
+    } | (extra.record(run_dir) if extra else {})
     rundir.write_json(run_dir / "metrics.json", metrics)
     return metrics
 
@@ -184,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plan", action="store_true", help="predict peak memory, say whether it fits, and exit")
     parser.add_argument("--budget", type=plan.parse_size, default=None,
                         help="memory budget for --plan, e.g. 16GiB (default: GPU memory, else physical memory)")
+    parser.add_argument("--resume", nargs="?", const=resume.AUTO, default=None, metavar="RUN_DIR",
+                        help="continue an interrupted or failed run from its last checkpoint (default: the newest "
+                             "one of this recipe in --runs-dir); give the same recipe and --set options")
     args = parser.parse_args(argv)
     command = shlex.join(["python", "-m", "peftlab.run", *argv])
     from rich.console import Console
@@ -199,11 +216,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if plan.print_plan(predict_memory(recipe, prepare_inputs(recipe, data_root)), args.budget) else 1
         reports_dir = Path(args.reports_dir) if args.reports_dir else None
         distributed.start()
-        run_dir = distributed.share_from_main(lambda: rundir.create(args.runs_dir, recipe.name))
+        resuming, run_dir = distributed.share_from_main(lambda: open_run_dir(args, recipe, data_root, reports_dir))
         if not distributed.is_main():
             console.quiet = True  # the main process reports for all
-        console.print(f"run directory: {run_dir}")
-        metrics = execute(recipe, args.recipe, run_dir, data_root, command)
+        console.print(f"run directory: {run_dir}" + (f" ({resuming})" if resuming else ""))
+        metrics = execute(recipe, args.recipe, run_dir, data_root, command, resuming)
         if not distributed.is_main():
             return 0
         rundir.set_status(run_dir, rundir.FINISHED)
@@ -215,20 +232,38 @@ def main(argv: list[str] | None = None) -> int:
         _record_failure(run_dir, "failed", str(err))
         console.print(f"[bold red]error:[/] {err}", highlight=False)
         return 2
-    except KeyboardInterrupt:
-        _record_failure(run_dir, "interrupted", "interrupted by the user")
-        console.print("interrupted")
+    except KeyboardInterrupt as err:  # Ctrl-C: after a checkpoint (TrainingStopped) unless pressed twice
+        _record_failure(run_dir, "interrupted", str(err) or "interrupted by the user")
+        console.print(f"interrupted{': ' + str(err) if str(err) else ''}", highlight=False)
+        if run_dir is not None:
+            console.print(f"resume with: {resume.command_line(argv, args.resume, run_dir)}", highlight=False)
         return 130
     except Exception as err:
-        _record_failure(run_dir, "failed", f"{type(err).__name__}: {err}")
-        raise
+        problem = preflight.storage_problem(err, run_dir)  # disk full, read-only: one line, resumable
+        _record_failure(run_dir, "failed", problem or f"{type(err).__name__}: {err}")
+        if problem is None:
+            raise
+        console.print(f"[bold red]error:[/] {problem}", highlight=False)
+        if run_dir is not None:
+            console.print(f"resume with: {resume.command_line(argv, args.resume, run_dir)}", highlight=False)
+        return 2
+
+
+def open_run_dir(args, recipe, data_root, reports_dir) -> tuple[resume.Resume | None, Path]:
+    """Checks, then the run directory: a new one, or the interrupted run to resume (main process only)."""
+    preflight.run_checks(recipe, args.runs_dir, reports_dir)
+    resuming = resume.prepare(args.resume, args.runs_dir, recipe, data_root) if args.resume else None
+    return resuming, resuming.run_dir if resuming else rundir.create(args.runs_dir, recipe.name)
 
 
 def _record_failure(run_dir: Path | None, state: str, message: str) -> None:
     if run_dir is None or not distributed.is_main():
         return
-    rundir.write_atomic(run_dir / "traceback.txt", traceback.format_exc())
-    rundir.set_status(run_dir, state, message.splitlines()[0] if message else state)
+    try:
+        rundir.write_atomic(run_dir / "traceback.txt", traceback.format_exc())
+        rundir.set_status(run_dir, state, message.splitlines()[0] if message else state)
+    except OSError:  # the disk is full or gone: the status stays "running", read as "interrupted" once we exit
+        pass
 
 
 if __name__ == "__main__":

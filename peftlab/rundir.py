@@ -1,7 +1,9 @@
 """The run directory: one per run, every file written atomically, with a status a reader can trust.
 
 runs/<recipe>-<timestamp>/
-  status.json       {"state": "running" | "finished" | "failed" | "interrupted", "error": ...}
+  status.json       {"state": "running" | "finished" | "failed" | "interrupted", "error": ..., "pid", "host"}
+                    a "running" run whose process is gone (SIGKILL, power loss) reads as "interrupted"
+  checkpoints/      Trainer checkpoints while training (removed once finished); `--resume` continues from them
   recipe.json       the resolved recipe (overrides applied); recipe.py is the source as given
   environment.json  versions, hardware, seed, data hashes, model source and fingerprint, command
   metrics.json      task metrics, parameter counts, time, throughput, peak memory
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -62,14 +65,55 @@ def create(root: Path, name: str) -> Path:
 
 
 def set_status(path: Path, state: str, error: str | None = None) -> None:
-    write_json(path / "status.json", {"state": state, "error": error, "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    record = {"state": state, "error": error, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if state == "running":  # who runs it, so a reader can tell a live run from one whose process died
+        record |= {"pid": os.getpid(), "host": socket.gethostname(), "process_start": _process_start(os.getpid())}
+    write_json(path / "status.json", record)
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (Linux); [0] is the state, [19] the start time."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _process_start(pid: int) -> str | None:
+    """Start time in clock ticks since boot: tells the run's process from a later one that reuses its pid."""
+    fields = _proc_stat(pid)
+    return fields[19] if fields else None
+
+
+def _process_alive(pid: int, start: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        pass
+    fields = _proc_stat(pid)
+    if fields is None:
+        return True  # no /proc: the signal test above is all we have
+    return fields[0] != "Z" and (start is None or fields[19] == start)  # a zombie or a reused pid is not the run
+
+
+def read_status(path: Path) -> dict:
+    """status.json as a reader should see it: "running" on this host with its process gone is "interrupted"."""
+    try:
+        record = read_json(Path(path) / "status.json")
+        record["state"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {"state": "unknown", "error": "no readable status.json"}
+    if (record["state"] == "running" and record.get("host") == socket.gethostname() and record.get("pid")
+            and not _process_alive(record["pid"], record.get("process_start"))):
+        record |= {"state": "interrupted",
+                   "error": f"process {record['pid']} ended without finishing the run (killed?)"}
+    return record
 
 
 def status(path: Path) -> str:
-    try:
-        return read_json(Path(path) / "status.json")["state"]
-    except (OSError, ValueError, KeyError):
-        return "unknown"
+    return read_status(path)["state"]
 
 
 def require_finished(path: Path) -> Path:

@@ -47,8 +47,13 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def bf16_supported() -> bool:
-    return torch.cuda.is_bf16_supported() if torch.cuda.is_available() else cpu_has_native_bf16()
+def on_cpu(recipe) -> bool:
+    """Where the run trains (train.device, as training.training_arguments maps it)."""
+    return recipe.train.device == "cpu" or not torch.cuda.is_available()
+
+
+def bf16_supported(recipe) -> bool:
+    return cpu_has_native_bf16() if on_cpu(recipe) else torch.cuda.is_bf16_supported()
 
 
 def use_bf16(recipe) -> bool:
@@ -56,10 +61,10 @@ def use_bf16(recipe) -> bool:
     (a quantized base computes in quant.compute_dtype); on a GPU "auto" keeps float32 (set "bf16" there)."""
     precision = recipe.train.precision
     if precision == "bf16":
-        check(bf16_supported(), "train.precision='bf16': this machine has no native bf16 (a CPU with avx512_bf16 "
-                                "or amx_bf16, or a GPU with bf16); use 'auto' or 'fp32'")
+        check(bf16_supported(recipe), "train.precision='bf16': this machine has no native bf16 (a CPU with "
+                                      "avx512_bf16 or amx_bf16, or a GPU with bf16); use 'auto' or 'fp32'")
         return True
-    return (precision == "auto" and recipe.quant is None and not torch.cuda.is_available()
+    return (precision == "auto" and recipe.quant is None and on_cpu(recipe)
             and enabled("bf16") and cpu_has_native_bf16())
 
 
@@ -71,7 +76,7 @@ def settings(recipe) -> dict:
     """What a run used, for its environment record."""
     bf16 = use_bf16(recipe)
     return {"precision": "bf16 autocast" if bf16 else "fp32",
-            "attention": "sdpa, float32 under autocast" if bf16 and fp32_attention_applies() else "model default",
+            "attention": "sdpa, float32 under autocast" if bf16 and fp32_attention_applies(recipe) else "model default",
             "batches": "length buckets" if recipe.train.group_by_length and enabled("length_buckets")
             else "Trainer length grouping" if recipe.train.group_by_length else "random",
             "optimizer": optimizer_name(), "torch_threads": torch.get_num_threads(), "disabled": disabled()}
@@ -124,8 +129,8 @@ def evaluation_order(features):
 
 # ---------------------------------------------------------------------------------------------- attention
 
-def fp32_attention_applies() -> bool:
-    return enabled("fp32_attention") and not torch.cuda.is_available()
+def fp32_attention_applies(recipe) -> bool:
+    return enabled("fp32_attention") and on_cpu(recipe)
 
 
 def _sdpa_fp32(module, query, key, value, attention_mask, **kwargs):

@@ -11,9 +11,10 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_callback import PrinterCallback
+from transformers.trainer_callback import ExportableState, PrinterCallback
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from . import distributed, speed
+from . import checkpoints, distributed, speed
 
 
 class EvaluateAtEnd(TrainerCallback):
@@ -27,8 +28,9 @@ class EvaluateAtEnd(TrainerCallback):
         return control
 
 
-class StepTimer(TrainerCallback):
-    """Wall time of training steps only (data loading, forward, backward, optimizer), without evaluation."""
+class StepTimer(TrainerCallback, ExportableState):
+    """Wall time of training steps only (data loading, forward, backward, optimizer), without evaluation.
+    Its total is saved in checkpoints and restored on resume (as a new instance: see train_seconds())."""
 
     def __init__(self):
         self.train_seconds = 0.0
@@ -48,6 +50,13 @@ class StepTimer(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         self._last = time.perf_counter()
 
+    def state(self) -> dict:
+        return {"args": {}, "attributes": {"train_seconds": self.train_seconds}}
+
+
+def train_seconds(trainer) -> float:
+    return next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, StepTimer)).train_seconds
+
 
 class RichProgress(TrainerCallback):
     """Steps, loss, samples/s and ETA; on a non-terminal (CI, logs) one plain line per logging step."""
@@ -58,9 +67,10 @@ class RichProgress(TrainerCallback):
         self.progress = None
         self.loss = float("nan")
         self.start = 0.0
+        self.start_step = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.start = time.perf_counter()
+        self.start, self.start_step = time.perf_counter(), state.global_step  # a resumed run starts past 0
         if not state.is_world_process_zero:  # one display for a multi-process run
             self.console.quiet = True
         if self.console.is_terminal and not self.console.quiet:
@@ -72,7 +82,7 @@ class RichProgress(TrainerCallback):
             self.progress.start()
 
     def _rate(self, state) -> float:
-        return state.global_step * self.batch_size / max(time.perf_counter() - self.start, 1e-9)
+        return (state.global_step - self.start_step) * self.batch_size / max(time.perf_counter() - self.start, 1e-9)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.progress:
@@ -99,7 +109,8 @@ def total_steps(recipe, n_train: int) -> tuple[int, int]:
     return per_epoch, total
 
 
-def training_arguments(recipe, out_dir: Path, n_train: int, best_metric: str) -> TrainingArguments:
+def training_arguments(recipe, out_dir: Path, n_train: int, best_metric: str,
+                       greater_is_better: bool = True) -> TrainingArguments:
     t = recipe.train
     per_epoch, total = total_steps(recipe, n_train)
     eval_every = max(1, min(total, per_epoch // t.evals_per_epoch))
@@ -124,10 +135,11 @@ def training_arguments(recipe, out_dir: Path, n_train: int, best_metric: str) ->
         eval_steps=eval_every,
         save_strategy="steps",
         save_steps=eval_every,
-        save_total_limit=1,  # the best checkpoint is kept in addition
+        save_total_limit=t.keep_checkpoints,  # the best checkpoint is kept in addition
+        restore_callback_states_from_checkpoint=True,  # early-stopping patience, step timer
         load_best_model_at_end=True,
         metric_for_best_model=best_metric,
-        greater_is_better=True,
+        greater_is_better=greater_is_better,
         logging_strategy="steps",
         logging_steps=t.logging_steps,
         seed=t.seed,
@@ -137,7 +149,7 @@ def training_arguments(recipe, out_dir: Path, n_train: int, best_metric: str) ->
         report_to=[],
         disable_tqdm=True,
         dataloader_num_workers=0,
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=t.device == "cpu" or not torch.cuda.is_available(),
     )
 
 
@@ -164,13 +176,21 @@ class InOrderEvalTrainer(Trainer):
         return SequentialSampler(eval_dataset) if eval_dataset is not None else None
 
     def _get_train_sampler(self, train_dataset=None):
-        # the "length" column (tasks' prepare) is read from the full dataset: Trainer has already dropped it from
-        # the copy it passes here (same rows), and would else measure every example again
-        if self.args.train_sampling_strategy != "group_by_length" or not speed.enabled("length_buckets") \
-                or "length" not in getattr(self.train_dataset, "column_names", ()):
-            return super()._get_train_sampler(train_dataset)
-        global_batch = self.args.per_device_train_batch_size * max(1, self.args.world_size)
-        return speed.LengthBucketSampler(self.train_dataset["length"], global_batch, self.args.data_seed)
+        # Length buckets are seeded with seed + epoch, so a resumed run sees the batches the uninterrupted one saw.
+        # The "length" column (tasks' prepare) is read from the full dataset: Trainer has already dropped it from
+        # the copy it passes here (same rows), and would else measure every example again.
+        if self.args.train_sampling_strategy == "group_by_length" and speed.enabled("length_buckets") \
+                and "length" in getattr(self.train_dataset, "column_names", ()):
+            global_batch = self.args.per_device_train_batch_size * max(1, self.args.world_size)
+            return speed.LengthBucketSampler(self.train_dataset["length"], global_batch, self.args.data_seed)
+        sampler = super()._get_train_sampler(train_dataset)
+        return checkpoints.EpochSeededSampler(sampler, self.args.data_seed) \
+            if isinstance(sampler, LengthGroupedSampler) else sampler  # "random": accelerate seeds it per epoch
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        checkpoints.require_finite(loss, self)
+        return loss
 
 
 def make_trainer(model, **kwargs) -> Trainer:
@@ -189,26 +209,30 @@ def make_trainer(model, **kwargs) -> Trainer:
             del model._hf_peft_config_loaded
 
 
-def build_trainer(recipe, task, model, tokenizer, train_ds, eval_ds, out_dir: Path,
-                  compute_metrics) -> tuple[Trainer, StepTimer]:
-    timer = StepTimer()
+def build_trainer(recipe, task, model, tokenizer, train_ds, eval_ds, out_dir: Path, compute_metrics,
+                  labels: list[str]) -> Trainer:
+    from .losses import compute_loss_func
+
     bf16 = speed.use_bf16(recipe)
-    if bf16 and speed.fp32_attention_applies():
+    if bf16 and speed.fp32_attention_applies(recipe):
         speed.keep_attention_fp32(model)
-    callbacks = [EvaluateAtEnd(), timer, RichProgress(recipe.train.batch_size)]
+    callbacks = [EvaluateAtEnd(), StepTimer(), RichProgress(recipe.train.batch_size),
+                 checkpoints.CheckpointControl(recipe.train.checkpoint_steps)]
     if recipe.train.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.train.early_stopping_patience))
     trainer = make_trainer(
         model=model,
-        args=training_arguments(recipe, out_dir, len(train_ds), task.BEST_METRIC),
+        args=training_arguments(recipe, out_dir, len(train_ds), task.BEST_METRIC, getattr(task, "GREATER_IS_BETTER", True)),
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         data_collator=task.collator(tokenizer),
         compute_metrics=compute_metrics,
+        preprocess_logits_for_metrics=getattr(task, "preprocess_logits", None),
         callbacks=callbacks,
+        compute_loss_func=compute_loss_func(recipe.train.loss, labels),
     )
     trainer.train_autocast = torch.bfloat16 if bf16 else None
-    return trainer, timer
+    return trainer
 
 
 def eval_metrics(logs: dict) -> dict:

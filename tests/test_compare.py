@@ -95,3 +95,29 @@ def test_pareto_front():
 
 def test_parse_budget():
     assert parse_size("16GiB") == 16 * 2**30 and parse_size("512MiB") == 512 * 2**20 and parse_size("100") == 100
+
+
+def test_variant_without_overrides_is_the_recipes_own_run(tmp_path, tiny_bert, data_dir, monkeypatch):
+    """No overrides, the recipe's seed: the variant's report is the recipe's report too (reports/<recipe>.md);
+    another seed or any override makes a different run, whose report stays in reports/<comparison>/."""
+    write_recipe(tmp_path / "lora.py", tiny_bert, method="LoRA(r=4)", name="lora",
+                 train="epochs=1, lr=1e-2, batch_size=32, seed=3")
+    text = (tmp_path / "lora.py").read_text().replace('max_length=32)', 'max_length=32, train_limit=64)')
+    (tmp_path / "lora.py").write_text(text)
+    (tmp_path / "cmp.py").write_text("from peftlab.compare import Comparison\n"
+                                     "comparison = Comparison(name='cmp', recipes=['lora.py'], baseline='lora', "
+                                     "seeds=[3, 4])\n")
+    _, variants = compare.load_comparison(tmp_path / "cmp.py")
+    assert [(v.seed, v.is_recipe_run) for v in variants] == [(3, True), (4, False)]
+    (tmp_path / "cmp2.py").write_text((tmp_path / "cmp.py").read_text().replace("seeds=[3, 4]", "seeds=[3], "
+                                                                                 "overrides=['train.lr=1e-3']"))
+    assert [v.is_recipe_run for v in compare.load_comparison(tmp_path / "cmp2.py")[1]] == [False]
+    comparison = compare.Comparison(name="cmp", recipes=["lora.py"], baseline="lora", seeds=[3])
+    runs, reports = tmp_path / "runs", tmp_path / "reports"
+    runs.mkdir()
+    monkeypatch.setenv("PEFTLAB_DATA_DIR", str(data_dir))  # the variant's subprocess reads it
+    result = compare.run_variant(variants[0], comparison, runs, reports / "cmp")
+    assert result["state"] == "finished"
+    assert (reports / "lora.md").read_text() == (reports / "cmp" / "lora.md").read_text()
+    assert "python -m peftlab.run" in (reports / "lora.md").read_text()
+    assert "--set" not in json.loads((Path(result["run"]) / "environment.json").read_text())["command"]

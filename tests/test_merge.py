@@ -21,7 +21,7 @@ TRAIN = "epochs=3, lr=1e-2, batch_size=16, logging_steps=8"
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory, tiny_bert, data_dir):
     tmp = tmp_path_factory.mktemp("merge-lora")
-    recipe = write_recipe(tmp / "r.py", tiny_bert, method="LoRA(r=4, target='all-linear')", train=TRAIN)
+    recipe = write_recipe(tmp / "r.py", tiny_bert, method="LoRA(r=4, target='all-linear', modules_to_save=['LayerNorm'])", train=TRAIN)
     return run_recipe(tmp, recipe, data_dir)
 
 

@@ -77,6 +77,9 @@ def _train(model, steps=60, lr=1e-2) -> tuple[float, float]:
 METHODS = [
     (LoRA(r=4, target=["query", "value"]), LAYERS * 2 * 4 * (D + D), ("lora_",)),
     (LoRA(r=2, target="all-linear"), LAYERS * (4 * 2 * (D + D) + 2 * 2 * (D + 2 * D)) + 2 * (D + D), ("lora_",)),
+    # LayerNorms trained beside LoRA: two per layer plus the embeddings', weight and bias each
+    (LoRA(r=4, target=["query", "value"], modules_to_save=["LayerNorm"]),
+     LAYERS * 2 * 4 * (D + D) + (2 * LAYERS + 1) * 2 * D, ("lora_",)),
     (DoRA(r=4, target=["query", "value"]), LAYERS * 2 * (4 * (D + D) + D), ("lora_",)),
     # IA3 on BERT (peft default): key, value (out_features) + attention.output.dense, output.dense (feed-forward:
     # in_features d and 2d)

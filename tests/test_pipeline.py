@@ -76,10 +76,16 @@ def test_predict_texts(lora_run, capsys):
 
 
 def test_same_seed_same_metrics(tmp_path, tiny_bert, data_dir):
-    recipe = write_recipe(tmp_path / "r.py", tiny_bert, train="epochs=1, lr=5e-3, batch_size=16, seed=3")
-    first = json.loads((run_recipe(tmp_path / "a", recipe, data_dir) / "metrics.json").read_text())
-    second = json.loads((run_recipe(tmp_path / "b", recipe, data_dir) / "metrics.json").read_text())
+    from safetensors.torch import load_file
+
+    recipe = write_recipe(tmp_path / "r.py", tiny_bert, train="epochs=1, lr=5e-3, batch_size=16, seed=3, logging_steps=4")
+    runs = [run_recipe(tmp_path / name, recipe, data_dir) for name in ("a", "b")]
+    first, second = (json.loads((run / "metrics.json").read_text()) for run in runs)
     assert first["task_metrics"] == second["task_metrics"]
+    losses = [[e["loss"] for e in json.loads((run / "log_history.json").read_text()) if "loss" in e] for run in runs]
+    assert losses[0] == losses[1] and len(losses[0]) >= 2  # the whole loss curve, not only the end
+    weights = [load_file(run / "adapter" / "adapter_model.safetensors") for run in runs]
+    assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def test_full_fine_tuning_saves_whole_model(tmp_path, tiny_bert, data_dir):

@@ -425,10 +425,10 @@ def _run_and_rescore(tmp_path, recipe: Path, data: Path, capsys) -> tuple[Path, 
 
 
 def test_regression_end_to_end(tmp_path, tiny_bert, task_data, capsys):
-    # full fine-tuning: LoRA on this random tiny base learns the scores only on some seeds (Pearson 0.1-0.8 over
-    # seeds 0-4, whichever batch order); full fine-tuning reached 0.92-0.97 on all five
-    recipe = task_recipe(tmp_path / "r.py", tiny_bert, "regression", name="tiny_stsb", method="FullFineTuning()",
-                         train="epochs=15, lr=3e-3, batch_size=16, logging_steps=5")
+    # 10 epochs: at 6 the Pearson of this tiny task depends on the data order more than on the method (seeds 0-3
+    # gave 0.35/0.56/0.70/0.14 with the per-epoch seeded order, 0.52/0.12/0.19/0.28 with Trainer's global-RNG order)
+    recipe = task_recipe(tmp_path / "r.py", tiny_bert, "regression", name="tiny_stsb",
+                         train="epochs=10, lr=1e-2, batch_size=16, logging_steps=5")
     run_dir, metrics, scored = _run_and_rescore(tmp_path, recipe, task_data, capsys)
     m = metrics["task_metrics"]
     assert set(m) == {"loss", "pearson", "spearman"} and metrics["labels"] == ["score"]
@@ -441,7 +441,6 @@ def test_regression_end_to_end(tmp_path, tiny_bert, task_data, capsys):
 
 
 def test_token_classification_end_to_end(tmp_path, tiny_bert, task_data, capsys):
-    # 10 epochs: F1 0.95-1.0 over seeds 0-4 (6 epochs: 0.76-0.92, i.e. the threshold depended on the batch order)
     recipe = task_recipe(tmp_path / "r.py", tiny_bert, "token_classification", name="tiny_wnut",
                          train="epochs=10, lr=1e-2, batch_size=16, logging_steps=5")
     run_dir, metrics, scored = _run_and_rescore(tmp_path, recipe, task_data, capsys)
@@ -487,3 +486,25 @@ def test_qa_end_to_end(tmp_path, tiny_bert, task_data, capsys):
     record = json.loads((tmp_path / "export" / merge.EXPORT_RECORD).read_text())
     assert record["verification"]["max_abs_logit_diff"] <= 1e-4 and record["verification"]["label_agreement"] == 1.0
     assert record["export_metrics"]["f1"] == pytest.approx(m["f1"])
+
+
+def test_regression_label_scale_trains_on_scaled_targets_and_predicts_on_the_data_scale(tmp_path, tiny_bert, task_data):
+    from peftlab import data as data_stage
+    from peftlab.run import build_model
+
+    path = task_recipe(tmp_path / "r.py", tiny_bert, "regression",
+                       data=TASKS["regression"].replace("max_length=32", "max_length=32, label_scale=5.0"))
+    recipe = load_recipe(path)
+    task = get_task("regression")
+    splits = data_stage.load_splits(recipe.data, task_data, 0)
+    features = task.prepare(splits.train, make_tokenizer(), recipe, ["score"], "train")
+    assert sorted(features["labels"]) == pytest.approx(sorted(float(s) / 5 for s in splits.train["score"]))
+    model = build_model(recipe, task, models.resolve(recipe.model.name), ["score"])
+    pair = "a great film\tthe plot was lovely"
+    raw = task.predict(model, make_tokenizer(), [pair], ["score"])[0]["score"]
+    assert task.predict(model, make_tokenizer(), [pair], ["score"], label_scale=5.0)[0]["score"] == pytest.approx(5 * raw)
+    with pytest.raises(PeftlabError, match="data.label_scale: scales regression targets; remove it"):
+        load_recipe(task_recipe(tmp_path / "c.py", tiny_bert, "token_classification",
+                                data=TASKS["token_classification"].replace(")", ", label_scale=2.0)")))
+    with pytest.raises(PeftlabError, match=r"data.label_scale=0.0: must be > 0"):
+        load_recipe(path, ["data.label_scale=0"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import check
 from .base import Context, Method
 
 
@@ -22,4 +23,15 @@ class FullFineTuning(Method):
         model.save_pretrained(run_dir / self.saves)
 
     def load(self, base_model, run_dir: Path):
-        return type(base_model).from_pretrained(run_dir / self.saves)
+        """The saved weights into the base built from the recipe (same module tree, custom head included;
+        from_pretrained would rebuild the stock head and drop an MLP head's weights)."""
+        from safetensors.torch import load_file
+
+        folder = run_dir / self.saves
+        files = sorted(folder.glob("*.safetensors"))
+        check(bool(files), f"{folder}: no *.safetensors weights; the run did not save its model")
+        weights = {k: v for file in files for k, v in load_file(str(file)).items()}
+        missing, unexpected = base_model.load_state_dict(weights, strict=False)
+        check(not missing and not unexpected, f"{folder}: missing {missing[:3]}, unexpected {unexpected[:3]}; the "
+                                              "saved model does not match the recipe's model and head")
+        return base_model

@@ -18,6 +18,9 @@ class LoRA(PeftMethod):
     target: Union[str, list[str]] = field(default_factory=lambda: ["query", "value"])
     rslora: bool = False  # scale by alpha/sqrt(r) instead of alpha/r (Kalajdzievski 2023)
     bias: str = "none"
+    # modules trained in full beside the low-rank updates and saved with the adapter (peft's modules_to_save),
+    # e.g. ["LayerNorm"]: a few thousand parameters that let the frozen encoder re-centre its features
+    modules_to_save: list[str] = field(default_factory=list)
     kind = "lora"
     mergeable = True
     quantizable = True
@@ -37,7 +40,8 @@ class LoRA(PeftMethod):
                           target_modules=self.target if self.target == "all-linear" else list(
                               [self.target] if isinstance(self.target, str) else self.target), exclude_modules=list(ctx.heads) or None,
                           use_rslora=self.rslora, use_dora=self.use_dora, bias=self.bias,
-                          task_type=ctx.peft_task_type, modules_to_save=list(ctx.heads) or None)
+                          task_type=ctx.peft_task_type,
+                          modules_to_save=list(ctx.heads) + list(self.modules_to_save) or None)
 
 
 @dataclass(frozen=True)

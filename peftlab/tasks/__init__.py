@@ -5,6 +5,11 @@ columns(recipe) (data columns it reads), labels(recipe, train), model_kwargs(lab
 collator(tokenizer), metrics_for(eval_ds, raw_eval, labels, recipe) -> Trainer's compute_metrics (QA needs the
 features, the raw examples and the recipe's decoding settings to decode spans),
 predict(model, tokenizer, texts, labels, max_length) (qa also takes context=, stride=, n_best=, max_answer_length=).
+
+Optional (causal_lm has them): GREATER_IS_BETTER (for BEST_METRIC, default True), UNQUANTIZED (modules besides
+the heads kept out of 4/8-bit quantization), COMPARE_METRIC (what comparisons rank by, default BEST_METRIC),
+RAW_METRICS (metrics that are not fractions), preprocess_logits (Trainer's preprocess_logits_for_metrics) and
+Evaluation(inputs, recipe) (extra figures before and after training, see run.execute).
 """
 
 from importlib import import_module
@@ -14,6 +19,7 @@ TASK_MODULES = {
     "regression": "regression",
     "token_classification": "token_classification",
     "qa": "qa",
+    "causal_lm": "causal_lm",
 }
 
 

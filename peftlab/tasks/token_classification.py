@@ -80,8 +80,10 @@ def prepare(dataset, tokenizer, recipe, label_names: list[str], split: str):
         encoded["length"] = [len(ids) for ids in encoded["input_ids"]]  # for length-grouped batches
         return encoded
 
+    # sorted by length: evaluation runs in dataset order (training.InOrderEvalTrainer), and batches of similar
+    # length pad little; predictions and labels keep their pairing
     return dataset.map(encode, batched=True, with_indices=True, remove_columns=dataset.column_names,
-                       desc=f"tokenizing {split}")
+                       desc=f"tokenizing {split}").sort("length")
 
 
 def collator(tokenizer):

@@ -1,0 +1,326 @@
+"""Causal language modelling (instruction tuning of a decoder LM): prompt -> response, loss on the response only.
+
+Each row holds a prompt (data.text) and its response (data.label). The prompt is rendered as a user turn with the
+tokenizer's chat template (the response as the assistant turn), or with data.prompt_template (a str.format
+template over the row's columns; the response then ends with the tokenizer's eos token). Prompt and response are
+tokenized apart, exactly as generation later sees the prompt, and every prompt token is labelled -100: the loss
+and the perplexity count response tokens only (the end-of-turn token included, so the model learns to stop).
+Examples longer than data.max_length tokens are left out, not cut: a cut-off worked solution would teach the model
+to stop before its final answer. How many were left out is printed.
+
+Packing (data.packing): consecutive examples share a row of up to max_length tokens. Their position ids restart at
+0 and the batch carries no attention mask and use_cache=False; transformers then builds a block-diagonal causal
+mask from the position resets (masking_utils.find_packed_sequence_indices), so no example attends to another. It
+does so only without a key-value cache, and Llama-style models make one whenever config.use_cache is on, in
+training too: without use_cache=False the packed examples would silently attend to each other. The first label of
+each example is -100, so no loss crosses a boundary. Padding gets its own position run, a segment of its own.
+(transformers' DataCollatorWithFlattening packs a whole batch into one row instead: attention over the full batch
+length, quadratic in it, which on a CPU costs more than the padding it saves.)
+
+Evaluation: validation loss and perplexity = exp(mean negative log-likelihood per response token). Trainer's
+eval_loss averages per-batch means; the perplexity is computed from summed token NLLs instead, and
+`preprocess_logits` reduces each batch's logits to (NLL sum, token count) per example so the vocabulary-sized
+logits are never gathered. Generation: greedy, batched with left padding, on the first data.generate_limit rows of
+data.generate_split; exact match of the final numeric answer (see `final_number`), for the base model before
+training and for the trained model after.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from ..data import require_columns
+from ..errors import PeftlabError, check
+
+MODEL_CLASS = AutoModelForCausalLM
+PEFT_TASK_TYPE = "CAUSAL_LM"
+BEST_METRIC = "perplexity"  # checkpoint selection: lower is better
+GREATER_IS_BETTER = False
+COMPARE_METRIC = "exact_match"  # what comparisons rank by (a fraction, higher is better)
+RAW_METRICS = ("perplexity", "nll_per_token")  # not fractions: shown as they are, not as percentages
+# The output layer is pretrained (tied to the input embeddings in SmolLM2), not a new task head: it stays frozen,
+# is not adapted by LoRA ("all-linear" leaves the output layer out), is not saved with adapters, and stays in full
+# precision on a 4-bit/8-bit base (quantizing it would also quantize the tied embeddings).
+HEADS = ()
+UNQUANTIZED = ("lm_head",)
+IGNORE = -100
+
+# ------------------------------------------------------------------------------------------ final answers
+
+NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+MARKER = "####"
+
+
+def _canonical(number: str) -> str | None:
+    try:
+        value = Decimal(number.replace(",", "")).normalize()
+    except InvalidOperation:
+        return None
+    return format(value, "f")  # "18.00" -> "18", "1,000" -> "1000"; Decimal keeps "0.1" exact
+
+
+def final_number(text: str) -> str | None:
+    """The final numeric answer of a GSM8K-style solution, canonical ("1,000.50" -> "1000.5"), or None.
+
+    Rule: the first number after the last "####" if the text has one (GSM8K's answer format); otherwise the last
+    number anywhere in the text (what a model that never learnt the format usually ends with, as in lm-eval's
+    "flexible extract"). "$", "%" and thousands commas are ignored; numbers compare by value (18.00 == 18)."""
+    if MARKER in text:
+        found = NUMBER.search(text.rsplit(MARKER, 1)[1])
+        return _canonical(found.group()) if found else None
+    found = NUMBER.findall(text)
+    return _canonical(found[-1]) if found else None
+
+
+# ------------------------------------------------------------------------------------------- interface
+
+def columns(recipe) -> list[str]:
+    return [recipe.data.text, recipe.data.label]
+
+
+def labels(recipe, train) -> list[str]:
+    require_columns(train, columns(recipe), "train")
+    return []  # text, not classes
+
+
+def model_kwargs(label_names: list[str]) -> dict:
+    return {}
+
+
+def prompt_text(tokenizer, data, row: dict) -> str:
+    """The prompt as the model sees it, ending where the response begins."""
+    if data.prompt_template is not None:
+        try:
+            return data.prompt_template.format_map(row)
+        except (KeyError, IndexError) as err:
+            raise PeftlabError(f"data.prompt_template={data.prompt_template!r} names {err}, which is not a column "
+                               f"({', '.join(row)}); fix the template") from None
+    check(bool(getattr(tokenizer, "chat_template", None)),
+          "the tokenizer has no chat template; set data.prompt_template, e.g. 'Question: {question}\\nAnswer: '")
+    return tokenizer.apply_chat_template([{"role": "user", "content": row[data.text]}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def response_text(tokenizer, data, row: dict, prompt: str) -> str:
+    """What follows the prompt in training: the response as the template closes it (end-of-turn included)."""
+    answer = row[data.label]
+    if data.strip_regex:
+        answer = re.sub(data.strip_regex, "", answer)
+    if data.prompt_template is not None:
+        check(tokenizer.eos_token is not None, "the tokenizer has no eos token to end responses with; add one")
+        return answer + tokenizer.eos_token
+    conversation = tokenizer.apply_chat_template(
+        [{"role": "user", "content": row[data.text]}, {"role": "assistant", "content": answer}], tokenize=False)
+    check(conversation.startswith(prompt), "the chat template does not render the prompt as the start of the "
+                                           "conversation; set data.prompt_template instead")
+    return conversation[len(prompt):]
+
+
+def prepare(dataset, tokenizer, recipe, label_names: list[str], split: str):
+    data = recipe.data
+    require_columns(dataset, columns(recipe), split)
+
+    def encode(batch, indices):
+        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        out = {"input_ids": [], "labels": [], "length": []}
+        for row, index in zip(rows, indices):
+            for column in (data.text, data.label):
+                check(isinstance(row[column], str) and row[column].strip() != "",
+                      f"{split} split, row {index}: empty text in column '{column}'; remove or fill that row")
+            prompt = prompt_text(tokenizer, data, row)
+            prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            response_ids = tokenizer(response_text(tokenizer, data, row, prompt), add_special_tokens=False)["input_ids"]
+            out["input_ids"].append(prompt_ids + response_ids)
+            out["labels"].append([IGNORE] * len(prompt_ids) + response_ids)
+            out["length"].append(len(prompt_ids) + len(response_ids))
+        return out
+
+    encoded = dataset.map(encode, batched=True, with_indices=True, remove_columns=dataset.column_names,
+                          desc=f"tokenizing {split}")
+    kept = encoded.filter(lambda n: n <= data.max_length, input_columns="length")
+    check(len(kept) > 0, f"{split} split: every example is longer than data.max_length={data.max_length} tokens; "
+                         "raise max_length")
+    if len(kept) < len(encoded):
+        print(f"{split} split: {len(encoded) - len(kept)} of {len(encoded)} examples are longer than "
+              f"data.max_length={data.max_length} tokens and were left out", flush=True)
+    return pack(kept, data.max_length) if data.packing else kept
+
+
+def pack(features, max_length: int):
+    """Consecutive examples concatenated into rows of at most max_length tokens, position ids restarting at 0."""
+    def pack_batch(batch):
+        rows = {"input_ids": [], "labels": [], "position_ids": [], "length": []}
+        ids, labels_, positions = [], [], []
+        for x, y in zip(batch["input_ids"], batch["labels"]):
+            if ids and len(ids) + len(x) > max_length:
+                for key, value in zip(rows, (ids, labels_, positions, len(ids))):
+                    rows[key].append(value)
+                ids, labels_, positions = [], [], []
+            ids, labels_, positions = ids + x, labels_ + [IGNORE] + y[1:], positions + list(range(len(x)))
+        if ids:
+            for key, value in zip(rows, (ids, labels_, positions, len(ids))):
+                rows[key].append(value)
+        return rows
+
+    return features.map(pack_batch, batched=True, batch_size=1000, remove_columns=features.column_names,
+                        desc="packing")
+
+
+def collator(tokenizer):
+    """Right padding: labels -100; unpacked rows get an attention mask, packed rows a position run for the padding
+    (a segment of its own), no mask and no cache, which is what makes transformers keep the packed examples apart."""
+    pad_id = tokenizer.pad_token_id
+
+    def collate(features):
+        longest = max(len(f["input_ids"]) for f in features)
+        packed = "position_ids" in features[0]
+        batch = {"input_ids": [], "labels": [], "position_ids" if packed else "attention_mask": []}
+        for f in features:
+            n, pad = len(f["input_ids"]), longest - len(f["input_ids"])
+            batch["input_ids"].append(list(f["input_ids"]) + [pad_id] * pad)
+            if "labels" in f:
+                batch["labels"].append(list(f["labels"]) + [IGNORE] * pad)
+            if packed:
+                batch["position_ids"].append(list(f["position_ids"]) + list(range(pad)))
+            else:
+                batch["attention_mask"].append([1] * n + [0] * pad)
+        tensors = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items() if v}
+        return tensors | {"use_cache": False} if packed else tensors
+
+    return collate
+
+
+def preprocess_logits(logits, labels):
+    """Per example: (summed NLL of its response tokens, their count). Trainer keeps these instead of the logits."""
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    targets = labels[:, 1:]
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE,
+                                            reduction="none")
+    counted = targets != IGNORE
+    return torch.stack([(nll * counted).sum(1), counted.sum(1).float()], dim=1)
+
+
+def metrics_for(eval_ds, raw_eval, label_names: list[str], recipe=None):
+    def compute_metrics(eval_pred) -> dict:
+        sums = eval_pred.predictions
+        nll = float(sums[:, 0].sum() / max(sums[:, 1].sum(), 1))
+        return {"nll_per_token": nll, "perplexity": math.exp(nll)}
+
+    return compute_metrics
+
+
+# ------------------------------------------------------------------------------------------- generation
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 16,
+             temperature: float = 0.0) -> tuple[list[str], int]:
+    """Continuations of the prompts (special tokens removed) and the number of tokens generated (up to and including
+    each end-of-sequence token). Greedy unless temperature > 0. Batches of similar length, padded on the left."""
+    model.eval()
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    texts, generated = [""] * len(prompts), 0
+    eos = tokenizer.eos_token_id
+    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+    for start in range(0, len(order), batch_size):
+        chosen = order[start:start + batch_size]
+        encoded = tokenizer([prompts[i] for i in chosen], add_special_tokens=False, padding=True, padding_side="left",
+                            return_token_type_ids=False, return_tensors="pt").to(model.device)
+        out = model.generate(**encoded, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=eos, use_cache=True, **sampling)
+        new = out[:, encoded["input_ids"].shape[1]:]
+        ended = new == eos
+        generated += int(torch.where(ended.any(1), ended.int().argmax(1) + 1, new.shape[1]).sum())
+        for i, text in zip(chosen, tokenizer.batch_decode(new, skip_special_tokens=True)):
+            texts[i] = text
+    return texts, generated
+
+
+def generation_eval(model, tokenizer, recipe, rows) -> dict:
+    """Greedy answers to the generation prompts, their final numbers, exact match and speed."""
+    data = recipe.data
+    references = [final_number(row[data.label]) for row in rows]
+    missing = [i for i, r in enumerate(references) if r is None]
+    check(not missing, f"{data.generate_split} split, row {missing[0] if missing else ''}: the reference has no final "
+                       "number; exact match needs numeric answers (set data.generate_split=None for other data)")
+    prompts = [prompt_text(tokenizer, data, row) for row in rows]
+    started = time.perf_counter()
+    texts, generated = generate(model, tokenizer, prompts, data.max_new_tokens, recipe.train.eval_batch_size)
+    seconds = time.perf_counter() - started
+    answers = [final_number(t) for t in texts]
+    correct = [a == r for a, r in zip(answers, references)]
+    return {"exact_match": sum(correct) / len(correct), "new_tokens": generated, "seconds": seconds,
+            "tokens_per_second": generated / max(seconds, 1e-9),
+            "outputs": [{"question": row[data.text], "reference": ref, "generation": text, "answer": answer,
+                         "correct": ok} for row, ref, text, answer, ok in zip(rows, references, texts, answers, correct)]}
+
+
+class Evaluation:
+    """What run.py records beyond Trainer's evaluations: the base model's perplexity and exact match before
+    training (on the base as loaded, quantized if the recipe quantizes it, before any adapter exists), and the
+    trained model's exact match after, on the same generation prompts."""
+
+    SAMPLES = 3  # generations shown in the report; all of them go to generations.json
+
+    def __init__(self, inputs, recipe):
+        self.inputs, self.recipe = inputs, recipe
+        self.rows = list(inputs.splits.generate) if inputs.splits.generate is not None else []
+        self.before_metrics, self.before_gen, self.after_gen = {}, None, None
+
+    def before(self, base) -> None:
+        from types import SimpleNamespace
+
+        from ..predict import evaluate_split
+
+        inputs = self.inputs
+        trained = SimpleNamespace(recipe=self.recipe, task=inputs.task, model=base, tokenizer=inputs.tokenizer,
+                                  labels=inputs.labels)
+        self.before_metrics = evaluate_split(trained, None, (inputs.splits.eval, inputs.eval))
+        if self.rows:
+            self.before_gen = generation_eval(base, inputs.tokenizer, self.recipe, self.rows)
+            self.before_metrics["exact_match"] = self.before_gen["exact_match"]
+
+    def after(self, model) -> None:
+        if self.rows:
+            self.after_gen = generation_eval(model, self.inputs.tokenizer, self.recipe, self.rows)
+
+    def task_metrics(self) -> dict:
+        return {"exact_match": self.after_gen["exact_match"]} if self.after_gen else {}
+
+    def record(self, run_dir: Path) -> dict:
+        """Written to generations.json (every output); returned for metrics.json (figures and a few samples)."""
+        from .. import rundir
+
+        out = {"before": self.before_metrics}
+        if self.after_gen:
+            before, after = self.before_gen, self.after_gen
+            rundir.write_json(run_dir / "generations.json", {"before": before["outputs"], "after": after["outputs"]})
+            out["generation"] = {
+                "split": self.recipe.data.generate_split, "prompts": len(self.rows),
+                "max_new_tokens": self.recipe.data.max_new_tokens, "decoding": "greedy",
+                "batch_size": self.recipe.train.eval_batch_size,
+                **{f"{key}_{when}": gen[key] for when, gen in (("before", before), ("after", after))
+                   for key in ("new_tokens", "seconds", "tokens_per_second")},
+                "samples": [{**a, "generation_before": b["generation"], "answer_before": b["answer"],
+                             "correct_before": b["correct"]}
+                            for b, a in zip(before["outputs"][:self.SAMPLES], after["outputs"][:self.SAMPLES])],
+            }
+        return out
+
+
+@torch.no_grad()
+def predict(model, tokenizer, texts: list[str], label_names: list[str], max_length: int = 512, data=None,
+            max_new_tokens: int = 256, temperature: float = 0.0) -> list[dict]:
+    """Generate a response to each prompt text, rendered as in training (chat template or data.prompt_template)."""
+    check(temperature >= 0, f"--temperature={temperature}: use 0 for greedy decoding or a positive value to sample")
+    check(max_new_tokens >= 1, f"--max-new-tokens={max_new_tokens}: use a positive count")
+    check(all(t.strip() for t in texts), "empty prompt: give the question or instruction to answer")
+    prompts = [prompt_text(tokenizer, data, {data.text: t}) for t in texts]
+    outputs, _ = generate(model, tokenizer, prompts, max_new_tokens, temperature=temperature)
+    return [{"prompt": t, "generation": o, "final_number": final_number(o)} for t, o in zip(texts, outputs)]

@@ -1,0 +1,390 @@
+"""Causal-LM fine-tuning on a tiny Llama built here, with a word-level tokenizer that has a chat template:
+response-only labels, packing without cross-example attention, generation and answer extraction, runs end to end."""
+
+from __future__ import annotations
+
+import json
+import random
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from peftlab import load_recipe, merge, predict
+from peftlab.errors import PeftlabError
+from peftlab.tasks import causal_lm
+
+from conftest import run_recipe
+
+SPECIAL = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"]
+WORDS = ["system", "user", "assistant", "what", "is", "plus", "and", "so", "the", "answer", "####", "<<", ">>", "="]
+VOCAB = SPECIAL + WORDS + [str(n) for n in range(20)]
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def make_chat_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(VOCAB)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece()  # joins words with spaces
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
+                                        eos_token="<|im_end|>", bos_token="<|im_start|>",
+                                        additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def make_llama(path: Path, seed: int = 0) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    tokenizer = make_chat_tokenizer()
+    config = LlamaConfig(vocab_size=len(VOCAB), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=True, initializer_range=0.2, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
+    LlamaForCausalLM(config).save_pretrained(path)  # hidden 64: bitsandbytes quantizes in blocks of 64
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def sums(n: int, seed: int) -> list[dict]:
+    """'what is 3 plus 4' -> '3 plus 4 = <<3+4>> 7 so the answer is 7 #### 7' (GSM8K's shape, in this vocabulary)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a, b = rng.randint(0, 9), rng.randint(0, 9)
+        rows.append({"question": f"what is {a} plus {b}",
+                     "answer": f"{a} plus {b} = << {a} plus {b} >> {a + b}\nso the answer is {a + b}\n#### {a + b}"})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory) -> Path:
+    return make_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="module")
+def sums_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    write_jsonl(root / "sums" / "train.jsonl", sums(160, seed=1))
+    write_jsonl(root / "sums" / "test.jsonl", sums(8, seed=2))
+    return root
+
+
+def write_recipe(path: Path, model_dir: Path, method: str = "LoRA(r=8, alpha=16, dropout=0.0, target='all-linear')",
+                 data: str = "", train: str = "epochs=2, lr=1e-2, batch_size=8, eval_batch_size=8, logging_steps=5",
+                 extra: str = "") -> Path:
+    path.write_text(textwrap.dedent(f"""\
+        from peftlab import *
+        recipe = Recipe(
+            name="tiny_causal",
+            model=Model({str(model_dir)!r}, task="causal_lm"),
+            data=Data("sums", text="question", label="answer", max_length=64, eval_split="train", holdout=16,
+                      generate_split="test", generate_limit=6, max_new_tokens=24, {data}),
+            method={method},
+            train=Train({train}),
+            {extra}
+        )
+        """))
+    return path
+
+
+def _features(llama: Path, rows: list[dict], **data):
+    from peftlab import Data, LoRA, Model, Recipe
+
+    recipe = Recipe("t", Model(str(llama), task="causal_lm"), Data("sums", text="question", label="answer", **data),
+                    LoRA())
+    from datasets import Dataset
+
+    tokenizer = make_chat_tokenizer()
+    return tokenizer, recipe, causal_lm.prepare(Dataset.from_list(rows), tokenizer, recipe, [], "train")
+
+
+# ------------------------------------------------------------------------------------------- labels
+
+def test_loss_counts_exactly_the_response_tokens(llama):
+    rows = sums(3, seed=0)
+    tokenizer, _, features = _features(llama, rows)
+    for row, feature in zip(rows, features):
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": row["question"]}], tokenize=False,
+                                               add_generation_prompt=True)
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        response_ids = tokenizer(row["answer"] + "<|im_end|>\n", add_special_tokens=False)["input_ids"]
+        assert feature["input_ids"] == prompt_ids + response_ids
+        assert feature["labels"] == [-100] * len(prompt_ids) + response_ids
+        assert response_ids[-1] == tokenizer.eos_token_id  # the model learns to stop
+        assert feature["length"] == len(prompt_ids) + len(response_ids)
+
+
+def test_prompt_template_and_strip_regex(llama):
+    rows = sums(2, seed=0)
+    tokenizer, _, features = _features(llama, rows, prompt_template="user {question} assistant",
+                                       strip_regex=r"<<[^>]*>>")
+    for row, feature in zip(rows, features):
+        prompt_ids = tokenizer(f"user {row['question']} assistant", add_special_tokens=False)["input_ids"]
+        stripped = row["answer"].split(" << ")[0] + row["answer"].split(">>")[1]
+        response_ids = tokenizer(stripped, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        assert feature["labels"] == [-100] * len(prompt_ids) + response_ids
+        assert "<<" not in tokenizer.decode([t for t in feature["labels"] if t != -100])
+
+
+def test_too_long_examples_are_left_out_not_cut(llama, capsys):
+    rows = sums(4, seed=0)
+    rows[1]["answer"] = " ".join(["so"] * 80)
+    _, _, features = _features(llama, rows, max_length=64)
+    assert len(features) == 3 and max(features["length"]) <= 64
+    assert "1 of 4 examples are longer than data.max_length=64" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------- packing
+
+def test_packing_keeps_examples_apart(llama):
+    from transformers import AutoModelForCausalLM
+
+    rows = sums(12, seed=3)
+    tokenizer, _, plain = _features(llama, rows, max_length=96)
+    _, _, packed = _features(llama, rows, max_length=96, packing=True)
+    assert len(packed) < len(plain) and max(packed["length"]) <= 96
+    # same tokens in the same order; positions restart and the first label of each example is -100
+    assert sum(packed["input_ids"], []) == sum(plain["input_ids"], [])
+    expected_labels = sum(([-100] + f["labels"][1:] for f in plain), [])
+    assert sum(packed["labels"], []) == expected_labels
+    assert sum(packed["position_ids"], []) == sum((list(range(n)) for n in plain["length"]), [])
+
+    model = AutoModelForCausalLM.from_pretrained(llama).eval()
+    collate = causal_lm.collator(tokenizer)
+    with torch.no_grad():
+        batch = collate(list(packed))  # rows of different lengths: padding is a segment of its own
+        assert "attention_mask" not in batch and batch["use_cache"] is False
+        logits = model(**batch).logits  # as Trainer calls it
+        alone = [model(input_ids=torch.tensor([f["input_ids"]])).logits[0] for f in plain]
+    i = 0
+    for row, positions in enumerate(packed["position_ids"]):
+        starts = [p for p, pos in enumerate(positions) if pos == 0] + [len(positions)]
+        for start, end in zip(starts, starts[1:]):
+            assert torch.allclose(logits[row, start:end], alone[i], atol=1e-5), f"example {i} saw its neighbours"
+            i += 1
+    assert i == len(plain)
+    # the validation NLL does not change with packing
+    with torch.no_grad():
+        nll = [causal_lm.preprocess_logits(model(**collate(list(ds))).logits, collate(list(ds))["labels"]).sum(0)
+               for ds in (plain, packed)]
+    assert nll[0][1] == nll[1][1] and torch.allclose(nll[0][0], nll[1][0], rtol=1e-5)
+
+
+def test_packing_refused_where_examples_would_mix(tmp_path, llama):
+    path = write_recipe(tmp_path / "r.py", llama, method="PrefixTuning(num_virtual_tokens=4)", data="packing=True")
+    with pytest.raises(PeftlabError, match="PrefixTuning cannot keep packed examples apart"):
+        load_recipe(path)
+
+
+# ------------------------------------------------------------------------------------ answers, generation
+
+@pytest.mark.parametrize("text, number", [
+    ("48/2 = <<48/2=24>>24 clips\n#### 72", "72"),
+    ("#### 1,000", "1000"),
+    ("She pays $18.00 in total.", "18"),  # no marker: the last number, by value
+    ("#### 5\nthen 7 more", "5"),  # the marker wins over later numbers
+    ("It is -3.50 degrees", "-3.5"),
+    ("I cannot tell.", None),
+    ("#### none", None),
+])
+def test_final_number(text, number):
+    assert causal_lm.final_number(text) == number
+
+
+def _wrapped(llama: Path, method):
+    from transformers import AutoModelForCausalLM
+
+    from peftlab.methods.base import Context
+
+    torch.manual_seed(0)
+    return method.wrap(AutoModelForCausalLM.from_pretrained(llama), Context((), "CAUSAL_LM", False, str(llama)))
+
+
+@pytest.mark.parametrize("method", ["LoRA", "PrefixTuning"])
+def test_batched_left_padded_generation_matches_one_by_one(llama, method):
+    """Greedy generation through the key-value cache, in batches with left padding, as each prompt alone."""
+    from peftlab import LoRA, PrefixTuning
+
+    model = _wrapped(llama, LoRA(r=4, target="all-linear") if method == "LoRA" else PrefixTuning(num_virtual_tokens=4))
+    for name, param in model.named_parameters():  # make the adapter matter (LoRA B and prefixes)
+        if param.requires_grad:
+            torch.nn.init.normal_(param, std=0.5)
+    tokenizer = make_chat_tokenizer()
+    prompts = [causal_lm.prompt_text(tokenizer, load_recipe_data(), {"question": q})
+               for q in ("what is 3 plus 4", "what is 12 plus 1 and 2 plus 2 and 5", "what is 9")]
+    batched, n = causal_lm.generate(model, tokenizer, prompts, max_new_tokens=8, batch_size=3)
+    alone = [causal_lm.generate(model, tokenizer, [p], max_new_tokens=8)[0][0] for p in prompts]
+    assert batched == alone and 3 <= n <= 24
+    assert len(set(batched)) > 1  # not a degenerate model that says the same thing to everything
+
+
+def load_recipe_data():
+    from peftlab import Data
+
+    return Data("sums", text="question", label="answer")
+
+
+# -------------------------------------------------------------------------------------------- methods
+
+@pytest.mark.parametrize("method", ["DoRA(r=4, target='all-linear')", "IA3()", "PrefixTuning(num_virtual_tokens=4)",
+                                    "PromptTuning(num_virtual_tokens=4)", "Houlsby()", "Pfeiffer()",
+                                    "FullFineTuning()"])
+def test_every_method_trains_the_causal_lm(llama, method):
+    import peftlab
+
+    model = _wrapped(llama, eval(method, vars(peftlab)))
+    tokenizer, _, features = _features(llama, sums(4, seed=0))
+    batch = causal_lm.collator(tokenizer)([{k: f[k] for k in ("input_ids", "labels")} for f in features])
+    model.train()
+    model(**batch).loss.backward()
+    trained = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is not None and p.grad.abs().sum() > 0]
+    assert trained
+    if not method.startswith("Full"):
+        assert not any("lm_head" in n or "embed_tokens" in n for n in trained), trained  # the output layer stays
+
+
+# ------------------------------------------------------------------------------------------ end to end
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, llama, sums_dir):
+    tmp = tmp_path_factory.mktemp("causal-lora")
+    return run_recipe(tmp, write_recipe(tmp / "r.py", llama), sums_dir)
+
+
+def test_lora_run_learns_and_records_before_and_after(lora_run):
+    metrics = json.loads((lora_run / "metrics.json").read_text())
+    before, after = metrics["before"], metrics["task_metrics"]
+    assert set(after) >= {"loss", "perplexity", "nll_per_token", "exact_match"}
+    assert after["perplexity"] < 0.5 * before["perplexity"]  # the sums are easy: training clearly helps
+    gen = metrics["generation"]
+    assert gen["prompts"] == 6 and gen["new_tokens_after"] > 0 and len(gen["samples"]) == 3
+    outputs = json.loads((lora_run / "generations.json").read_text())
+    assert len(outputs["before"]) == len(outputs["after"]) == 6
+    assert after["exact_match"] == sum(o["correct"] for o in outputs["after"]) / 6
+    assert all(o["answer"] == causal_lm.final_number(o["generation"]) for o in outputs["after"])
+    report = (lora_run / "report.md").read_text()
+    assert "## Before and after training" in report and "### Sample 1" in report
+    env = json.loads((lora_run / "environment.json").read_text())
+    assert env["data"]["eval_examples"] == 16 and env["data"]["train_examples"] == 144
+    assert set(env["data"]["files"]) == {"sums/train.jsonl", "sums/test.jsonl"}
+    from safetensors.torch import load_file
+
+    keys = load_file(lora_run / "adapter" / "adapter_model.safetensors").keys()
+    assert keys and all("lora_" in k for k in keys)  # no lm_head or embeddings copied into the adapter
+
+
+def test_predict_generates_and_rescores(lora_run, sums_dir, capsys):
+    capsys.readouterr()
+    assert predict.main([str(lora_run), "what is 2 plus 3", "--max-new-tokens", "6"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["prompt"] == "what is 2 plus 3" and len(row["generation"].split()) <= 6
+    assert row["final_number"] == causal_lm.final_number(row["generation"])
+    assert predict.main([str(lora_run), "--eval", "--data-dir", str(sums_dir)]) == 0
+    rescored = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["eval"]
+    run_metrics = json.loads((lora_run / "metrics.json").read_text())["task_metrics"]
+    assert rescored["perplexity"] == pytest.approx(run_metrics["perplexity"], rel=1e-5)
+    assert predict.main([str(lora_run), "what is 1", "--context", "x"]) == 2  # a QA option, refused in one line
+
+
+def test_merge_is_exact_for_the_causal_lm(lora_run, sums_dir, tmp_path, capsys):
+    out = tmp_path / "export"
+    assert merge.main([str(lora_run), "--out", str(out), "--data-dir", str(sums_dir), "--compare", "8"]) == 0
+    record = json.loads((out / merge.EXPORT_RECORD).read_text())
+    assert record["verification"]["max_abs_logit_diff"] <= 1e-4
+    run_metrics = json.loads((lora_run / "metrics.json").read_text())["task_metrics"]
+    assert record["export_metrics"]["perplexity"] == pytest.approx(run_metrics["perplexity"], rel=1e-4)
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(out).config.tie_word_embeddings
+    capsys.readouterr()
+    assert predict.main([str(out), "what is 2 plus 3", "--max-new-tokens", "4"]) == 0
+    assert "generation" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_qlora_run_keeps_the_output_layer_in_full_precision(tmp_path, llama, sums_dir):
+    path = write_recipe(tmp_path / "r.py", llama, train="epochs=1, lr=1e-2, batch_size=16, logging_steps=5",
+                        extra="quant=Quant4bit(),")
+    from peftlab.loading import load_trained
+
+    run = run_recipe(tmp_path, path, sums_dir)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["quantized_storage"]["bits_per_param"] < 5
+    model = load_trained(run).model.get_base_model()
+    import bitsandbytes as bnb
+
+    assert isinstance(model.model.layers[0].mlp.down_proj.base_layer, bnb.nn.Linear4bit)
+    assert type(model.lm_head) is torch.nn.Linear and model.lm_head.weight is model.model.embed_tokens.weight
+    assert metrics["before"]["perplexity"] > metrics["task_metrics"]["perplexity"]
+
+
+def test_4bit_gradients_survive_an_evaluation(llama):
+    """bitsandbytes repacks 4-bit weights for CPU inference on eval (AVX512-BF16 CPUs) into a layout without
+    autograd; peftlab turns that off, so training after an evaluation (or after the base-model evaluation that
+    causal_lm runs first) gets the same gradients as before it."""
+    from peftlab import Data, LoRA, Model, Quant4bit, Recipe
+    from peftlab.models import Resolved
+    from peftlab.run import build_model
+
+    recipe = Recipe("t", Model(str(llama), task="causal_lm"), Data("sums", text="question", label="answer"),
+                    LoRA(r=4, dropout=0.0, target="all-linear"), quant=Quant4bit())
+    model = build_model(recipe, causal_lm, Resolved(str(llama), "local"), [])
+    tokenizer, _, features = _features(llama, sums(4, seed=0))
+    batch = causal_lm.collator(tokenizer)([{k: f[k] for k in ("input_ids", "labels")} for f in features])
+
+    def gradients():
+        model.train()
+        model.zero_grad()
+        model(**batch).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    before = gradients()
+    model.eval()
+    with torch.no_grad():
+        model(**batch)
+    after = gradients()
+    assert before.keys() == after.keys() and len(before) > 0
+    assert all(torch.allclose(before[n], after[n], rtol=1e-4, atol=1e-7) for n in before)
+
+
+# ------------------------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("data, message", [
+    ("holdout=16, eval_split='validation'", "to evaluate on held-out training examples set both"),
+    ("eval_split='train'", "to evaluate on held-out training examples set both"),
+    ("strip_regex='(('", "not a regular expression"),
+])
+def test_bad_causal_recipes(tmp_path, llama, data, message):
+    path = write_recipe(tmp_path / "r.py", llama, data=data)
+    path.write_text(path.read_text().replace("eval_split=\"train\", holdout=16,", ""))
+    with pytest.raises(PeftlabError, match=message):
+        load_recipe(path)
+
+
+def test_causal_fields_refused_for_other_tasks(tmp_path, tiny_bert):
+    from conftest import write_recipe as write_classification
+
+    path = write_classification(tmp_path / "r.py", tiny_bert)
+    path.write_text(path.read_text().replace("max_length=32", "max_length=32, packing=True"))
+    with pytest.raises(PeftlabError, match="data.packing is for model.task='causal_lm'"):
+        load_recipe(path)
+
+
+def test_template_errors(llama):
+    with pytest.raises(PeftlabError, match="names 'query', which is not a column"):
+        _features(llama, sums(1, seed=0), prompt_template="{query}")
+    tokenizer = make_chat_tokenizer()
+    tokenizer.chat_template = None
+    with pytest.raises(PeftlabError, match="no chat template; set data.prompt_template"):
+        causal_lm.prompt_text(tokenizer, load_recipe_data(), {"question": "what is 1"})
