@@ -171,7 +171,12 @@ def train(trainer, checkpoint: Path | None) -> None:
     try:
         with stop_signals(control):
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    except pickle.UnpicklingError as err:
-        raise PeftlabError(f"checkpoint {checkpoint}: a file holds more than tensors, refused to load it "
-                           f"({str(err).splitlines()[0][:120]}); delete that checkpoint folder to resume from "
-                           "an earlier one") from None
+    except BaseException as err:
+        # Trainer skips on_train_end when training raises; callbacks still get it (the progress bar gives the
+        # terminal back its cursor).
+        trainer.callback_handler.on_train_end(trainer.args, trainer.state, trainer.control)
+        if isinstance(err, pickle.UnpicklingError):
+            raise PeftlabError(f"checkpoint {checkpoint}: a file holds more than tensors, refused to load it "
+                               f"({str(err).splitlines()[0][:120]}); delete that checkpoint folder to resume "
+                               "from an earlier one") from None
+        raise
