@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from . import distributed
 from .errors import PeftlabError
 from .rundir import write_json
 
@@ -106,7 +107,8 @@ class EpochSeededSampler(torch.utils.data.Sampler):
 def require_finite(loss: torch.Tensor, trainer) -> None:
     """Called after each backward pass, before the optimizer step: a NaN/inf loss stops the run with the
     weights of the last step intact."""
-    if torch.isfinite(loss).all():
+    # every process takes the same decision, or the others would wait forever at the next gradient all-reduce
+    if not distributed.any_process(not torch.isfinite(loss).all()):
         return
     last = last_checkpoint(Path(trainer.args.output_dir))
     kept = f"the last good checkpoint is kept: {last}" if last else "no checkpoint had been saved yet"
@@ -129,6 +131,9 @@ class CheckpointControl(TrainerCallback):
         return control
 
     def on_step_end(self, args, state, control, **kwargs):
+        # a signal may reach only some processes (or between their steps): all stop at the same step
+        if distributed.any_process(self.stop_reason is not None) and self.stop_reason is None:
+            self.stop_reason = "a signal to another process"
         if (self.every and state.global_step % self.every == 0) or self.stop_reason:
             control.should_save = True
         return control

@@ -73,3 +73,16 @@ def gather(value) -> list:
     out = [None] * world_size()
     dist.all_gather_object(out, value)
     return out
+
+
+def any_process(flag: bool) -> bool:
+    """flag, or-ed over all processes (one all-reduce per call; every process must call it)."""
+    if world_size() == 1:
+        return bool(flag)
+    import torch
+    import torch.distributed as dist
+
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    value = torch.tensor([int(bool(flag))], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
