@@ -6,9 +6,11 @@
 
 All three build the model from the recipe (run.build_model: same method, dropout, head and seed) and train the
 same examples with the same hyperparameters and number of steps; the same StepTimer times their training steps.
-Each run is a process of its own (clean peak memory), in the order 1 2 3 1 2 3 … (--repeats) so that drift hits
-all alike. --ablation reruns peftlab with each of its speed settings off (peftlab/speed.py); --profile times the
-stages of one peftlab run (peftlab/phases.py). Writes <out>/bench_throughput.md and .json.
+Each run is a process of its own (clean peak memory), in the order 1 2 3 1 2 3 … so that drift hits all alike:
+one round per seed (--seeds; the accuracy compared is the mean over seeds, since one batch order alone moves it
+by about a point on 16,000 SST-2 sentences), times --repeats. --ablation reruns peftlab with each of its speed
+settings off (peftlab/speed.py); --profile times the stages of one peftlab run (peftlab/phases.py). Writes
+<out>/bench_throughput.md and .json.
 Run it alone on the machine (e.g. under the CPU lock): it is a timing.
 """
 
@@ -180,7 +182,10 @@ def summarize(runs: list[dict], metric: str) -> dict:
         out[name] = {key: statistics.median(r[key] for r in mine) for key in
                      ("samples_per_second", "tokens_per_second", "train_seconds", "eval_seconds", "wall_seconds",
                       "peak_rss_bytes")}
-        out[name][metric] = statistics.mean(r["task_metrics"][metric] for r in mine)
+        per_seed = [statistics.mean(r["task_metrics"][metric] for r in mine if r["seed"] == seed)
+                    for seed in dict.fromkeys(r["seed"] for r in mine)]
+        out[name][metric] = statistics.mean(per_seed)
+        out[name][f"{metric}_std"] = statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0
     ours = out["peftlab"]
     for name, target in TARGETS.items():
         speedup = ours["samples_per_second"] / out[name]["samples_per_second"]
@@ -197,9 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="a.b=value")
     parser.add_argument("--train-limit", type=int, default=None, help="train on this many examples (seeded subset)")
     parser.add_argument("--eval-limit", type=int, default=None, help="validate on this many (default: all)")
-    parser.add_argument("--repeats", type=int, default=2, help="rounds of the three approaches (default 2)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="one round of the three approaches per seed (default: the recipe's seed)")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds per seed (default 1)")
     parser.add_argument("--ablation", action="store_true", help="also time peftlab with each speed setting off")
-    parser.add_argument("--ablation-train-limit", type=int, default=640, help="training examples per ablation run")
+    parser.add_argument("--ablation-train-limit", type=int, default=2560,
+                        help="training examples per ablation run (default 2560: 80 steps at batch 32; at 20 steps "
+                             "the rounds of one variant differed by up to 20 %%)")
     parser.add_argument("--ablation-repeats", type=int, default=2, help="rounds of the ablation (default 2)")
     parser.add_argument("--profile", action="store_true", help="also time the stages of one peftlab run")
     parser.add_argument("--data-dir", default=None, help=f"local data folder (default: ${data_stage.DATA_DIR_ENV})")
@@ -227,16 +236,18 @@ def bench(args, command: str) -> int:
     check(recipe.model.task == "classification", f"{args.recipe}: the bench compares sequence classification "
                                                  f"recipes; model.task={recipe.model.task!r} is not one")
     data_stage.preflight(recipe.data, data_stage.data_dir(args.data_dir), get_task(recipe.model.task).columns(recipe))
+    seeds = args.seeds or [recipe.train.seed]
+    rounds = [(seed, repeat) for repeat in range(1, args.repeats + 1) for seed in seeds]
     runs = []
-    for repeat in range(1, args.repeats + 1):
+    for number, (seed, repeat) in enumerate(rounds, 1):
         for name in APPROACHES:
-            console.print(f"round {repeat}/{args.repeats}: {name} …", highlight=False)
-            result = spawn(name, args, overrides) | {"approach": name, "repeat": repeat}
-            runs.append(result)
+            console.print(f"round {number}/{len(rounds)} (seed {seed}): {name} …", highlight=False)
+            result = spawn(name, args, overrides + [f"train.seed={seed}"])
+            runs.append(result | {"approach": name, "seed": seed, "repeat": repeat})
             console.print(f"  {result['samples_per_second']:.1f} samples/s, accuracy "
                           f"{result['task_metrics']['accuracy']:.4f}, {result['wall_seconds']:.0f} s", highlight=False)
     record = {"command": command, "recipe": recipe_to_dict(recipe), "environment": measure.environment(),
-              "repeats": args.repeats, "runs": runs, "summary": summarize(runs, "accuracy")}
+              "seeds": seeds, "repeats": args.repeats, "runs": runs, "summary": summarize(runs, "accuracy")}
     small = args.overrides + [f"data.train_limit={args.ablation_train_limit}", "data.eval_limit=384"]
     if args.ablation:
         console.print("ablation: peftlab with each speed setting off …")
@@ -262,13 +273,15 @@ def render(record: dict) -> str:
     summary, runs, env, recipe = record["summary"], record["runs"], record["environment"], record["recipe"]
     first = runs[0]
     train = recipe["train"]
+    seeds = record["seeds"]
+    many = len(seeds) > 1
     rows = []
     for name, describe in APPROACHES.items():
         s = summary[name]
         rows.append([f"**{name}**: {describe}", f"{s['samples_per_second']:.1f}", f"{s['tokens_per_second']:.0f}",
                      f"{s['train_seconds']:.1f}", f"{s['eval_seconds']:.1f}", f"{s['wall_seconds']:.0f}",
                      measure.human_bytes(s["peak_rss_bytes"]),
-                     f"{100 * s['accuracy']:.2f} %",
+                     f"{100 * s['accuracy']:.2f} %" + (f" ± {100 * s['accuracy_std']:.2f}" if many else ""),
                      _ratio(summary["peftlab"]["samples_per_second"] / s["samples_per_second"])])
     targets = [[f"peftlab vs {name}", _ratio(summary[name]["peftlab_speedup"]), f"≥ {_ratio(summary[name]['target'])}",
                 "met" if summary[name]["speed_met"] else "**not met**",
@@ -280,17 +293,19 @@ def render(record: dict) -> str:
         f"Same model ({recipe['model']['name']}, {recipe['method']['kind']} from the recipe via `run.build_model`, "
         f"model dropout {recipe['model']['dropout']}), same {first['train_examples']:,} training sentences, "
         f"validation on {first['eval_examples']:,}, batch {train['batch_size']}, lr {train['lr']}, "
-        f"{first['steps']} optimizer steps ({first['epochs']:.2f} epochs), seed {train['seed']}. "
+        f"{first['steps']} optimizer steps ({first['epochs']:.2f} epochs), seeds {', '.join(map(str, seeds))}. "
         f"Throughput counts training steps only (the same StepTimer in all three); tokens are real (non-pad) tokens; "
-        f"medians over {record['repeats']} round(s), run in the order tutorial, best practice, peftlab, each in "
-        "its own process (peak memory is that process's RSS; wall time is the whole process: start-up, "
+        f"speed figures are medians over {len(runs) // len(APPROACHES)} round(s), one per seed"
+        + (f" × {record['repeats']}" if record["repeats"] > 1 else "")
+        + "; accuracy is the mean over seeds" + (" ± standard deviation" if many else "")
+        + ". Rounds run in the order tutorial, best practice, peftlab, each approach in its own process (peak memory is that process's RSS; wall time is the whole process: start-up, "
         "tokenization, training, evaluation, and for peftlab saving and the report).",
         "## Result\n\n" + table(["approach", "samples/s", "tokens/s", "train s", "eval s", "wall s", "peak RSS",
                                  "val. accuracy", "peftlab is"], rows),
         "## Targets\n\n" + table(["comparison", "speed-up", "target", "", "accuracy gap", "±0.5 pt"], targets),
-        "## Every run\n\n" + table(["round", "approach", "samples/s", "tokens/s", "train s", "eval s", "wall s",
+        "## Every run\n\n" + table(["seed", "approach", "samples/s", "tokens/s", "train s", "eval s", "wall s",
                                     "peak RSS", "accuracy", "loss"],
-                                   [[r["repeat"], r["approach"], f"{r['samples_per_second']:.1f}",
+                                   [[r["seed"], r["approach"], f"{r['samples_per_second']:.1f}",
                                      f"{r['tokens_per_second']:.0f}", f"{r['train_seconds']:.1f}",
                                      f"{r['eval_seconds']:.1f}",
                                      f"{r['wall_seconds']:.0f}", measure.human_bytes(r["peak_rss_bytes"]),

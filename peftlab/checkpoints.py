@@ -112,7 +112,8 @@ def require_finite(loss: torch.Tensor, trainer) -> None:
         return
     last = last_checkpoint(Path(trainer.args.output_dir))
     kept = f"the last good checkpoint is kept: {last}" if last else "no checkpoint had been saved yet"
-    raise PeftlabError(f"training loss became {loss.item()} at step {trainer.state.global_step + 1} "
+    value = loss.item() if not torch.isfinite(loss).all() else "non-finite in another process"
+    raise PeftlabError(f"training loss became {value} at step {trainer.state.global_step + 1} "
                        f"(lr {trainer.args.learning_rate:g}): stopped before updating the weights; {kept}; "
                        "lower train.lr, check the data for extreme values, or keep train.max_grad_norm set")
 

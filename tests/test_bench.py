@@ -19,7 +19,7 @@ def test_baselines_train_the_same_steps_and_tokens_and_the_report_compares_them(
     tutorial = bench.train_plain(recipe, data_dir, padded=True)
     best = bench.train_plain(recipe, data_dir, padded=False)
     ours = bench.peftlab_result(run_recipe(tmp_path, recipe_path, data_dir))
-    runs = [r | {"approach": name, "repeat": 1, "wall_seconds": 1.0}
+    runs = [r | {"approach": name, "seed": 0, "repeat": 1, "wall_seconds": 1.0}
             for name, r in zip(bench.APPROACHES, (tutorial, best, ours))]
     # 256 examples at batch 16: the same 16 steps, and the same real (non-pad) tokens however they were padded
     assert {r["steps"] for r in runs} == {16} and {r["train_examples"] for r in runs} == {256}
@@ -27,7 +27,7 @@ def test_baselines_train_the_same_steps_and_tokens_and_the_report_compares_them(
     assert tokens[1] == pytest.approx(tokens[0]) and tokens[2] == pytest.approx(tokens[0])
     assert all(0 <= r["task_metrics"]["accuracy"] <= 1 and r["peak_rss_bytes"] > 0 for r in runs)
 
-    record = {"command": "python -m peftlab.bench r.py", "recipe": recipe_to_dict(recipe), "repeats": 1,
+    record = {"command": "python -m peftlab.bench r.py", "recipe": recipe_to_dict(recipe), "seeds": [0], "repeats": 1,
               "environment": measure.environment(), "runs": runs, "summary": bench.summarize(runs, "accuracy")}
     text = bench.render(record)
     for name, result in zip(("tutorial", "best_practice"), (tutorial, best)):

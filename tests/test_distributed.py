@@ -70,6 +70,13 @@ def launch(command: list[str], env: dict) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(command, process.returncode, out, err)
 
 
+def accelerate_launch(script: list[str], env: dict) -> subprocess.CompletedProcess:
+    # --multi_gpu is accelerate's multi-process launcher (torchrun); without a GPU each process runs on the CPU, gloo
+    return launch([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                   "--main_process_port", str(free_port()), *script], env)
+
+
 def lines(path) -> list:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -98,11 +105,8 @@ def test_two_processes_match_one_process(tmp_path, tiny_bert, data_dir, monkeypa
     runs, reports = tmp_path / "two" / "runs", tmp_path / "two" / "reports"
     env = os.environ | {"OMP_NUM_THREADS": "1", "PROBE_FILE": str(tmp_path / "two"), "HF_HUB_OFFLINE": "1",
                         "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
-    # --multi_gpu is accelerate's multi-process launcher (torchrun); without a GPU each process runs on the CPU, gloo
-    launched = launch([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                       "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                       "--main_process_port", str(free_port()), str(tmp_path / "probe.py"), str(recipe),
-                       "--data-dir", str(data_dir), "--runs-dir", str(runs), "--reports-dir", str(reports)], env)
+    launched = accelerate_launch([str(tmp_path / "probe.py"), str(recipe), "--data-dir", str(data_dir),
+                                  "--runs-dir", str(runs), "--reports-dir", str(reports)], env)
     assert launched.returncode == 0, launched.stderr[-3000:]
 
     # one run directory and one report, written by the main process only
@@ -142,3 +146,40 @@ def test_two_processes_match_one_process(tmp_path, tiny_bert, data_dir, monkeypa
     assert curves[1] == pytest.approx(curves[0], abs=1e-5)
     assert two["task_metrics"]["loss"] == pytest.approx(one["task_metrics"]["loss"], abs=1e-5)
     assert two["task_metrics"]["accuracy"] == one["task_metrics"]["accuracy"]
+
+
+# Rank 1 alone gets an infinite training loss at its third step.
+POISON = textwrap.dedent("""\
+    import os, sys
+
+    from peftlab import run
+    from peftlab.training import InOrderEvalTrainer
+
+    compute_loss = InOrderEvalTrainer.compute_loss
+
+    def poisoned(self, model, inputs, *args, **kwargs):
+        loss = compute_loss(self, model, inputs, *args, **kwargs)
+        if model.training and os.environ.get("RANK") == "1" and self.state.global_step == 2:
+            loss = loss * float("inf")
+        return loss
+
+    InOrderEvalTrainer.compute_loss = poisoned
+    sys.exit(run.main(sys.argv[1:]))
+    """)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="two CPU processes; on a GPU machine accelerate would use nccl")
+def test_an_infinite_loss_in_one_process_stops_both(tmp_path, tiny_bert, data_dir):
+    """Both processes must stop at the step where one of them saw a non-finite loss: the other one alone would go on
+    and wait forever (or fail on a closed connection) at the next gradient all-reduce."""
+    recipe = write_recipe(tmp_path / "r.py", tiny_bert, train="epochs=1, lr=1e-3, batch_size=16, precision='fp32'")
+    (tmp_path / "poison.py").write_text(POISON)
+    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+                        "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    launched = accelerate_launch([str(tmp_path / "poison.py"), str(recipe), "--data-dir", str(data_dir),
+                                  "--runs-dir", str(tmp_path / "runs"), "--reports-dir", ""], env)
+    assert launched.returncode != 0
+    (run_dir,) = list((tmp_path / "runs").iterdir())
+    status = rundir.read_status(run_dir)  # written by the main process, whose own loss stayed finite
+    assert status["state"] == "failed", status
+    assert status["error"].startswith("training loss became non-finite in another process at step 3"), status
