@@ -11,6 +11,9 @@ batch; peftlab only has to keep the recipe's meaning and the run directory singl
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from .errors import PeftlabError, check
 
 # launchers name the process count and rank differently: torchrun (accelerate launch) and the MPI flavours
@@ -38,6 +41,25 @@ def start() -> None:
         from accelerate import PartialState
 
         PartialState(cpu=not torch.cuda.is_available())
+
+
+def launch_command(argv: list[str]) -> list[str]:
+    """The command a person typed to start this run: `python -m peftlab.run ARGS` in one process; with several,
+    the launcher's (accelerate launch / torchrun), read from the parent process, which is the launcher, on Linux."""
+    own = ["python", "-m", "peftlab.run", *argv]
+    if world_size() == 1:
+        return own
+    try:  # /proc: no portable way to read another process's arguments without a new dependency (psutil)
+        parent = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode().split("\0")[:-1]
+    except OSError:
+        return own
+    if not argv or parent[-len(argv):] != argv:  # not the launcher of this command (an MPI daemon, say)
+        return own
+    if Path(parent[0]).name.startswith("python"):  # `python -m accelerate...` or a console script run by python
+        parent = ["python", *parent[1:]] if parent[1:2] == ["-m"] else [Path(parent[1]).name, *parent[2:]]
+    else:
+        parent = [Path(parent[0]).name, *parent[1:]]
+    return parent
 
 
 def share_from_main(make):

@@ -39,7 +39,12 @@ def evaluate_split(trained, data_root, prepared=None) -> dict:
                            compute_metrics=task.metrics_for(eval_ds, raw_eval, trained.labels, recipe),
                            compute_loss_func=compute_loss_func(recipe.train.loss, trained.labels),  # as in training
                            preprocess_logits_for_metrics=getattr(task, "preprocess_logits", None))
-    return eval_metrics(trainer.evaluate(eval_ds))
+    metrics = eval_metrics(trainer.evaluate(eval_ds))
+    # accelerate marks the model it prepared and will not prepare it again: a causal LM's base, scored here before
+    # training (tasks/causal_lm.Evaluation), would then train without DistributedDataParallel in a multi-process
+    # run, each process on its own gradients. peft's wrapper would inherit the mark from the base it wraps.
+    vars(trained.model).pop("_is_accelerate_prepared", None)
+    return metrics
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="continue an interrupted or failed run from its last checkpoint (default: the newest "
                              "one of this recipe in --runs-dir); give the same recipe and --set options")
     args = parser.parse_args(argv)
-    command = shlex.join(["python", "-m", "peftlab.run", *argv])
+    command = shlex.join(distributed.launch_command(argv))
     from rich.console import Console
 
     quiet_libraries()

@@ -110,7 +110,7 @@ def total_steps(recipe, n_train: int) -> tuple[int, int]:
 
 
 def training_arguments(recipe, out_dir: Path, n_train: int, best_metric: str,
-                       greater_is_better: bool = True) -> TrainingArguments:
+                       greater_is_better: bool = True, loss_over_items: bool = False) -> TrainingArguments:
     t = recipe.train
     per_epoch, total = total_steps(recipe, n_train)
     eval_every = max(1, min(total, per_epoch // t.evals_per_epoch))
@@ -126,11 +126,13 @@ def training_arguments(recipe, out_dir: Path, n_train: int, best_metric: str,
         warmup_steps=t.warmup_ratio,  # transformers 5: a float < 1 is a ratio of total steps
         lr_scheduler_type=t.scheduler,
         optim=speed.optimizer_name(),
-        # With several processes Trainer would multiply the loss by their number for any model whose forward takes
-        # **kwargs, expecting the model to divide by the global token count; sequence classification takes **kwargs
-        # but averages over its own batch, so its loss (and gradients) came out N times too large. Off, each process
-        # averages its equal share and DDP averages those: the mean over the global batch, as in one process.
-        average_tokens_across_devices=False,
+        # With several processes Trainer gathers the batch's labelled-item count and multiplies each process's loss
+        # by the process count, for any model whose forward takes **kwargs. Right where the loss is divided by that
+        # count (loss_over_items: causal LMs' own loss, peftlab's losses): the mean over all the batch's tokens, as
+        # in one process, not the mean of each process's mean. Wrong elsewhere: BERT-style heads take **kwargs but
+        # average their own batch, so their loss would come out N times too large; off, each process averages its
+        # equal share of examples and DDP averages those.
+        average_tokens_across_devices=loss_over_items,
         eval_strategy="steps",
         eval_steps=eval_every,
         save_strategy="steps",
@@ -213,6 +215,7 @@ def build_trainer(recipe, task, model, tokenizer, train_ds, eval_ds, out_dir: Pa
                   labels: list[str]) -> Trainer:
     from .losses import compute_loss_func
 
+    loss_func = compute_loss_func(recipe.train.loss, labels)
     bf16 = speed.use_bf16(recipe)
     if bf16 and speed.fp32_attention_applies(recipe):
         speed.keep_attention_fp32(model)
@@ -222,14 +225,15 @@ def build_trainer(recipe, task, model, tokenizer, train_ds, eval_ds, out_dir: Pa
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.train.early_stopping_patience))
     trainer = make_trainer(
         model=model,
-        args=training_arguments(recipe, out_dir, len(train_ds), task.BEST_METRIC, getattr(task, "GREATER_IS_BETTER", True)),
+        args=training_arguments(recipe, out_dir, len(train_ds), task.BEST_METRIC, getattr(task, "GREATER_IS_BETTER", True),
+                                loss_over_items=loss_func is not None or getattr(task, "LOSS_OVER_ITEMS", False)),
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         data_collator=task.collator(tokenizer),
         compute_metrics=compute_metrics,
         preprocess_logits_for_metrics=getattr(task, "preprocess_logits", None),
         callbacks=callbacks,
-        compute_loss_func=compute_loss_func(recipe.train.loss, labels),
+        compute_loss_func=loss_func,
     )
     trainer.train_autocast = torch.bfloat16 if bf16 else None
     return trainer

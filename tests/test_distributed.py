@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -82,12 +83,14 @@ def lines(path) -> list:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="two CPU processes; on a GPU machine accelerate would use nccl")
-def test_two_processes_match_one_process(tmp_path, tiny_bert, data_dir, monkeypatch):
+@pytest.mark.parametrize("loss", ["", ", loss=CrossEntropy(class_weights=[1.0, 3.0])"], ids=["model loss", "recipe loss"])
+def test_two_processes_match_one_process(tmp_path, tiny_bert, data_dir, monkeypatch, loss):
     # float32 and no dropout (each process would draw its own masks), so that the runs differ only in summation
-    # order (see the loss check at the end)
+    # order (see the loss check at the end). A recipe loss takes Trainer's other path: divided by the global count
+    # of labelled items, then scaled by the number of processes (training.training_arguments).
     recipe = write_recipe(tmp_path / "r.py", tiny_bert,
                           method="LoRA(r=4, alpha=8, dropout=0.0, target=['query', 'value'])",
-                          train="epochs=2, lr=5e-3, batch_size=16, logging_steps=1, precision='fp32'")
+                          train=f"epochs=2, lr=5e-3, batch_size=16, logging_steps=1, precision='fp32'{loss}")
     recipe.write_text(recipe.read_text().replace('labels=["negative", "positive"])',
                                                  'labels=["negative", "positive"], dropout=0.0)'))
     (tmp_path / "probe.py").write_text(PROBE)
@@ -115,7 +118,11 @@ def test_two_processes_match_one_process(tmp_path, tiny_bert, data_dir, monkeypa
     assert sorted(p.name for p in reports.iterdir()) == ["tiny.json", "tiny.md"]
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
     two, one = rundir.read_json(run_dir / "metrics.json"), rundir.read_json(single / "metrics.json")
-    assert rundir.read_json(run_dir / "environment.json")["processes"] == 2
+    environment = rundir.read_json(run_dir / "environment.json")
+    assert environment["processes"] == 2
+    # the recorded command is the launcher's, as typed, not the one each worker process sees
+    assert environment["command"] == shlex.join(["python", *launched.args[1:]])
+    assert f"```\n{environment['command']}\n```" in (reports / "tiny.md").read_text()
     assert len(two["peak_rss_bytes_per_process"]) == 2
 
     # each step's global batch of 16 = the same examples as in one process, 8 on each process
@@ -183,3 +190,51 @@ def test_an_infinite_loss_in_one_process_stops_both(tmp_path, tiny_bert, data_di
     status = rundir.read_status(run_dir)  # written by the main process, whose own loss stayed finite
     assert status["state"] == "failed", status
     assert status["error"].startswith("training loss became non-finite in another process at step 3"), status
+
+
+def varied_sums(n: int, seed: int) -> list[dict]:
+    """Sums of 1-4 terms: answers of different lengths, so the two halves of a batch hold different token counts."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        terms = [rng.randint(0, 4) for _ in range(rng.randint(1, 4))]
+        words = " plus ".join(map(str, terms))
+        rows.append({"question": f"what is {words}", "answer": f"{words} = {sum(terms)}\n#### {sum(terms)}"})
+    return rows
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="two CPU processes; on a GPU machine accelerate would use nccl")
+def test_two_processes_train_a_causal_lm_like_one_process(tmp_path):
+    """The causal-LM loss is a mean over response tokens: with two processes it must stay the mean over the whole
+    batch's tokens (not the mean of each half's mean), and the before/after generations must run as in one process."""
+    from test_causal_lm import make_llama, write_jsonl
+    from test_causal_lm import write_recipe as write_causal_recipe
+
+    llama = make_llama(tmp_path / "llama")
+    data = tmp_path / "data"
+    write_jsonl(data / "sums" / "train.jsonl", varied_sums(80, seed=1))
+    write_jsonl(data / "sums" / "test.jsonl", varied_sums(6, seed=2))
+    # random batches (no length buckets) and float32, so that the halves differ in token count and the runs only in
+    # summation order
+    recipe = write_causal_recipe(tmp_path / "r.py", llama,
+                                 train="epochs=1, lr=1e-2, batch_size=8, eval_batch_size=8, logging_steps=1, "
+                                       "group_by_length=False, precision='fp32'")
+    single = run_recipe(tmp_path / "one", recipe, data)
+    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+                        "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    runs = tmp_path / "two" / "runs"
+    launched = accelerate_launch(["-m", "peftlab.run", str(recipe), "--data-dir", str(data), "--runs-dir", str(runs),
+                                  "--reports-dir", ""], env)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    (run_dir,) = list(runs.iterdir())
+
+    curves = [[e["loss"] for e in rundir.read_json(d / "log_history.json") if "loss" in e] for d in (single, run_dir)]
+    assert len(curves[0]) == len(curves[1]) == 8  # 64 training rows (16 held out) at batch 8
+    assert curves[1] == pytest.approx(curves[0], abs=1e-5)
+    one, two = (rundir.read_json(d / "metrics.json") for d in (single, run_dir))
+    assert two["task_metrics"]["perplexity"] == pytest.approx(one["task_metrics"]["perplexity"], rel=1e-5)
+    assert two["before"]["perplexity"] == pytest.approx(one["before"]["perplexity"], rel=1e-5)
+    assert [g["generation"] for g in rundir.read_json(run_dir / "generations.json")["after"]] == \
+        [g["generation"] for g in rundir.read_json(single / "generations.json")["after"]]
