@@ -165,6 +165,7 @@ class InOrderEvalTrainer(Trainer):
     the sequential batches between them and gathers the predictions back in this order."""
 
     train_autocast = None  # a torch dtype, or None for float32 training
+    wrapping_checked = False  # several processes: the model was found wrapped for data-parallel training
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         if self.train_autocast is None or not model.training:
@@ -190,6 +191,11 @@ class InOrderEvalTrainer(Trainer):
             if isinstance(sampler, LengthGroupedSampler) else sampler  # "random": accelerate seeds it per epoch
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.args.world_size > 1 and not self.wrapping_checked and self.accelerator.unwrap_model(model) is model:
+            # each process would train its own copy on its share of the data, and nothing would say so
+            raise RuntimeError("several processes but the model is not wrapped for data-parallel training "
+                               "(accelerate skipped it: was it prepared before?)")
+        self.wrapping_checked = True
         loss = super().training_step(model, inputs, num_items_in_batch)
         checkpoints.require_finite(loss, self)
         return loss
