@@ -75,8 +75,10 @@ def _last_error_line(stderr: str) -> str:
 
 def run_variant(variant: Variant, comparison: Comparison, out_root: Path, reports_dir: Path) -> dict:
     runs_dir = out_root / variant.label
+    # a report is named after its recipe: with several seeds each seed's goes to its own folder, none overwritten
+    own_reports = reports_dir / f"seed{variant.seed}" if len(comparison.seeds) > 1 else reports_dir
     command = [sys.executable, "-m", "peftlab.run", str(variant.recipe), "--runs-dir", str(runs_dir),
-               "--reports-dir", str(reports_dir)]
+               "--reports-dir", str(own_reports)]
     if not variant.is_recipe_run:
         command += ["--set", f"train.seed={variant.seed}"]
     for item in comparison.overrides:

@@ -62,6 +62,9 @@ def test_report_matches_run_records(comparison):
         assert row[8].startswith(f"{mean:.2f} ± ")
         assert row[4].startswith(human_bytes(metrics[0]["predicted_peak_bytes"]))
     assert rows["full"][-1] == "+0.00"
+    # each seed's own run report, none overwritten by another seed's
+    for seed in (0, 1):
+        assert f"| seed | {seed} |" in (comparison / "reports" / "cmp" / f"seed{seed}" / "full.md").read_text()
     assert (comparison / "reports" / "cmp" / "memory_vs_score.png").stat().st_size > 1000
     assert "(cmp/memory_vs_score.png)" in report and "python -m peftlab.compare" in report
 
