@@ -71,8 +71,11 @@ def launch(command: list[str], env: dict) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(command, process.returncode, out, err)
 
 
-def accelerate_launch(script: list[str], env: dict) -> subprocess.CompletedProcess:
-    # --multi_gpu is accelerate's multi-process launcher (torchrun); without a GPU each process runs on the CPU, gloo
+def accelerate_launch(script: list[str], **extra_env: str) -> subprocess.CompletedProcess:
+    # --multi_gpu is accelerate's multi-process launcher (torchrun); without a GPU each process runs on the CPU, gloo.
+    # One thread per process (two processes share this machine's cores); this checkout's peftlab on the path.
+    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+                        "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])} | extra_env
     return launch([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                    "--main_process_port", str(free_port()), *script], env)
@@ -106,10 +109,9 @@ def test_two_processes_match_one_process(tmp_path, tiny_bert, data_dir, monkeypa
     single = run_recipe(tmp_path / "one", recipe, data_dir)
 
     runs, reports = tmp_path / "two" / "runs", tmp_path / "two" / "reports"
-    env = os.environ | {"OMP_NUM_THREADS": "1", "PROBE_FILE": str(tmp_path / "two"), "HF_HUB_OFFLINE": "1",
-                        "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
     launched = accelerate_launch([str(tmp_path / "probe.py"), str(recipe), "--data-dir", str(data_dir),
-                                  "--runs-dir", str(runs), "--reports-dir", str(reports)], env)
+                                  "--runs-dir", str(runs), "--reports-dir", str(reports)],
+                                  PROBE_FILE=str(tmp_path / "two"))
     assert launched.returncode == 0, launched.stderr[-3000:]
 
     # one run directory and one report, written by the main process only
@@ -181,10 +183,8 @@ def test_an_infinite_loss_in_one_process_stops_both(tmp_path, tiny_bert, data_di
     and wait forever (or fail on a closed connection) at the next gradient all-reduce."""
     recipe = write_recipe(tmp_path / "r.py", tiny_bert, train="epochs=1, lr=1e-3, batch_size=16, precision='fp32'")
     (tmp_path / "poison.py").write_text(POISON)
-    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-                        "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
     launched = accelerate_launch([str(tmp_path / "poison.py"), str(recipe), "--data-dir", str(data_dir),
-                                  "--runs-dir", str(tmp_path / "runs"), "--reports-dir", ""], env)
+                                  "--runs-dir", str(tmp_path / "runs"), "--reports-dir", ""])
     assert launched.returncode != 0
     (run_dir,) = list((tmp_path / "runs").iterdir())
     status = rundir.read_status(run_dir)  # written by the main process, whose own loss stayed finite
@@ -222,11 +222,9 @@ def test_two_processes_train_a_causal_lm_like_one_process(tmp_path):
                                  train="epochs=1, lr=1e-2, batch_size=8, eval_batch_size=8, logging_steps=1, "
                                        "group_by_length=False, precision='fp32'")
     single = run_recipe(tmp_path / "one", recipe, data)
-    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-                        "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
     runs = tmp_path / "two" / "runs"
     launched = accelerate_launch(["-m", "peftlab.run", str(recipe), "--data-dir", str(data), "--runs-dir", str(runs),
-                                  "--reports-dir", ""], env)
+                                  "--reports-dir", ""])
     assert launched.returncode == 0, launched.stderr[-3000:]
     (run_dir,) = list(runs.iterdir())
 
