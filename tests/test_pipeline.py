@@ -148,3 +148,27 @@ def test_adapter_refused_on_a_different_base(lora_run, tmp_path):
     (copy / "recipe.json").write_text(json.dumps(recipe))
     with pytest.raises(Exception, match="trained on base weights sha256"):
         load_trained(copy)
+
+
+def test_base_fingerprint_is_hashed_once_per_set_of_weight_files(tmp_path, monkeypatch):
+    """predict and merge check the base's sha256 on every load: it is read from a cache keyed by the weight files'
+    names, sizes and modification times, and hashed again when any of them changes."""
+    import hashlib
+    import os
+
+    from peftlab import models
+
+    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "cache"))
+    weights = tmp_path / "base" / "model.safetensors"
+    weights.parent.mkdir()
+    weights.write_bytes(b"a" * 64)
+    resolved = models.Resolved(str(weights.parent), "local")
+    assert models.weights_fingerprint(resolved) == hashlib.sha256(b"a" * 64).hexdigest()
+    stamp = weights.stat()
+    weights.write_bytes(b"b" * 64)  # same name and size; the same mtime below: only the cache can answer "a"
+    os.utime(weights, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert models.weights_fingerprint(resolved) == hashlib.sha256(b"a" * 64).hexdigest()
+    os.utime(weights, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 1000))
+    assert models.weights_fingerprint(resolved) == hashlib.sha256(b"b" * 64).hexdigest()
+    (tmp_path / "cache" / models.FINGERPRINTS).write_text("{not json")  # a damaged cache is rebuilt, not fatal
+    assert models.weights_fingerprint(resolved) == hashlib.sha256(b"b" * 64).hexdigest()
