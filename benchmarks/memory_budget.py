@@ -1,0 +1,164 @@
+"""Training memory of the GSM8K recipes under --budget, and the speed cost of each memory lever.
+
+    python benchmarks/memory_budget.py [--budgets 3GiB 1.5GiB 1GiB] [--steps 6] [--out reports]
+
+Every measurement is one `python -m peftlab.run` process (clean peak memory), one at a time: run it alone on the
+machine, it is also a timing. Part 1 runs full FT, LoRA and QLoRA (recipes/{full,lora,qlora}_gsm8k.py) with the
+recipes' default levers and then under each budget: the levers --budget chose, the plan, and the measured live-tensor
+and RSS training peaks (metrics.json `memory`); a recipe the plan says cannot fit is a row "does not fit" with the
+plan's figure. Part 2 trains LoRA with one lever changed at a time and compares samples/s and peaks. Writes
+<out>/memory_budget.md and .json, built only from the runs' records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # this checkout's peftlab, whatever is installed
+
+from peftlab import measure, rundir  # noqa: E402
+from peftlab.plan import parse_size  # noqa: E402
+from peftlab.run_report import table  # noqa: E402
+
+RECIPES = ("full_gsm8k", "lora_gsm8k", "qlora_gsm8k")
+# short runs: a few optimizer steps of the recipes' batch 8 on real GSM8K problems, perplexity on the 64 held-out
+# problems (an evaluation phase), no generation (it measures the evaluation phase again, at many minutes per run)
+SHORT = ["data.generate_split=None"]
+# Part 2: LoRA with one lever changed from the default (checkpointing on, micro-batch = batch, label-only logits,
+# allocator returning freed memory to the OS)
+LEVER_VARIANTS = {
+    "defaults (all levers on)": ([], {}),
+    "no gradient checkpointing": (["train.gradient_checkpointing=False"], {}),
+    "micro-batch 2 (4 accumulation steps)": (["train.micro_batch_size=2"], {}),
+    "full-vocabulary logits": ([], {"PEFTLAB_DISABLE": "labelled_logits"}),
+    "glibc allocator untouched": ([], {"PEFTLAB_DISABLE": "allocator"}),
+}
+
+
+def run(recipe: str, sets: list[str], env: dict, budget: str | None, runs_dir: Path) -> dict:
+    command = [sys.executable, "-m", "peftlab.run", f"recipes/{recipe}.py", "--runs-dir", str(runs_dir),
+               "--reports-dir", ""]
+    command += [a for s in sets for a in ("--set", s)] + (["--budget", budget] if budget else [])
+    started = time.perf_counter()
+    proc = subprocess.run(command, cwd=REPO, env=os.environ | env, capture_output=True, text=True)
+    shown = " ".join(f"{k}={v}" for k, v in env.items()) + " " + shlex.join(["python", *command[1:]])
+    result = {"recipe": recipe, "budget": budget, "command": shown.strip(), "returncode": proc.returncode,
+              "seconds": time.perf_counter() - started}
+    runs = sorted(runs_dir.glob(f"{recipe}-*"))
+    if proc.returncode == 0 and runs:
+        metrics = rundir.read_json(runs[-1] / "metrics.json")
+        environment = rundir.read_json(runs[-1] / "environment.json")
+        return result | {"run": str(runs[-1]), "memory": metrics["memory"],
+                         "samples_per_second": metrics["train_samples_per_second"],
+                         "perplexity": metrics["task_metrics"].get("perplexity"), "environment": environment}
+    lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.startswith("error:")]
+    return result | {"error": lines[-1] if lines else (proc.stderr.strip().splitlines() or ["no output"])[-1]}
+
+
+def gib(n) -> str:
+    return measure.human_bytes(n) if n else "n/a"
+
+
+def budget_rows(results: list[dict]) -> list[list]:
+    rows = []
+    for r in results:
+        budget = r["budget"] or "none (recipe defaults)"
+        if "error" in r:
+            rows.append([r["recipe"], budget, "does not fit" if "does not fit" in r["error"] else "failed",
+                         r["error"].removeprefix("error: "), "", "", "", ""])
+            continue
+        m, levers = r["memory"], r["memory"].get("levers", {})
+        fits = "yes" if not r["budget"] or (m["train_peak_bytes"] or 0) <= parse_size(r["budget"]) else "**no**"
+        rows.append([r["recipe"], budget, f"checkpointing {'on' if levers.get('gradient_checkpointing') else 'off'}, "
+                     f"micro-batch {levers.get('micro_batch_size')}", gib(m.get("predicted_train_peak_bytes")),
+                     gib(m["train_peak_bytes"]), fits, gib(m["train_peak_rss_bytes"]), f"{r['samples_per_second']:.2f}"])
+    return rows
+
+
+def lever_rows(results: list[dict]) -> list[list]:
+    base = results[0].get("samples_per_second")
+    rows = []
+    for name, r in results:
+        if "error" in r:
+            rows.append([name, "failed: " + r["error"], "", "", "", ""])
+            continue
+        m = r["memory"]
+        rows.append([name, f"{r['samples_per_second']:.2f}", f"{r['samples_per_second'] / base:.2f}×" if base else "",
+                     gib(m["train_peak_bytes"]), gib(m["train_peak_rss_bytes"]), gib(m["eval_peak_rss_bytes"])])
+    return rows
+
+
+def render(record: dict) -> str:
+    env = record["environment"]
+    v = env["versions"]
+    return "\n\n".join([
+        "# Memory under a budget: SmolLM2-135M-Instruct on GSM8K",
+        "Generated by `benchmarks/memory_budget.py` from the run records below. Command:\n\n```\n"
+        + record["command"] + "\n```",
+        f"Each row is one `python -m peftlab.run` process, one at a time, {record['steps']} optimizer steps of the "
+        "recipe's batch of 8 real GSM8K problems (seed 0, max length 384), perplexity on the 64 held-out problems, "
+        "no generation. *Plan* is the prediction made before training (`predicted_train_peak_bytes`); *training "
+        "peak* is the peak of live tensor bytes during training steps (exact, see peftlab/memory.py); *training RSS* "
+        "the process's peak resident memory during training steps only. `--budget` chooses the levers so the plan "
+        "fits; a recipe that cannot fit even at micro-batch 1 with checkpointing stops before training.",
+        "## Recipes under each budget\n\n" + table(
+            ["recipe", "budget", "levers chosen", "plan", "training peak (live)", "peak within budget",
+             "training RSS", "samples/s"], budget_rows(record["budgets"])),
+        "## Speed cost of each lever (LoRA, one lever changed from the defaults)\n\n" + table(
+            ["setting", "samples/s", "speed vs defaults", "training peak (live)", "training RSS", "evaluation RSS"],
+            lever_rows(record["levers"])),
+        "## Environment\n\n" + table(["item", "value"], [
+            ["hardware", f"{env['cpu']} ({env['cpu_count']} cores), GPU: {env['gpu'] or 'none'}"],
+            ["versions", ", ".join(f"{k} {val}" for k, val in v.items() if val)],
+            ["peftlab commit", env.get("peftlab_commit")],
+            ["seed", 0],
+            ["wall time", f"{record['wall_seconds'] / 60:.1f} min"],
+        ] + [[f"data md5 `{name}`", digest] for name, digest in record["data_files"].items()]),
+        "## Runs\n\n" + table(["recipe", "budget / setting", "command"],
+                              [[r["recipe"], r["budget"] or "", f"`{r['command']}`"] for r in record["budgets"]]
+                              + [[r["recipe"], name, f"`{r['command']}`"] for name, r in record["levers"]]),
+    ]) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budgets", nargs="+", default=["3GiB", "1.5GiB", "1GiB"])
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--out", type=Path, default=REPO / "reports")
+    args = parser.parse_args()
+    short = SHORT + [f"train.max_steps={args.steps}", f"data.train_limit={8 * args.steps}"]
+    started = time.perf_counter()
+    budgets, levers = [], []
+    with tempfile.TemporaryDirectory(prefix="memory_budget-") as tmp:
+        for budget in [None, *args.budgets]:
+            for recipe in RECIPES:
+                budgets.append(run(recipe, short, {}, budget, Path(tmp) / f"{recipe}-{budget}"))
+                print(json.dumps({k: budgets[-1].get(k) for k in ("recipe", "budget", "error")}), flush=True)
+        for name, (sets, env) in LEVER_VARIANTS.items():
+            levers.append((name, run("lora_gsm8k", short + sets, env, None, Path(tmp) / f"lever-{len(levers)}")))
+            print(name, levers[-1].get("samples_per_second"), levers[-1].get("error"), flush=True)
+    first = next(r for r in budgets if "environment" in r)["environment"]
+    record = {"command": shlex.join(["python", "benchmarks/memory_budget.py", *sys.argv[1:]]), "steps": args.steps,
+              "environment": first, "data_files": first["data"]["files"], "budgets": budgets, "levers": levers,
+              "wall_seconds": time.perf_counter() - started}
+    for r in budgets + [r for _, r in levers]:
+        r.pop("environment", None)
+        r.pop("run", None)  # temporary folders, gone after the run
+    args.out.mkdir(parents=True, exist_ok=True)
+    rundir.write_json(args.out / "memory_budget.json", record)
+    (args.out / "memory_budget.md").write_text(render(record))
+    print(f"report: {args.out / 'memory_budget.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
