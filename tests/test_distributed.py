@@ -59,26 +59,26 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch(command: list[str], env: dict) -> subprocess.CompletedProcess:
+def launch(command: list[str], env: dict, timeout: float = 900) -> subprocess.CompletedProcess:
     """Run in a session of its own, so that a hang guard timeout ends the launcher and its workers together."""
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
     try:
-        out, err = process.communicate(timeout=900)
+        out, err = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         raise
     return subprocess.CompletedProcess(command, process.returncode, out, err)
 
 
-def accelerate_launch(script: list[str], **extra_env: str) -> subprocess.CompletedProcess:
+def accelerate_launch(script: list[str], timeout: float = 900, **extra_env: str) -> subprocess.CompletedProcess:
     # --multi_gpu is accelerate's multi-process launcher (torchrun); without a GPU each process runs on the CPU, gloo.
     # One thread per process (two processes share this machine's cores); this checkout's peftlab on the path.
     env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
                         "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])} | extra_env
     return launch([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   "--main_process_port", str(free_port()), *script], env)
+                   "--main_process_port", str(free_port()), *script], env, timeout)
 
 
 def lines(path) -> list:
@@ -291,3 +291,32 @@ def test_two_processes_ctrl_c_then_resume_matches_uninterrupted(tmp_path, tiny_b
                for d in (uninterrupted, run_dir)]
     assert history[1] == history[0] and len(history[0]) == 4
     assert [r["from_step"] for r in rundir.read_json(run_dir / "environment.json")["resumed"]] == [3]
+
+
+# The main process fails with an error that is not a PeftlabError while it creates the run directory for all.
+CRASH_IN_SHARED_STEP = textwrap.dedent("""\
+    import os, sys
+    from peftlab import preflight, run
+
+    def crash(*args, **kwargs):
+        if os.environ.get("RANK") == "0":
+            raise RuntimeError("boom in the shared step")
+
+    preflight.run_checks = crash
+    sys.exit(run.main(sys.argv[1:]))
+    """)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="two CPU processes; on a GPU machine accelerate would use nccl")
+def test_an_unexpected_error_on_the_main_process_reaches_the_others(tmp_path, tiny_bert, data_dir):
+    """share_from_main: the other process waits in a broadcast for the main one's result; any exception there must
+    reach it too (it would wait until killed), and each process exits reporting the main process's error."""
+    recipe = write_recipe(tmp_path / "r.py", tiny_bert)
+    (tmp_path / "crash.py").write_text(CRASH_IN_SHARED_STEP)
+    launched = accelerate_launch([str(tmp_path / "crash.py"), str(recipe), "--data-dir", str(data_dir),
+                                  "--runs-dir", str(tmp_path / "runs"), "--reports-dir", ""], timeout=240)
+    assert launched.returncode != 0
+    assert "RuntimeError: boom in the shared step" in launched.stderr  # the main process's own traceback
+    # the other process raised it as well, instead of waiting until the launcher killed it
+    assert "the main process failed: RuntimeError: boom in the shared step" in launched.stderr, launched.stderr[-3000:]
+    assert not (tmp_path / "runs").exists()
