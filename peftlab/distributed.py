@@ -3,7 +3,9 @@
 Trainer (through accelerate) wraps the model in DistributedDataParallel and gives each process its share of every
 batch; peftlab only has to keep the recipe's meaning and the run directory single:
 - train.batch_size stays the global batch: each of N processes takes batch_size / N examples of it, so a step
-  sees the same examples and the same averaged gradient as in one process;
+  sees the same examples and the same averaged gradient as in one process; all steps when the training set
+  divides by batch_size, else all but the last of each epoch (accelerate fills that short batch up with the
+  epoch's first examples; speed.LengthBucketSampler states the rule);
 - evaluation batches are split the same way and gathered back in dataset order, each example once
   (accelerate's gather_for_metrics drops the repeats it adds to even out the last batch);
 - the main process alone creates and writes the run directory, the adapter and the reports.
