@@ -69,8 +69,20 @@ def split_file(folder: Path, split: str) -> Path:
                        f"set data.train_split/data.eval_split to one of them")
 
 
+def require_utf8(path: Path) -> None:
+    """Every reader here decodes UTF-8; another encoding would surface as a UnicodeDecodeError deep inside them."""
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise PeftlabError(f"{path}:{line}: not UTF-8 text (byte {raw[err.start]:#04x}); save the file as UTF-8, "
+                           f"e.g. iconv -f latin1 -t utf-8 {path.name}") from None
+
+
 def _header_columns(path: Path) -> list[str] | None:
     """Column names from the first line of a local file, without reading the rest."""
+    require_utf8(path)
     with open(path, encoding="utf-8") as fh:
         first = fh.readline().rstrip("\n")
     if path.suffix in (".tsv", ".csv"):
@@ -162,6 +174,7 @@ def read_squad(path: Path):
 def read_file(path: Path):
     from datasets import load_dataset
 
+    require_utf8(path)
     if path.suffix == ".conll":
         return read_conll(path)
     if path.suffix == ".json" and (squad := read_squad(path)) is not None:

@@ -60,6 +60,9 @@ field variants at the API level; this table is the end-to-end list.)
 | predict from an unfinished run | run … is 'interrupted', not finished: rerun it (or resume it) first |
 | adapter onto the wrong base | run … was trained on base weights sha256 …: load the run with the base model it was trained on |
 | merge of an unfinished run | run … is 'interrupted', not finished: rerun it (or resume it) first |
+| data file not UTF-8 | train.tsv:3: not UTF-8 text (byte 0xe8); save the file as UTF-8 … |
+| adapter weights truncated | …/adapter: a saved file is truncated or garbled (SafetensorError …); restore the folder … |
+| pickle adapter in place of safetensors | …/adapter: holds a pickle weights file, refused unread …; restore the folder … |
 """
 
 from __future__ import annotations
@@ -214,6 +217,30 @@ def still_running(b: Bad):
     return b.resume(copy)
 
 
+def latin1_data(b: Bad):
+    root = b.data()
+    rows = (root / "sst2" / "train.tsv").read_bytes().split(b"\n")
+    rows[2] = "un film tr\u00e8s r\u00e9ussi\t1".encode("latin-1")
+    (root / "sst2" / "train.tsv").write_bytes(b"\n".join(rows))
+    return b.run(data=root)
+
+
+def truncated_adapter(b: Bad):
+    copy = b.run_copy(state="finished")
+    weights = copy / "adapter" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:300])
+    return "predict", [str(copy), "a good film"]
+
+
+def pickled_adapter(b: Bad):
+    copy = b.run_copy(state="finished")
+    (copy / "adapter" / "adapter_model.safetensors").unlink()
+    # a pickle that holds more than tensors: torch.load(weights_only=True) refuses it without running anything
+    torch.save({"base_model.model.classifier.weight": torch.zeros(2, 32), "made_in": Path("elsewhere")},
+               copy / "adapter" / "adapter_model.bin")
+    return "predict", [str(copy), "a good film"]
+
+
 @dataclass
 class Case:
     name: str
@@ -331,6 +358,11 @@ CASES = [
          "load the run with the base model it was trained on"),
     Case("merge of an unfinished run", lambda b: ("merge", [str(b.run_copy()), "--out", str(b.tmp / "export")]),
          "is 'interrupted', not finished", "rerun it (or resume it) first"),
+    Case("data file not UTF-8", latin1_data, "train.tsv:3: not UTF-8 text (byte 0xe8)", "save the file as UTF-8"),
+    Case("adapter weights truncated", truncated_adapter, "a saved file is truncated or garbled (SafetensorError",
+         "restore the folder"),
+    Case("pickle adapter in place of safetensors", pickled_adapter, "holds a pickle weights file, refused unread",
+         "restore the folder"),
 ]
 
 
