@@ -63,6 +63,11 @@ field variants at the API level; this table is the end-to-end list.)
 | data file not UTF-8 | train.tsv:3: not UTF-8 text (byte 0xe8); save the file as UTF-8 … |
 | adapter weights truncated | …/adapter: a saved file is truncated or garbled (SafetensorError …); restore the folder … |
 | pickle adapter in place of safetensors | …/adapter: holds a pickle weights file, refused unread …; restore the folder … |
+| run record truncated | …/recipe.json: not readable JSON (…); restore the file from a copy or rerun what wrote it |
+| run record missing | …/metrics.json is missing: the folder is incomplete; restore the file … |
+| saved tokenizer garbled | tokenizer in …/tokenizer: cannot load it (…); restore its files … |
+| model config.json garbled | model folder …: config.json is not valid JSON (…); restore it … |
+| comparison record garbled | …/comparison.json: not readable JSON (…); restore the file … |
 """
 
 from __future__ import annotations
@@ -79,12 +84,13 @@ from typing import Callable
 import pytest
 import torch
 
-from peftlab import merge, predict, report, rundir
+from peftlab import compare, merge, predict, report, rundir
 from peftlab import run as run_cli
 
 from conftest import make_bert, run_recipe, sentiment_rows, write_recipe, write_tsv
 
-MAINS = {"run": run_cli.main, "predict": predict.main, "report": report.main, "merge": merge.main}
+MAINS = {"run": run_cli.main, "predict": predict.main, "report": report.main, "merge": merge.main,
+         "compare": compare.main}
 REGRESSION = [('task="classification", labels=["negative", "positive"]', 'task="regression"'),
               ('label="label"', 'label="score"')]
 
@@ -241,6 +247,33 @@ def pickled_adapter(b: Bad):
     return "predict", [str(copy), "a good film"]
 
 
+def damaged_run(b: Bad, name: str, command: str = "predict"):
+    """A copy of the finished run with one of its files cut short (a copy interrupted, a disk that filled up)."""
+    copy = b.run_copy(state="finished")
+    (copy / name).write_text((copy / name).read_text()[:20])
+    return command, [str(copy)] + (["a good film"] if command == "predict" else [])
+
+
+def run_without(b: Bad, name: str):
+    copy = b.run_copy(state="finished")
+    (copy / name).unlink()
+    return "report", [str(copy)]
+
+
+def garbled_model_config(b: Bad):
+    model = b.tmp / "bert"
+    shutil.copytree(b.bert, model)
+    (model / "config.json").write_text('{"model_type": "bert", "hidden')
+    return b.run(b.recipe([(repr(str(b.bert)), repr(str(model)))]))
+
+
+def garbled_comparison(b: Bad):
+    folder = b.tmp / "comparison"
+    folder.mkdir()
+    (folder / "comparison.json").write_text('{"name": "c", "runs": [')
+    return "compare", [str(folder), "--report-only", "--reports-dir", str(b.reports)]
+
+
 @dataclass
 class Case:
     name: str
@@ -363,6 +396,14 @@ CASES = [
          "restore the folder"),
     Case("pickle adapter in place of safetensors", pickled_adapter, "holds a pickle weights file, refused unread",
          "restore the folder"),
+    Case("run record truncated", lambda b: damaged_run(b, "recipe.json"), "recipe.json: not readable JSON",
+         "restore the file from a copy or rerun what wrote it"),
+    Case("run record missing", lambda b: run_without(b, "metrics.json"), "metrics.json is missing",
+         "restore the file from a copy"),
+    Case("saved tokenizer garbled", lambda b: damaged_run(b, "tokenizer/tokenizer.json"), "tokenizer in",
+         "restore its files"),
+    Case("model config.json garbled", garbled_model_config, "config.json is not valid JSON", "restore it"),
+    Case("comparison record garbled", garbled_comparison, "comparison.json: not readable JSON", "restore the file"),
 ]
 
 
