@@ -137,6 +137,7 @@ def read_conll(path: Path):
         tags.append(parts[1])
     if tokens:
         sentences.append({"tokens": tokens, "tags": tags})
+    check(bool(sentences), f"{path}: the split is empty; supply a file with at least one example")
     return Dataset.from_list(sentences)
 
 
@@ -185,7 +186,14 @@ def read_file(path: Path):
                                delimiter="\t" if path.suffix == ".tsv" else ",",
                                quoting=3, keep_default_na=False, na_filter=False)
     else:
-        dataset = load_dataset("json", data_files=str(path), split="train")
+        from datasets.exceptions import DatasetGenerationError
+
+        try:
+            dataset = load_dataset("json", data_files=str(path), split="train")
+        except (DatasetGenerationError, StopIteration) as err:  # not JSON (the cause says where), or an empty file
+            cause = err.__cause__ or err
+            detail = str(cause).strip().splitlines()[0][:120] if str(cause).strip() else "an empty file"
+            raise PeftlabError(f"{path}: not readable as JSON or JSON lines ({detail}); fix the file") from None
     check(len(dataset) > 0, f"{path}: the split is empty; supply a file with at least one example")
     return dataset
 

@@ -68,6 +68,7 @@ field variants at the API level; this table is the end-to-end list.)
 | saved tokenizer garbled | tokenizer in …/tokenizer: cannot load it (…); restore its files … |
 | model config.json garbled | model folder …: config.json is not valid JSON (…); restore it … |
 | comparison record garbled | …/comparison.json: not readable JSON (…); restore the file … |
+| JSON data file broken | train.json: not readable as JSON or JSON lines (…); fix the file |
 """
 
 from __future__ import annotations
@@ -404,6 +405,8 @@ CASES = [
          "restore its files"),
     Case("model config.json garbled", garbled_model_config, "config.json is not valid JSON", "restore it"),
     Case("comparison record garbled", garbled_comparison, "comparison.json: not readable JSON", "restore the file"),
+    Case("JSON data file broken", lambda b: b.run(b.recipe([('"glue/sst2"', '"reviews"')]), data=_json_data(b)),
+         "train.json: not readable as JSON or JSON lines (", "fix the file"),
 ]
 
 
@@ -418,6 +421,14 @@ def _jsonl_data(b: Bad) -> Path:
     folder.mkdir(parents=True)
     (folder / "train.jsonl").write_text("not json\n")
     (folder / "validation.jsonl").write_text('{"sentence": "a film", "label": 1}\n')
+    return folder.parent
+
+
+def _json_data(b: Bad) -> Path:
+    folder = b.tmp / "json" / "reviews"
+    folder.mkdir(parents=True)
+    (folder / "train.json").write_text('[{"sentence": "a good film", "label": 1}, {"sentence": "a')  # cut short
+    (folder / "validation.json").write_text('[{"sentence": "a film", "label": 1}]')
     return folder.parent
 
 
