@@ -39,7 +39,12 @@ class TrainingStopped(KeyboardInterrupt):
     """Training stopped on request after saving a checkpoint."""
 
 
-def _complete_step(folder: Path) -> int | None:
+def rng_files(processes: int) -> list[str]:
+    """The RNG state files Trainer writes into a checkpoint: one per process when there are several."""
+    return ["rng_state.pth"] if processes == 1 else [f"rng_state_{rank}.pth" for rank in range(processes)]
+
+
+def _complete_step(folder: Path, processes: int) -> int | None:
     match = CHECKPOINT.match(folder.name)
     if not (match and folder.is_dir()):
         return None
@@ -48,33 +53,37 @@ def _complete_step(folder: Path) -> int | None:
     except (OSError, ValueError):
         return None
     step = int(match.group(1))
-    return step if state.get("global_step") == step and (folder / "rng_state.pth").is_file() else None
+    # each process writes its own RNG file, the other ones possibly after the main one wrote trainer_state.json
+    rng_complete = all((folder / name).is_file() for name in rng_files(processes))
+    return step if state.get("global_step") == step and rng_complete else None
 
 
-def complete_checkpoints(folder: Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
+def complete_checkpoints(folder: Path, processes: int | None = None) -> list[Path]:
+    """Complete checkpoints, oldest first, of a run trained by `processes` processes (default: as many as now)."""
+    processes = processes or distributed.world_size()
     found = [(step, path) for path in (folder.iterdir() if folder.is_dir() else [])
-             if (step := _complete_step(path)) is not None]
+             if (step := _complete_step(path, processes)) is not None]
     return [path for _, path in sorted(found)]
 
 
-def last_checkpoint(folder: Path) -> Path | None:
+def last_checkpoint(folder: Path, processes: int | None = None) -> Path | None:
     """The newest complete checkpoint to resume from. One saved at the very last step is skipped: Trainer
     would run a step past the end when resuming there (it checks for the end only after a step), and the
     run only had its final evaluation left."""
-    states = [(path, json.loads((path / STATE).read_text())) for path in complete_checkpoints(folder)]
+    states = [(path, json.loads((path / STATE).read_text())) for path in complete_checkpoints(folder, processes)]
     usable = [path for path, state in states if state["global_step"] < state["max_steps"]]
     return usable[-1] if usable else None
 
 
-def prepare_resume(folder: Path) -> Path | None:
-    """Remove partial checkpoints (a save cut short) and point the best-checkpoint record at this folder
-    (it holds the path the first process used, which differs when resumed from another directory)."""
-    keep = set(complete_checkpoints(folder))
+def prepare_resume(folder: Path, processes: int | None = None) -> Path | None:
+    """Remove partial checkpoints (a save cut short) of a run trained by `processes` processes and point the
+    best-checkpoint record at this folder (it holds the path the first process used, which differs when resumed
+    from another directory)."""
+    keep = set(complete_checkpoints(folder, processes))
     for path in (folder.iterdir() if folder.is_dir() else []):
         if CHECKPOINT.match(path.name) and path not in keep:
             shutil.rmtree(path, ignore_errors=True)
-    checkpoint = last_checkpoint(folder)
+    checkpoint = last_checkpoint(folder, processes)
     if checkpoint is not None:
         state_file = checkpoint / STATE
         state = json.loads(state_file.read_text())

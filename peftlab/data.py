@@ -69,8 +69,20 @@ def split_file(folder: Path, split: str) -> Path:
                        f"set data.train_split/data.eval_split to one of them")
 
 
+def require_utf8(path: Path) -> None:
+    """Every reader here decodes UTF-8; another encoding would surface as a UnicodeDecodeError deep inside them."""
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise PeftlabError(f"{path}:{line}: not UTF-8 text (byte {raw[err.start]:#04x}); save the file as UTF-8, "
+                           f"e.g. iconv -f latin1 -t utf-8 {path.name}") from None
+
+
 def _header_columns(path: Path) -> list[str] | None:
     """Column names from the first line of a local file, without reading the rest."""
+    require_utf8(path)
     with open(path, encoding="utf-8") as fh:
         first = fh.readline().rstrip("\n")
     if path.suffix in (".tsv", ".csv"):
@@ -125,6 +137,7 @@ def read_conll(path: Path):
         tags.append(parts[1])
     if tokens:
         sentences.append({"tokens": tokens, "tags": tags})
+    check(bool(sentences), f"{path}: the split is empty; supply a file with at least one example")
     return Dataset.from_list(sentences)
 
 
@@ -162,6 +175,7 @@ def read_squad(path: Path):
 def read_file(path: Path):
     from datasets import load_dataset
 
+    require_utf8(path)
     if path.suffix == ".conll":
         return read_conll(path)
     if path.suffix == ".json" and (squad := read_squad(path)) is not None:
@@ -172,7 +186,14 @@ def read_file(path: Path):
                                delimiter="\t" if path.suffix == ".tsv" else ",",
                                quoting=3, keep_default_na=False, na_filter=False)
     else:
-        dataset = load_dataset("json", data_files=str(path), split="train")
+        from datasets.exceptions import DatasetGenerationError
+
+        try:
+            dataset = load_dataset("json", data_files=str(path), split="train")
+        except (DatasetGenerationError, StopIteration) as err:  # not JSON (the cause says where), or an empty file
+            cause = err.__cause__ or err
+            detail = str(cause).strip().splitlines()[0][:120] if str(cause).strip() else "an empty file"
+            raise PeftlabError(f"{path}: not readable as JSON or JSON lines ({detail}); fix the file") from None
     check(len(dataset) > 0, f"{path}: the split is empty; supply a file with at least one example")
     return dataset
 

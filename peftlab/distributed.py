@@ -3,7 +3,9 @@
 Trainer (through accelerate) wraps the model in DistributedDataParallel and gives each process its share of every
 batch; peftlab only has to keep the recipe's meaning and the run directory single:
 - train.batch_size stays the global batch: each of N processes takes batch_size / N examples of it, so a step
-  sees the same examples and the same averaged gradient as in one process;
+  sees the same examples and the same averaged gradient as in one process; all steps when the training set
+  divides by batch_size, else all but the last of each epoch (accelerate fills that short batch up with the
+  epoch's first examples; speed.LengthBucketSampler states the rule);
 - evaluation batches are split the same way and gathered back in dataset order, each example once
   (accelerate's gather_for_metrics drops the repeats it adds to even out the last batch);
 - the main process alone creates and writes the run directory, the adapter and the reports.
@@ -63,20 +65,27 @@ def launch_command(argv: list[str]) -> list[str]:
 
 
 def share_from_main(make):
-    """Run make() on the main process only and hand its result (or its PeftlabError) to every process."""
+    """Run make() on the main process only and hand its result, or its error, to every process. Any error: the
+    others wait in the broadcast until they get something (with nccl, until its timeout)."""
     if world_size() == 1:
         return make()
     import torch.distributed as dist
 
-    box = [None, None]
+    box, failure = [None, None, None], None  # the result, a PeftlabError's message, any other error's
     if is_main():
         try:
             box[0] = make()
         except PeftlabError as err:
-            box[1] = str(err)
+            failure, box[1] = err, str(err)
+        except BaseException as err:  # KeyboardInterrupt too
+            failure, box[2] = err, f"{type(err).__name__}: {err}"
     dist.broadcast_object_list(box, src=0)
+    if failure is not None:
+        raise failure
     if box[1] is not None:
         raise PeftlabError(box[1])
+    if box[2] is not None:
+        raise RuntimeError(f"the main process failed: {box[2]}")
     return box[0]
 
 

@@ -3,8 +3,9 @@ against the adapter as trained (python -m peftlab.merge is the command).
 
 The merge always goes into a fresh full-precision base, never into 4-bit/8-bit weights (peft #2321,
 transformers #31293: rounding there destroys quality). Verification is part of the export: logits of
-the adapter model as trained vs the export on validation examples (max |Δlogit|, label agreement), and
-the export's own validation score."""
+the adapter model as trained vs the export on the longest validation examples and others at random, over real
+(not padded) positions: max |Δlogit|, and label agreement or, for regression, max |Δ score|; and the export's own
+validation score."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 
 from . import rundir
 from .artifacts import EXPORT_RECORD, load_trained
-from .errors import check
+from .errors import PeftlabError, check
 from .evaluation import eval_inputs, evaluate_split
 from .methods import METHODS
 
@@ -27,30 +28,64 @@ PEFT_KEY_MARKERS = ("lora_", "base_layer", "modules_to_save", "original_module",
 def merged_model(run_dir: Path, dtype: torch.dtype):
     """Base in full precision + the run's weights, merged into plain transformers modules."""
     trained = load_trained(run_dir, quantized=False)
-    model = trained.model.merge_and_unload() if hasattr(trained.model, "merge_and_unload") else trained.model
+    if not hasattr(trained.model, "merge_and_unload"):  # full fine-tuning: the weights are the model already
+        return trained, trained.model.to(dtype)
+    try:  # safe_merge: peft checks the merged weights for NaN before they replace the base's
+        model = trained.model.merge_and_unload(safe_merge=True)
+    except ValueError as err:
+        raise PeftlabError(f"run {run_dir}: {str(err).strip().splitlines()[0]}; the adapter cannot be exported, "
+                           "rerun the recipe (a lower train.lr keeps the weights finite)") from None
     return trained, model.to(dtype)
+
+
+def verification_examples(examples, n: int):
+    """The longest n - n//2 examples and n//2 others at random (seeded), in dataset order. Evaluation features come
+    sorted by length, so the first n would be the shortest, where position-dependent differences show least."""
+    if len(examples) <= n:
+        return examples
+    lengths = torch.tensor([len(ids) for ids in examples["input_ids"]])
+    longest = torch.argsort(lengths, descending=True, stable=True)[:n - n // 2].tolist()
+    rest = [i for i in torch.randperm(len(examples), generator=torch.Generator().manual_seed(0)).tolist()
+            if i not in set(longest)]
+    return examples.select(sorted(longest + rest[:n // 2]))
 
 
 @torch.no_grad()
 def compare_logits(reference, export, tokenizer, task, examples) -> dict:
-    """max |Δlogit| and predicted-label agreement between two models on the same batches (float32 maths)."""
+    """How far the export's outputs are from the model as trained, on the same batches (float32 maths), over real
+    positions only (padding is masked): max |Δlogit|, and per task either the agreement of the predicted label (per
+    example, per token, or per answer start/end) or, for a single output per example (regression), max |Δ score|."""
     collate = task.collator(tokenizer)
-    max_diff, agree, total = 0.0, 0, 0
+    max_diff, agree, total, single_output = 0.0, 0, 0, False
     for start in range(0, len(examples), 32):
         batch = collate([{k: v for k, v in ex.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
                          for ex in examples.select(range(start, min(start + 32, len(examples))))])
-        a, b = _logits(reference(**batch)), _logits(export(**batch))
+        a, b = (_real_outputs(model(**batch), batch["attention_mask"]) for model in (reference, export))
         max_diff = max(max_diff, (a - b).abs().max().item())
+        single_output = a.shape[-1] == 1
         agree += (a.argmax(-1) == b.argmax(-1)).sum().item()
-        total += a.argmax(-1).numel()
-    return {"max_abs_logit_diff": max_diff, "label_agreement": agree / total, "compared_examples": len(examples)}
+        total += a.shape[0]
+    measure = {"max_abs_score_diff": max_diff} if single_output else {"label_agreement": agree / total}
+    return {"max_abs_logit_diff": max_diff, **measure, "compared_examples": len(examples),
+            "longest_compared_tokens": max(len(ids) for ids in examples["input_ids"])}
 
 
-def _logits(output) -> torch.Tensor:
-    """Class logits; for extractive QA start and end logits as two rows per example (argmax: the positions)."""
-    if getattr(output, "logits", None) is not None:
-        return output.logits.float()
-    return torch.stack([output.start_logits, output.end_logits], dim=1).float()
+def _real_outputs(output, mask: torch.Tensor) -> torch.Tensor:
+    """One row of outputs per prediction, padded positions left out: [examples, classes] for a sequence head,
+    [real tokens, classes] for token and causal-LM heads; for extractive QA one row of start and one of end logits
+    per example, padded positions at the lowest float in both (never the argmax, no difference)."""
+    if getattr(output, "logits", None) is None:
+        spans = torch.stack([output.start_logits, output.end_logits], dim=1).float()
+        return spans.masked_fill(~mask.bool()[:, None, :], torch.finfo(spans.dtype).min).flatten(0, 1)
+    logits = output.logits.float()
+    return logits[mask.bool()] if logits.dim() == 3 else logits
+
+
+def agreement(verification: dict) -> str:
+    """The per-task measure of a verification, in words."""
+    if "max_abs_score_diff" in verification:
+        return f"their scores differ by at most {verification['max_abs_score_diff']:.3g}"
+    return f"they agree on {100 * verification['label_agreement']:.2f} % of predicted labels"
 
 
 def peft_keys(state_dict) -> list[str]:
@@ -74,8 +109,8 @@ def model_card(trained, record: dict) -> str:
         "",
         f"`{record['command']}` loaded the base in full precision, applied the adapter, merged it with peft's",
         "`merge_and_unload`, and saved plain transformers weights (no peft needed to load them).",
-        f"On {v['compared_examples']} validation examples the adapter model as trained and this export differ by at most",
-        f"{v['max_abs_logit_diff']:.3g} in a logit and agree on {100 * v['label_agreement']:.2f} % of predicted labels.",
+        f"On {v['compared_examples']} validation examples (the longest and others at random) the adapter model as",
+        f"trained and this export differ by at most {v['max_abs_logit_diff']:.3g} in a logit; {agreement(v)}.",
         f"Export on the validation split: {', '.join(f'{k} {x:.4f}' for k, x in record['export_metrics'].items())}.",
     ]
     if recipe.quant:
@@ -99,6 +134,8 @@ def export(run_dir: Path, out: Path, dtype_name: str, data_root, n_compare: int,
           f"class for it): an export would come back with a random linear head; use the run directory "
           f"(python -m peftlab.predict {run_dir})")
     check(not out.exists(), f"{out} already exists: remove it or choose another --out")
+    check(out.parent.is_dir(), f"--out {out}: the folder {out.parent} does not exist; create it first or choose "
+                               "another --out")
 
     reference = load_trained(run_dir)  # base (quantized if it was) + adapter: the model as trained
     trained, merged = merged_model(run_dir, DTYPES[dtype_name])
@@ -113,7 +150,7 @@ def export(run_dir: Path, out: Path, dtype_name: str, data_root, n_compare: int,
         prepared = eval_inputs(trained, data_root)  # read and tokenized once: logit check and scoring
         examples = prepared[1]
         verification = compare_logits(reference.model, plain, trained.tokenizer, trained.task,
-                                      examples.select(range(min(n_compare, len(examples)))))
+                                      verification_examples(examples, n_compare))
         reference.model = plain  # evaluate the export the same way a run is evaluated
         record = {"source_run": str(run_dir), "dtype": dtype_name, "command": command, "verification": verification,
                   "export_metrics": evaluate_split(reference, data_root, prepared),

@@ -39,10 +39,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print(args, record: dict) -> None:
+    from .export import agreement
+
     v = record["verification"]
     print(f"exported {args.out} ({args.dtype}, {human_bytes(disk_bytes(args.out))})")
     print(f"max |Δlogit| vs the adapter model as trained: {v['max_abs_logit_diff']:.3g} on {v['compared_examples']} "
-          f"examples; label agreement {100 * v['label_agreement']:.2f} %")
+          f"examples; {agreement(v)}")
     print(f"validation: export {record['export_metrics']} | run {record['run_metrics']}")
 
 

@@ -57,6 +57,11 @@ def resolve(name: str, revision: str | None = None) -> Resolved:
     if path.is_dir():
         check((path / "config.json").is_file(),
               f"model folder {path} has no config.json: point Model(name=...) at a saved Hugging Face model")
+        try:  # transformers' own message for a broken one blames whichever loader read it first
+            json.loads((path / "config.json").read_text(encoding="utf-8"))
+        except ValueError as err:
+            raise PeftlabError(f"model folder {path}: config.json is not valid JSON ({str(err)[:100]}); restore it "
+                               "from where the model came from") from None
         return Resolved(str(path), "local")
     check(not name.startswith((".", "/", "~")),
           f"model folder {name} does not exist: fix the path in Model(name=...)")
@@ -179,11 +184,19 @@ def remote_code(model_cfg) -> bool:
 def load_tokenizer(resolved: Resolved, model_cfg):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolved.path, revision=model_cfg.revision,
-                                              trust_remote_code=remote_code(model_cfg))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved.path, revision=model_cfg.revision,
+                                                  trust_remote_code=remote_code(model_cfg))
+    except (OSError, ValueError) as err:  # a truncated or garbled tokenizer.json / tokenizer_config.json, say
+        raise PeftlabError(f"tokenizer in {resolved.path}: cannot load it ({_first_line(err)}); restore its files "
+                           "(tokenizer.json, tokenizer_config.json) as saved") from None
     if tokenizer.pad_token is None:  # decoder LMs ship without one; eos is the usual choice
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
 
 
 # Dropout probabilities by the names model families give them in their configs.
@@ -199,7 +212,8 @@ def load_config(resolved: Resolved, model_cfg, **task_kwargs):
         config = AutoConfig.from_pretrained(resolved.path, revision=model_cfg.revision,
                                             trust_remote_code=remote_code(model_cfg), **task_kwargs)
     except (OSError, ValueError) as err:
-        raise PeftlabError(f"model {model_cfg.name}: cannot read its config ({str(err).strip().splitlines()[0]})") from None
+        raise PeftlabError(f"model {model_cfg.name}: cannot read its config ({_first_line(err)}); fix or restore "
+                           f"config.json in {resolved.path}") from None
     if model_cfg.dropout is not None:
         for key in DROPOUT_KEYS:
             if getattr(config, key, None) is not None:
@@ -214,8 +228,8 @@ def load_model(resolved: Resolved, model_cfg, model_class, quantization_config=N
             resolved.path, config=config, revision=model_cfg.revision, trust_remote_code=remote_code(model_cfg),
             quantization_config=quantization_config)
     except (OSError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0]
-        raise PeftlabError(f"model {model_cfg.name}: cannot load ({first_line})") from None
+        raise PeftlabError(f"model {model_cfg.name}: cannot load ({_first_line(err)}); point Model(name=...) at a "
+                           "complete saved model") from None
     if model.config.pad_token_id is None and getattr(model.config, "eos_token_id", None) is not None:
         eos = model.config.eos_token_id
         model.config.pad_token_id = eos[0] if isinstance(eos, list) else eos

@@ -61,8 +61,11 @@ def run(options: Options, argv: list[str], console: Console) -> int:
         metrics = execute(recipe, options.recipe, run_dir, data_root, command, resuming)
         if not distributed.is_main():
             return 0
+        # "finished" only once everything is written, and the checkpoints go only after that: a failure before
+        # leaves a failed run that --resume can still finish
+        report = run_report.write(run_dir, reports_dir, finished=False)
         rundir.set_status(run_dir, rundir.FINISHED)
-        report = run_report.write(run_dir, reports_dir)
+        rundir.remove_checkpoints(run_dir)
         console.print(summary_table(recipe, metrics, run_dir))
         console.print(f"report: {report}" + (f" (copied to {reports_dir}/{recipe.name}.md)" if reports_dir else ""))
         return 0
@@ -132,7 +135,6 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
 
     recipe.method.save(trainer.model, run_dir)
     tokenizer.save_pretrained(run_dir / "tokenizer")
-    rundir.remove_checkpoints(run_dir)
     epochs_done = state.global_step / max(1, -(-len(train_ds) // recipe.train.batch_size))
     samples = state.global_step * recipe.train.batch_size
     tokens = sum(train_ds["length"]) * epochs_done

@@ -106,9 +106,15 @@ def prepare(arg: str, runs_dir: Path, recipe, data_root: Path | None) -> Resume:
     changed = input_differences(run_dir, recipe, data_root)
     check(not changed, f"--resume {run_dir}: {'; '.join(changed)} changed since the run started; restore them "
                        "or start a new run without --resume")
-    checkpoint = checkpoints.prepare_resume(run_dir / "checkpoints")
+    checkpoint = checkpoints.prepare_resume(run_dir / "checkpoints", _processes(run_dir))
     rundir.set_status(run_dir, "running")
     return Resume(run_dir, checkpoint)
+
+
+def _processes(run_dir: Path) -> int | None:
+    """How many processes wrote the run's checkpoints (None: not recorded, as many as now)."""
+    path = run_dir / "environment.json"
+    return rundir.read_json(path).get("processes") if path.is_file() else None
 
 
 def _original_command(run_dir: Path) -> str | None:

@@ -12,8 +12,9 @@ from .measure import human_bytes
 METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "loss": "loss"}
 
 
-def load_record(run: Path) -> dict:
-    run = rundir.require_finished(run)
+def load_record(run: Path, finished: bool = True) -> dict:
+    """finished=False: the run writing its own report, before it marks itself finished."""
+    run = rundir.require_finished(run) if finished else Path(run)
     return {name: rundir.read_json(run / f"{name}.json")
             for name in ("recipe", "metrics", "environment", "log_history")} | {"dir": str(run)}
 
@@ -173,9 +174,9 @@ def render(record: dict) -> str:
     return "\n\n".join(sections) + "\n"
 
 
-def write(run: Path, reports_dir: Path | None) -> Path:
+def write(run: Path, reports_dir: Path | None, finished: bool = True) -> Path:
     """Render the run's report into the run directory and copy it (+ metrics.json) to reports_dir."""
-    record = load_record(run)
+    record = load_record(run, finished)
     text = render(record)
     rundir.write_atomic(Path(run) / "report.md", text)
     if reports_dir is not None:

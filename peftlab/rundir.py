@@ -45,7 +45,16 @@ def write_json(path: Path, data) -> None:
 
 
 def read_json(path: Path):
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """A record peftlab wrote (or a file in its place): missing, truncated or garbled, it is one line naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PeftlabError(f"{path} is missing: the folder is incomplete; restore the file from a copy or rerun "
+                           "what wrote it") from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise PeftlabError(f"{path}: not readable JSON ({str(err)[:100]}); restore the file from a copy or rerun "
+                           "what wrote it") from None
 
 
 def create(root: Path, name: str) -> Path:
@@ -103,7 +112,7 @@ def read_status(path: Path) -> dict:
     try:
         record = read_json(Path(path) / "status.json")
         record["state"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (PeftlabError, OSError, KeyError, TypeError):
         return {"state": "unknown", "error": "no readable status.json"}
     if (record["state"] == "running" and record.get("host") == socket.gethostname() and record.get("pid")
             and not _process_alive(record["pid"], record.get("process_start"))):

@@ -93,7 +93,10 @@ class LengthBucketSampler(torch.utils.data.Sampler):
     4,000 sentences it pads 4.0 % of the tokens and 48 % of its batches need no padding, here 0.9 % and 84 %; on
     all 67,349, 4.2 % / 48 % against 0.1 % / 99 %. A batch without padding runs attention without a mask
     (transformers drops an all-ones mask). `batch_size` is the global batch: with several processes each takes a
-    consecutive share of every batch, so a global batch holds the same examples as in one process."""
+    consecutive share of every batch, so a global batch holds the same examples as in one process. Exactly: every
+    step but one, the last of an epoch whose example count does not divide by `batch_size`; there one process
+    trains the short batch of the r left-over examples, while accelerate (even_batches) fills it up to a whole
+    batch with the first batch_size - r examples of the epoch's order (tests/test_speed.py checks this rule)."""
 
     def __init__(self, lengths, batch_size: int, seed: int):
         self.lengths = torch.as_tensor(list(lengths))

@@ -60,6 +60,15 @@ field variants at the API level; this table is the end-to-end list.)
 | predict from an unfinished run | run … is 'interrupted', not finished: rerun it (or resume it) first |
 | adapter onto the wrong base | run … was trained on base weights sha256 …: load the run with the base model it was trained on |
 | merge of an unfinished run | run … is 'interrupted', not finished: rerun it (or resume it) first |
+| data file not UTF-8 | train.tsv:3: not UTF-8 text (byte 0xe8); save the file as UTF-8 … |
+| adapter weights truncated | …/adapter: a saved file is truncated or garbled (SafetensorError …); restore the folder … |
+| pickle adapter in place of safetensors | …/adapter: holds a pickle weights file, refused unread …; restore the folder … |
+| run record truncated | …/recipe.json: not readable JSON (…); restore the file from a copy or rerun what wrote it |
+| run record missing | …/metrics.json is missing: the folder is incomplete; restore the file … |
+| saved tokenizer garbled | tokenizer in …/tokenizer: cannot load it (…); restore its files … |
+| model config.json garbled | model folder …: config.json is not valid JSON (…); restore it … |
+| comparison record garbled | …/comparison.json: not readable JSON (…); restore the file … |
+| JSON data file broken | train.json: not readable as JSON or JSON lines (…); fix the file |
 """
 
 from __future__ import annotations
@@ -76,12 +85,13 @@ from typing import Callable
 import pytest
 import torch
 
-from peftlab import merge, predict, report, rundir
+from peftlab import compare, merge, predict, report, rundir
 from peftlab import run as run_cli
 
 from conftest import make_bert, run_recipe, sentiment_rows, write_recipe, write_tsv
 
-MAINS = {"run": run_cli.main, "predict": predict.main, "report": report.main, "merge": merge.main}
+MAINS = {"run": run_cli.main, "predict": predict.main, "report": report.main, "merge": merge.main,
+         "compare": compare.main}
 REGRESSION = [('task="classification", labels=["negative", "positive"]', 'task="regression"'),
               ('label="label"', 'label="score"')]
 
@@ -214,6 +224,57 @@ def still_running(b: Bad):
     return b.resume(copy)
 
 
+def latin1_data(b: Bad):
+    root = b.data()
+    rows = (root / "sst2" / "train.tsv").read_bytes().split(b"\n")
+    rows[2] = "un film tr\u00e8s r\u00e9ussi\t1".encode("latin-1")
+    (root / "sst2" / "train.tsv").write_bytes(b"\n".join(rows))
+    return b.run(data=root)
+
+
+def truncated_adapter(b: Bad):
+    copy = b.run_copy(state="finished")
+    weights = copy / "adapter" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:300])
+    return "predict", [str(copy), "a good film"]
+
+
+def pickled_adapter(b: Bad):
+    copy = b.run_copy(state="finished")
+    (copy / "adapter" / "adapter_model.safetensors").unlink()
+    # a pickle that holds more than tensors: torch.load(weights_only=True) refuses it without running anything
+    torch.save({"base_model.model.classifier.weight": torch.zeros(2, 32), "made_in": Path("elsewhere")},
+               copy / "adapter" / "adapter_model.bin")
+    return "predict", [str(copy), "a good film"]
+
+
+def damaged_run(b: Bad, name: str, command: str = "predict"):
+    """A copy of the finished run with one of its files cut short (a copy interrupted, a disk that filled up)."""
+    copy = b.run_copy(state="finished")
+    (copy / name).write_text((copy / name).read_text()[:20])
+    return command, [str(copy)] + (["a good film"] if command == "predict" else [])
+
+
+def run_without(b: Bad, name: str):
+    copy = b.run_copy(state="finished")
+    (copy / name).unlink()
+    return "report", [str(copy)]
+
+
+def garbled_model_config(b: Bad):
+    model = b.tmp / "bert"
+    shutil.copytree(b.bert, model)
+    (model / "config.json").write_text('{"model_type": "bert", "hidden')
+    return b.run(b.recipe([(repr(str(b.bert)), repr(str(model)))]))
+
+
+def garbled_comparison(b: Bad):
+    folder = b.tmp / "comparison"
+    folder.mkdir()
+    (folder / "comparison.json").write_text('{"name": "c", "runs": [')
+    return "compare", [str(folder), "--report-only", "--reports-dir", str(b.reports)]
+
+
 @dataclass
 class Case:
     name: str
@@ -331,6 +392,21 @@ CASES = [
          "load the run with the base model it was trained on"),
     Case("merge of an unfinished run", lambda b: ("merge", [str(b.run_copy()), "--out", str(b.tmp / "export")]),
          "is 'interrupted', not finished", "rerun it (or resume it) first"),
+    Case("data file not UTF-8", latin1_data, "train.tsv:3: not UTF-8 text (byte 0xe8)", "save the file as UTF-8"),
+    Case("adapter weights truncated", truncated_adapter, "a saved file is truncated or garbled (SafetensorError",
+         "restore the folder"),
+    Case("pickle adapter in place of safetensors", pickled_adapter, "holds a pickle weights file, refused unread",
+         "restore the folder"),
+    Case("run record truncated", lambda b: damaged_run(b, "recipe.json"), "recipe.json: not readable JSON",
+         "restore the file from a copy or rerun what wrote it"),
+    Case("run record missing", lambda b: run_without(b, "metrics.json"), "metrics.json is missing",
+         "restore the file from a copy"),
+    Case("saved tokenizer garbled", lambda b: damaged_run(b, "tokenizer/tokenizer.json"), "tokenizer in",
+         "restore its files"),
+    Case("model config.json garbled", garbled_model_config, "config.json is not valid JSON", "restore it"),
+    Case("comparison record garbled", garbled_comparison, "comparison.json: not readable JSON", "restore the file"),
+    Case("JSON data file broken", lambda b: b.run(b.recipe([('"glue/sst2"', '"reviews"')]), data=_json_data(b)),
+         "train.json: not readable as JSON or JSON lines (", "fix the file"),
 ]
 
 
@@ -345,6 +421,14 @@ def _jsonl_data(b: Bad) -> Path:
     folder.mkdir(parents=True)
     (folder / "train.jsonl").write_text("not json\n")
     (folder / "validation.jsonl").write_text('{"sentence": "a film", "label": 1}\n')
+    return folder.parent
+
+
+def _json_data(b: Bad) -> Path:
+    folder = b.tmp / "json" / "reviews"
+    folder.mkdir(parents=True)
+    (folder / "train.json").write_text('[{"sentence": "a good film", "label": 1}, {"sentence": "a')  # cut short
+    (folder / "validation.json").write_text('[{"sentence": "a film", "label": 1}]')
     return folder.parent
 
 

@@ -59,26 +59,26 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch(command: list[str], env: dict) -> subprocess.CompletedProcess:
+def launch(command: list[str], env: dict, timeout: float = 900) -> subprocess.CompletedProcess:
     """Run in a session of its own, so that a hang guard timeout ends the launcher and its workers together."""
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
     try:
-        out, err = process.communicate(timeout=900)
+        out, err = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         raise
     return subprocess.CompletedProcess(command, process.returncode, out, err)
 
 
-def accelerate_launch(script: list[str], **extra_env: str) -> subprocess.CompletedProcess:
+def accelerate_launch(script: list[str], timeout: float = 900, **extra_env: str) -> subprocess.CompletedProcess:
     # --multi_gpu is accelerate's multi-process launcher (torchrun); without a GPU each process runs on the CPU, gloo.
     # One thread per process (two processes share this machine's cores); this checkout's peftlab on the path.
     env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
                         "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])} | extra_env
     return launch([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   "--main_process_port", str(free_port()), *script], env)
+                   "--main_process_port", str(free_port()), *script], env, timeout)
 
 
 def lines(path) -> list:
@@ -236,3 +236,87 @@ def test_two_processes_train_a_causal_lm_like_one_process(tmp_path):
     assert two["before"]["perplexity"] == pytest.approx(one["before"]["perplexity"], rel=1e-5)
     assert [g["generation"] for g in rundir.read_json(run_dir / "generations.json")["after"]] == \
         [g["generation"] for g in rundir.read_json(single / "generations.json")["after"]]
+
+
+# Rank 0 alone gets a Ctrl-C (SIGINT) at the end of step argv[1]; both processes must save and stop there.
+CTRL_C = textwrap.dedent("""\
+    import os, signal, sys
+    from peftlab import run, training
+
+    stop_at, step_end = int(sys.argv[1]), training.StepTimer.on_step_end
+
+    def on_step_end(self, args, state, control, **kwargs):
+        step_end(self, args, state, control, **kwargs)
+        if state.global_step == stop_at and os.environ.get("RANK") == "0":
+            os.kill(os.getpid(), signal.SIGINT)
+
+    training.StepTimer.on_step_end = on_step_end
+    sys.exit(run.main(sys.argv[2:]))
+    """)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="two CPU processes; on a GPU machine accelerate would use nccl")
+def test_two_processes_ctrl_c_then_resume_matches_uninterrupted(tmp_path, tiny_bert):
+    """Each process writes its own RNG state (rng_state_<rank>.pth): the checkpoint must count as complete, and the
+    resumed run (dropout on: each process's RNG restored) must end exactly where the uninterrupted one does."""
+    from conftest import sentiment_rows, write_tsv
+
+    data = tmp_path / "data"
+    write_tsv(data / "sst2" / "train.tsv", sentiment_rows(64, seed=1))
+    write_tsv(data / "sst2" / "validation.tsv", sentiment_rows(16, seed=2))
+    recipe = write_recipe(tmp_path / "r.py", tiny_bert, train="epochs=2, lr=1e-2, batch_size=16, evals_per_epoch=2, "
+                                                              "precision='fp32'")  # 8 steps, an evaluation every 2
+    (tmp_path / "ctrl_c.py").write_text(CTRL_C)
+
+    def launch_run(name: str, *extra: str) -> subprocess.CompletedProcess:
+        return accelerate_launch([*extra, str(recipe), "--data-dir", str(data), "--runs-dir", str(tmp_path / name),
+                                  "--reports-dir", ""])
+
+    whole = launch_run("whole", "-m", "peftlab.run")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    stopped = launch_run("runs", str(tmp_path / "ctrl_c.py"), "3")
+    assert stopped.returncode != 0 and "after saving checkpoint-3" in stopped.stderr, stopped.stderr[-3000:]
+    (run_dir,) = list((tmp_path / "runs").iterdir())
+    assert rundir.status(run_dir) == "interrupted"
+    assert sorted(p.name for p in (run_dir / "checkpoints" / "checkpoint-3").glob("rng_state*")) == \
+        ["rng_state_0.pth", "rng_state_1.pth"]
+
+    resumed = launch_run("runs", "-m", "peftlab.run", "--resume", str(run_dir))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "(resuming from checkpoint-3)" in resumed.stderr
+    (uninterrupted,) = list((tmp_path / "whole").iterdir())
+    first, second = (rundir.read_json(d / "metrics.json") for d in (uninterrupted, run_dir))
+    assert second["task_metrics"] == first["task_metrics"] and second["steps"] == first["steps"] == 8
+    history = [[(e["step"], e["eval_loss"]) for e in rundir.read_json(d / "log_history.json") if "eval_loss" in e]
+               for d in (uninterrupted, run_dir)]
+    assert history[1] == history[0] and len(history[0]) == 4
+    assert [r["from_step"] for r in rundir.read_json(run_dir / "environment.json")["resumed"]] == [3]
+
+
+# The main process fails with an error that is not a PeftlabError while it creates the run directory for all.
+CRASH_IN_SHARED_STEP = textwrap.dedent("""\
+    import os, sys
+    from peftlab import preflight, run
+
+    def crash(*args, **kwargs):
+        if os.environ.get("RANK") == "0":
+            raise RuntimeError("boom in the shared step")
+
+    preflight.run_checks = crash
+    sys.exit(run.main(sys.argv[1:]))
+    """)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="two CPU processes; on a GPU machine accelerate would use nccl")
+def test_an_unexpected_error_on_the_main_process_reaches_the_others(tmp_path, tiny_bert, data_dir):
+    """share_from_main: the other process waits in a broadcast for the main one's result; any exception there must
+    reach it too (it would wait until killed), and each process exits reporting the main process's error."""
+    recipe = write_recipe(tmp_path / "r.py", tiny_bert)
+    (tmp_path / "crash.py").write_text(CRASH_IN_SHARED_STEP)
+    launched = accelerate_launch([str(tmp_path / "crash.py"), str(recipe), "--data-dir", str(data_dir),
+                                  "--runs-dir", str(tmp_path / "runs"), "--reports-dir", ""], timeout=240)
+    assert launched.returncode != 0
+    assert "RuntimeError: boom in the shared step" in launched.stderr  # the main process's own traceback
+    # the other process raised it as well, instead of waiting until the launcher killed it
+    assert "the main process failed: RuntimeError: boom in the shared step" in launched.stderr, launched.stderr[-3000:]
+    assert not (tmp_path / "runs").exists()

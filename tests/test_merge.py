@@ -122,3 +122,91 @@ def test_qlora_merge_goes_into_full_precision_base(tmp_path, data_dir):
     weights = load_file(tmp_path / "export" / "model.safetensors")
     assert weights["bert.encoder.layer.0.attention.self.query.weight"].dtype == torch.float32
     assert "quantized" in (tmp_path / "export" / "README.md").read_text()
+
+
+def test_verification_covers_random_and_the_longest_examples(lora_run, data_dir, tmp_path):
+    """Evaluation features come sorted by length: the first N are the shortest, where position-dependent
+    differences show least. The check takes the longest N/2 and N/2 at random."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(lora_run / "tokenizer")
+    sentences = [row.split("\t")[0] for row in (data_dir / "sst2" / "validation.tsv").read_text().splitlines()[1:]]
+    lengths = sorted(len(tokenizer(s)["input_ids"]) for s in sentences)
+    verification = _export(lora_run, tmp_path / "export", data_dir, "--compare", "8")["verification"]
+    assert verification["compared_examples"] == 8
+    assert verification["longest_compared_tokens"] == lengths[-1] > lengths[7]
+
+
+def test_regression_is_verified_by_its_score(tmp_path, tiny_bert):
+    """One output per example: 'label agreement' (argmax over one column) would be 100 % whatever the scores."""
+    from conftest import sentiment_rows, write_tsv
+
+    data = tmp_path / "data"
+    for split, n, seed in (("train", 64, 1), ("validation", 16, 2)):
+        write_tsv(data / "sst2" / f"{split}.tsv", [(t, float(v)) for t, v in sentiment_rows(n, seed)],
+                  header=("sentence", "score"))
+    recipe = write_recipe(tmp_path / "r.py", tiny_bert, method="LoRA(r=4, target='all-linear')",
+                          train="epochs=1, lr=1e-2, batch_size=16")
+    recipe.write_text(recipe.read_text().replace('task="classification", labels=["negative", "positive"]',
+                                                 'task="regression"').replace('label="label"', 'label="score"'))
+    run_dir = run_recipe(tmp_path, recipe, data)
+    record = _export(run_dir, tmp_path / "export", data, "--dtype", "bfloat16")
+    verification = record["verification"]
+    assert "label_agreement" not in verification
+    assert 0 < verification["max_abs_score_diff"] < 0.1  # bf16 rounding of the score, measured
+    assert "score" in (tmp_path / "export" / "README.md").read_text()
+
+
+def test_an_adapter_with_nan_weights_is_not_merged(lora_run, data_dir, tmp_path, capsys):
+    """peft's safe_merge checks the merged weights for NaN before they replace the base's."""
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path / "run"
+    shutil.copytree(lora_run, copy)
+    weights = load_file(copy / "adapter" / "adapter_model.safetensors")
+    key = next(k for k in weights if "lora_B" in k)
+    weights[key] = torch.full_like(weights[key], float("nan"))
+    save_file(weights, copy / "adapter" / "adapter_model.safetensors", metadata={"format": "pt"})
+    capsys.readouterr()
+    assert merge.main([str(copy), "--out", str(tmp_path / "x"), "--data-dir", str(data_dir)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "NaN" in errors[0], errors
+    assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".x.tmp-*"))
+
+
+def test_merge_out_under_a_missing_folder(lora_run, data_dir, tmp_path, capsys):
+    out = tmp_path / "no" / "such" / "export"
+    capsys.readouterr()
+    assert merge.main([str(lora_run), "--out", str(out), "--data-dir", str(data_dir)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and f"--out {out}" in errors[0] and "create" in errors[0], errors
+    assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.parametrize("head", ["token", "qa"])
+def test_verification_leaves_padded_positions_out(head):
+    """Token, causal-LM and QA heads give outputs at padded positions too: they mean nothing (and may differ between
+    the two models, as here), so only real positions are compared."""
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+    from transformers import DataCollatorWithPadding
+
+    from conftest import make_tokenizer
+    from peftlab.export import compare_logits
+
+    tokenizer = make_tokenizer()
+    examples = Dataset.from_list([dict(tokenizer(text)) for text in ("a good film", "the plot was very dull and bad")])
+    task = SimpleNamespace(collator=lambda tok: DataCollatorWithPadding(tok))
+
+    def model(noise_at_padding: float):
+        def forward(input_ids, attention_mask, **kwargs):
+            logits = torch.nn.functional.one_hot(input_ids, 40).float()
+            logits[..., 0] += noise_at_padding * (1 - attention_mask)
+            if head == "token":
+                return SimpleNamespace(logits=logits)
+            return SimpleNamespace(logits=None, start_logits=logits[..., 5], end_logits=logits[..., 5] - logits[..., 0])
+        return forward
+
+    verification = compare_logits(model(0.0), model(100.0), tokenizer, task, examples)
+    assert verification["max_abs_logit_diff"] == 0 and verification["label_agreement"] == 1.0

@@ -172,3 +172,47 @@ def test_base_fingerprint_is_hashed_once_per_set_of_weight_files(tmp_path, monke
     assert models.weights_fingerprint(resolved) == hashlib.sha256(b"b" * 64).hexdigest()
     (tmp_path / "cache" / models.FINGERPRINTS).write_text("{not json")  # a damaged cache is rebuilt, not fatal
     assert models.weights_fingerprint(resolved) == hashlib.sha256(b"b" * 64).hexdigest()
+
+
+def test_predict_a_run_whose_base_came_from_the_hub(lora_run, tmp_path, capsys):
+    """A base loaded from the Hub records no weights fingerprint (its revision names it): loading the run compares
+    nothing, and must not fail formatting the mismatch message."""
+    import shutil
+
+    _, run_dir = lora_run
+    copy = tmp_path / "run-copy"
+    shutil.copytree(run_dir, copy)
+    env = json.loads((copy / "environment.json").read_text())
+    env["model"] |= {"source": "hub", "fingerprint": None}
+    (copy / "environment.json").write_text(json.dumps(env))
+    assert predict.main([str(copy), "a great and lovely film"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["label"] == "positive"
+
+
+def test_a_failed_report_leaves_the_run_unfinished_and_resumable(tmp_path, tiny_bert, data_dir, monkeypatch, capsys):
+    """'finished' is written last, after metrics, adapter and report; checkpoints are removed only after that. A
+    failure before (here the disk fills up while the report is written) leaves a failed run that --resume finishes."""
+    import errno
+
+    from peftlab import checkpoints
+
+    write_atomic = rundir.write_atomic
+
+    def disk_full_at_report(path, text):
+        if path.name == "report.md":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        write_atomic(path, text)
+
+    recipe = write_recipe(tmp_path / "r.py", tiny_bert, train="epochs=1, lr=1e-2, batch_size=32, evals_per_epoch=2")
+    argv = [str(recipe), "--data-dir", str(data_dir), "--runs-dir", str(tmp_path / "runs"), "--reports-dir", ""]
+    monkeypatch.setattr(rundir, "write_atomic", disk_full_at_report)
+    assert run_cli.main(argv) == 2
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert "report.md: no space left on the device" in capsys.readouterr().err
+    assert rundir.status(run_dir) == "failed" and not (run_dir / "report.md").exists()
+    assert [p.name for p in checkpoints.complete_checkpoints(run_dir / "checkpoints")][-1] == "checkpoint-8"
+
+    monkeypatch.setattr(rundir, "write_atomic", write_atomic)
+    assert run_cli.main([*argv, "--resume", str(run_dir)]) == 0
+    assert rundir.status(run_dir) == "finished" and (run_dir / "report.md").is_file()
+    assert not (run_dir / "checkpoints").exists()

@@ -162,6 +162,20 @@ def test_partial_checkpoints_are_skipped_and_removed(tmp_path):
     assert state["best_model_checkpoint"] == str(folder / "checkpoint-5")  # points at this run directory now
 
 
+def test_checkpoints_of_several_processes_need_every_rng_state(tmp_path):
+    """With N processes Trainer writes rng_state_<rank>.pth, each process its own, the others possibly after the main
+    one wrote trainer_state.json: complete only with all N."""
+    folder = tmp_path / "checkpoints"
+    for step in (5, 10):
+        path = _fake_checkpoint(folder, step)
+        (path / "rng_state.pth").rename(path / "rng_state_0.pth")
+        if step == 5:
+            (path / "rng_state_1.pth").write_bytes(b"")
+    assert [p.name for p in checkpoints.complete_checkpoints(folder, processes=2)] == ["checkpoint-5"]
+    assert checkpoints.prepare_resume(folder, processes=2).name == "checkpoint-5"
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-5"]
+
+
 class _Payload:
     """Unpickling this creates a file: what a planted pickle would do with any code."""
 

@@ -90,3 +90,25 @@ def test_fp32_attention_under_autocast(tiny_bert):
     assert torch.equal(same, reference)  # float32: exactly the model's own SDPA
     assert seen and set(seen) == {torch.float32}  # under autocast too
     assert mixed.dtype == torch.bfloat16 and torch.allclose(mixed.float(), reference, atol=0.05)
+
+
+@pytest.mark.parametrize("n", [64, 70, 72], ids=["divides", "short by 10", "short by 8"])
+def test_several_processes_take_the_batches_of_one_process(n):
+    """The rule stated in speed.LengthBucketSampler, through accelerate's own sharding of a training loader (each of
+    2 processes takes batch_size / 2 of every batch): every step trains the examples one process trains, except the
+    last step of an epoch when n does not divide by the batch size, whose short batch accelerate fills up with the
+    first examples of the epoch."""
+    from accelerate.data_loader import BatchSamplerShard
+    from torch.utils.data import BatchSampler
+
+    rng = random.Random(0)
+    sampler = speed.LengthBucketSampler([rng.randint(3, 60) for _ in range(n)], batch_size=16, seed=0)
+    one = [sorted(b) for b in BatchSampler(sampler, 16, drop_last=False)]
+    shares = [list(BatchSamplerShard(BatchSampler(sampler, 8, drop_last=False), 2, rank)) for rank in (0, 1)]
+    two = [sorted(first + second) for first, second in zip(*shares, strict=True)]
+    assert len(two) == len(one) == -(-n // 16) and all(len(b) == 16 for b in two)
+    left_over = n % 16
+    assert two[:n // 16] == one[:n // 16]
+    if left_over:
+        epoch_start = list(sampler)[:16 - left_over]
+        assert two[-1] == sorted(one[-1] + epoch_start)

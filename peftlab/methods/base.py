@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -17,6 +20,22 @@ class Context:
     peft_task_type: str  # peft TaskType name, e.g. "SEQ_CLS"
     quantized: bool  # the base holds 4-bit/8-bit weights
     model_path: str = ""  # where the base (and its tokenizer) was loaded from
+
+
+@contextlib.contextmanager
+def readable_weights(folder: Path):
+    """A truncated or garbled weights/config file, or a pickle (which torch.load(weights_only=True) refuses unrun) in
+    place of the safetensors file: one line, not the traceback of safetensors, torch or json."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (SafetensorError, pickle.UnpicklingError, json.JSONDecodeError, EOFError) as err:
+        problem = ("holds a pickle weights file, refused unread (loading it could run code)"
+                   if isinstance(err, pickle.UnpicklingError) else
+                   f"a saved file is truncated or garbled ({type(err).__name__}: {str(err).strip()[:120]})")
+        raise PeftlabError(f"{folder}: {problem}; restore the folder as the run saved it (safetensors) or rerun "
+                           "the recipe") from None
 
 
 class Method:
@@ -70,4 +89,5 @@ class PeftMethod(Method):
     def load(self, base_model, run_dir: Path):
         from peft import PeftModel
 
-        return PeftModel.from_pretrained(base_model, run_dir / self.saves)
+        with readable_weights(run_dir / self.saves):
+            return PeftModel.from_pretrained(base_model, run_dir / self.saves)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import PeftlabError, check
-from .base import Context, Method
+from .base import Context, Method, readable_weights
 
 WEIGHTS, CONFIG = "bottleneck_model.safetensors", "bottleneck_config.json"
 # Output projections by model family, matched at the end of module names. BERT/RoBERTa name both "...dense",
@@ -120,14 +120,16 @@ class Bottleneck(Method):
         from safetensors.torch import load_file
 
         folder = run_dir / self.saves
-        saved = json.loads((folder / CONFIG).read_text())
+        with readable_weights(folder):
+            saved = json.loads((folder / CONFIG).read_text())
         check(saved["kind"] == self.kind, f"{folder}: holds a {saved['kind']!r} adapter, not {self.kind!r}")
         model = self.wrap(base_model, Context(tuple(saved["heads"]), "", False))
         differ = sorted(k for k in saved.keys() | model.peftlab_bottleneck.keys()
                         if saved.get(k) != model.peftlab_bottleneck.get(k))
         check(not differ, f"{folder / CONFIG}: {', '.join(differ)} differ from this method and base; load the "
                           "adapter with the recipe and base model it was trained with")
-        weights = load_file(str(folder / WEIGHTS))
+        with readable_weights(folder):
+            weights = load_file(str(folder / WEIGHTS))
         expected = set(self.trained_weights(model))
         if set(weights) != expected:
             raise PeftlabError(f"{folder / WEIGHTS}: missing {sorted(expected - set(weights))[:3]}, unexpected "

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import check
-from .base import Context, Method
+from .base import Context, Method, readable_weights
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,8 @@ class FullFineTuning(Method):
         folder = run_dir / self.saves
         files = sorted(folder.glob("*.safetensors"))
         check(bool(files), f"{folder}: no *.safetensors weights; the run did not save its model")
-        weights = {k: v for file in files for k, v in load_file(str(file)).items()}
+        with readable_weights(folder):
+            weights = {k: v for file in files for k, v in load_file(str(file)).items()}
         missing, unexpected = base_model.load_state_dict(weights, strict=False)
         check(not missing and not unexpected, f"{folder}: missing {missing[:3]}, unexpected {unexpected[:3]}; the "
                                               "saved model does not match the recipe's model and head")
