@@ -33,9 +33,13 @@ def evaluate_split(trained, data_root, prepared=None) -> dict:
 
     recipe, task = trained.recipe, trained.task
     raw_eval, eval_ds = prepared or eval_inputs(trained, data_root)
-    args = TrainingArguments(output_dir="/tmp/peftlab-predict", per_device_eval_batch_size=recipe.train.eval_batch_size,
+    from .levers import eval_batch_size
+
+    batch_size = eval_batch_size(recipe, getattr(trained.model.config, "num_hidden_layers", 1))  # as in training
+    args = TrainingArguments(output_dir="/tmp/peftlab-predict", per_device_eval_batch_size=batch_size,
                              report_to=[], disable_tqdm=True, use_cpu=not __import__("torch").cuda.is_available())
-    trainer = make_trainer(trained.model, args=args, data_collator=task.collator(trained.tokenizer),
+    trainer = make_trainer(trained.model, labelled_logits=getattr(task, "LABELLED_LOGITS", False), args=args,
+                           data_collator=task.collator(trained.tokenizer),
                            compute_metrics=task.metrics_for(eval_ds, raw_eval, trained.labels, recipe),
                            compute_loss_func=compute_loss_func(recipe.train.loss, trained.labels),  # as in training
                            preprocess_logits_for_metrics=getattr(task, "preprocess_logits", None))
