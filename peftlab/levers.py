@@ -184,8 +184,12 @@ def apply_allocator() -> dict:
     global _applied
     if _applied is not None:
         return _applied
+    from .speed import enabled
+
     user = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
-    if _preloaded_allocator():
+    if not enabled("allocator"):
+        _applied = {"allocator": "unchanged (PEFTLAB_DISABLE=allocator)"}
+    elif _preloaded_allocator():
         _applied = {"allocator": f"{_preloaded_allocator()} (LD_PRELOAD)"}
     elif user:
         _applied = {"allocator": "glibc", "environment": user}

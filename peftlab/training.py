@@ -228,7 +228,8 @@ def make_trainer(model, labelled_logits: bool = False, **kwargs) -> Trainer:
     quantized base just as legitimately, so they pass the check under the same flag peft sets. The flag is
     removed right after, since save_pretrained reads it. labelled_logits (a task's LABELLED_LOGITS): the loss on
     labelled positions only where the model allows it; its predictions are then what preprocess_logits makes."""
-    labelled_logits = labelled_logits and kwargs.get("compute_loss_func") is None and levers.plain_lm_head(model)
+    labelled_logits = labelled_logits and kwargs.get("compute_loss_func") is None and levers.plain_lm_head(model) \
+        and speed.enabled("labelled_logits")
     if labelled_logits:
         kwargs["preprocess_logits_for_metrics"] = None
     native_on_quantized = getattr(model, "is_quantized", False) and not hasattr(model, "peft_config")
