@@ -279,3 +279,41 @@ def test_allocator_settings(monkeypatch):
     monkeypatch.setattr(levers, "_applied", None)
     monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
     assert levers.allocator_settings() == {"allocator": "jemalloc (LD_PRELOAD)"}
+
+
+# ------------------------------------------------------------------------------------ --budget, end to end
+
+def test_run_under_a_budget_records_its_choice(tmp_path, tiny_bert, data_dir):
+    recipe = write_recipe(tmp_path / "r.py", tiny_bert, train="epochs=1, batch_size=8, logging_steps=4")
+    run_dir = run_recipe(tmp_path, recipe, data_dir, "--budget", "64GiB", "--set", "data.train_limit=32")
+    env = json.loads((run_dir / "environment.json").read_text())["levers"]
+    assert env["micro_batch_size"] == 8 and env["gradient_checkpointing"] is False and env["budget"] == 64 * 2**30
+    assert env["allocator"]["allocator"] in ("glibc", "jemalloc (LD_PRELOAD)", "tcmalloc (LD_PRELOAD)")
+    assert json.loads((run_dir / "recipe.json").read_text())["train"]["micro_batch_size"] == 8
+
+
+def test_run_that_cannot_fit_stops_before_training(tmp_path, tiny_bert, data_dir, capsys):
+    from peftlab import run as run_cli
+
+    recipe = write_recipe(tmp_path / "r.py", tiny_bert)
+    code = run_cli.main([str(recipe), "--data-dir", str(data_dir), "--runs-dir", str(tmp_path / "runs"),
+                         "--budget", "1MiB"])
+    err = capsys.readouterr().err
+    assert code == 2 and not (tmp_path / "runs").exists()
+    line = next(line for line in err.splitlines() if line.startswith("error:"))
+    assert "does not fit even at micro-batch 1 with gradient checkpointing (plan: " in line
+    assert line.strip().endswith("(data.max_length)")
+
+
+def test_comparison_shows_a_variant_that_cannot_fit(tmp_path, tiny_bert, data_dir, monkeypatch):
+    from peftlab import comparison_report
+    from peftlab.comparison import Comparison, Variant, run_variant
+
+    monkeypatch.setenv("PEFTLAB_DATA_DIR", str(data_dir))
+    recipe = write_recipe(tmp_path / "lora.py", tiny_bert, name="lora")
+    result = run_variant(Variant(recipe, "lora", 0), Comparison("cmp", ["lora.py"], baseline="lora"), tmp_path,
+                         tmp_path / "reports", budget=2**20)
+    assert result["state"] == "does not fit" and result["run"] is None
+    assert result["error"].startswith("does not fit (plan: ") and result["error"].endswith("B)")
+    row = {"name": "lora", "runs": [], "errors": [result["error"]]}
+    assert comparison_report._row_cells(row, "accuracy", [], None)[:3] == ["lora", result["error"], ""]
