@@ -118,7 +118,8 @@ def plain_lm_head(model) -> bool:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = getattr(base, "config", None)
     return (base.get_output_embeddings() is not None and config is not None
-            and getattr(config, "final_logit_softcapping", None) is None and getattr(config, "logit_scale", None) is None)
+            and getattr(config, "final_logit_softcapping", None) is None
+            and getattr(config, "logit_scale", None) is None)
 
 
 @contextmanager
@@ -135,7 +136,16 @@ def hidden_states_as_logits(model):
         base.set_output_embeddings(head)
 
 
-CHUNK_BYTES = 64 * 2**20  # float32 logits per chunk
+# labelled tokens per chunk of the loss: SmolLM2's 49,152-word vocabulary makes a chunk's float32 logits 48 MiB
+LOSS_CHUNK_TOKENS = 256
+
+
+def chunked_loss(recipe) -> bool:
+    """The causal LM's loss runs label-only and chunked (training.InOrderEvalTrainer, for models whose logits are
+    their output layer's: plain_lm_head)."""
+    from .speed import enabled
+
+    return recipe.model.task == "causal_lm" and enabled("labelled_logits")
 
 
 def _chunk_nll(lm_head, hidden, targets):
@@ -144,20 +154,20 @@ def _chunk_nll(lm_head, hidden, targets):
 
 def labelled_nll(hidden, labels, lm_head) -> tuple[torch.Tensor, torch.Tensor]:
     """Per example (summed next-token NLL over its labelled positions, their count), as the model's own loss counts
-    them (position t predicts labels[t + 1]). The output layer runs on the labelled positions only, CHUNK_BYTES
-    of logits at a time; with gradients on, each chunk is checkpointed, so backward recomputes its logits instead of
-    keeping them: the vocabulary-sized logits (SmolLM2: 49,152 columns, 0.6 GB per float32 copy for 8 x 384 tokens)
-    never exist for the whole batch. Written here because the kept libraries that do this (Apple's
-    cut-cross-entropy, Liger kernels) import triton, which has no CPU build."""
+    them (position t predicts labels[t + 1]). The output layer runs on the labelled positions only,
+    LOSS_CHUNK_TOKENS at a time; with gradients on, each chunk is checkpointed, so backward recomputes its logits
+    instead of keeping them: the vocabulary-sized logits (SmolLM2: 49,152 columns, 0.6 GB per float32 copy for
+    8 x 384 tokens) never exist for the whole batch. Written here because the kept libraries that do this (Apple's
+    cut-cross-entropy imports triton at import time on Linux; Liger kernels are triton kernels) need a GPU."""
     targets = labels[:, 1:]
     kept = targets != IGNORE
     rows = kept.nonzero()[:, 0]
     states, targets = hidden[:, :-1][kept], targets[kept]
-    step = max(1, CHUNK_BYTES // (4 * lm_head.weight.shape[0]))
-    chunks = []
+    step, chunks = LOSS_CHUNK_TOKENS, []
     for start in range(0, len(targets), step):
         args = (lm_head, states[start:start + step], targets[start:start + step])
-        chunks.append(checkpoint(_chunk_nll, *args, use_reentrant=False) if torch.is_grad_enabled() else _chunk_nll(*args))
+        checkpointed = torch.is_grad_enabled()
+        chunks.append(checkpoint(_chunk_nll, *args, use_reentrant=False) if checkpointed else _chunk_nll(*args))
     nll = torch.cat(chunks) if chunks else states.new_zeros(0, dtype=torch.float32)
     sums = torch.zeros(labels.shape[0], dtype=torch.float32, device=labels.device).index_add(0, rows, nll)
     return sums, kept.sum(1).float()

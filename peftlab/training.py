@@ -188,7 +188,8 @@ class InOrderEvalTrainer(Trainer):
         inputs = {k: v for k, v in inputs.items() if k != "labels"}
         with levers.hidden_states_as_logits(self.accelerator.unwrap_model(model)) as lm_head:
             hidden = model(**inputs).logits
-        sums, counts = levers.labelled_nll(hidden[:, -labels.shape[1]:], labels, lm_head)  # prompt tuning: virtual tokens first
+        hidden = hidden[:, -labels.shape[1]:]  # prompt tuning: its virtual tokens come first
+        sums, counts = levers.labelled_nll(hidden, labels, lm_head)
         loss = sums.sum() / (num_items_in_batch if num_items_in_batch is not None else counts.sum().clamp(min=1))
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss: DDP averages over processes
@@ -229,7 +230,7 @@ def make_trainer(model, labelled_logits: bool = False, **kwargs) -> Trainer:
     removed right after, since save_pretrained reads it. labelled_logits (a task's LABELLED_LOGITS): the loss on
     labelled positions only where the model allows it; its predictions are then what preprocess_logits makes."""
     labelled_logits = labelled_logits and kwargs.get("compute_loss_func") is None and levers.plain_lm_head(model) \
-        and speed.enabled("labelled_logits")
+        and speed.enabled("labelled_logits")  # the switch levers.chunked_loss reads
     if labelled_logits:
         kwargs["preprocess_logits_for_metrics"] = None
     native_on_quantized = getattr(model, "is_quantized", False) and not hasattr(model, "peft_config")

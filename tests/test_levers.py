@@ -83,7 +83,7 @@ def labelled_loss(model, inputs, labels):
 def test_labelled_loss_equals_the_models_own(method, monkeypatch):
     """Chunked (7 tokens a chunk here), output layer on labelled positions only: the model's loss and gradients,
     the tied output/input embedding included for full fine-tuning; peft's prefixes and virtual tokens apply."""
-    monkeypatch.setattr(levers, "CHUNK_BYTES", 4 * VOCAB * 7)
+    monkeypatch.setattr(levers, "LOSS_CHUNK_TOKENS", 7)
     model = wrapped(tiny_llama(), method)
     inputs, labels = lm_batch()
     own = loss_and_grads(model, lambda: model(**inputs, labels=labels).loss)
@@ -208,7 +208,7 @@ def test_micro_batches_give_the_same_training(tmp_path, tiny_bert, data_dir):
     def run(name, micro):
         recipe = write_recipe(tmp_path / f"{name}.py", tiny_bert, name=name, method="IA3()",
                               train=f"epochs=1, lr=5e-3, batch_size=8, logging_steps=4, micro_batch_size={micro}",
-                              extra="").read_text().replace('task="classification",', 'task="classification", dropout=0.0,')
+                              ).read_text().replace('task="classification",', 'task="classification", dropout=0.0,')
         (tmp_path / f"{name}.py").write_text(recipe)
         run_dir = run_recipe(tmp_path / name, tmp_path / f"{name}.py", data_dir, "--set", "data.train_limit=64")
         history = json.loads((run_dir / "log_history.json").read_text())
