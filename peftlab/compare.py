@@ -15,6 +15,7 @@ from rich.console import Console
 from . import comparison_report, rundir
 from .comparison import Comparison, run_all  # noqa: F401 — Comparison: older comparison files import it from here
 from .errors import PeftlabError, check
+from .plan import parse_size
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from recorded runs")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
     parser.add_argument("--reports-dir", type=Path, default=Path("reports"))
+    parser.add_argument("--budget", type=parse_size, default=None,
+                        help="memory budget passed to every variant's run (e.g. 2GiB); a variant that cannot fit is "
+                             "shown as 'does not fit (plan: X)'")
     args = parser.parse_args(argv)
     console = Console(stderr=True, soft_wrap=True)
     try:

@@ -8,6 +8,7 @@ reports/<recipe>.md (no second run needed for the recipe's own report).
 
 from __future__ import annotations
 
+import re
 import runpy
 import shlex
 import subprocess
@@ -73,7 +74,11 @@ def _last_error_line(stderr: str) -> str:
     return (errors or lines or ["no output"])[-1][:300]
 
 
-def run_variant(variant: Variant, comparison: Comparison, out_root: Path, reports_dir: Path) -> dict:
+UNFIT = re.compile(r"does not fit.*\(plan: ([^)]*)\)")  # levers.fit_budget's error line
+
+
+def run_variant(variant: Variant, comparison: Comparison, out_root: Path, reports_dir: Path,
+                budget: int | None = None) -> dict:
     runs_dir = out_root / variant.label
     # a report is named after its recipe: with several seeds each seed's goes to its own folder, none overwritten
     own_reports = reports_dir / f"seed{variant.seed}" if len(comparison.seeds) > 1 else reports_dir
@@ -83,6 +88,8 @@ def run_variant(variant: Variant, comparison: Comparison, out_root: Path, report
         command += ["--set", f"train.seed={variant.seed}"]
     for item in comparison.overrides:
         command += ["--set", item]
+    if budget is not None:
+        command += ["--budget", str(budget)]
     started = time.perf_counter()
     proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run_dirs = sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []
@@ -91,10 +98,14 @@ def run_variant(variant: Variant, comparison: Comparison, out_root: Path, report
     finished = proc.returncode == 0 and status["state"] == rundir.FINISHED
     (out_root / f"{variant.label}.log").write_text(proc.stdout + proc.stderr)
     error = None if finished else status.get("error") or _last_error_line(proc.stderr)  # the run's own record first
+    unfit = None if finished else UNFIT.search(error or "")
+    if unfit:  # stopped before training: a result of the comparison, not a crash
+        error = f"does not fit (plan: {unfit.group(1)})"
     if finished and variant.is_recipe_run:  # the recipe's own report too, rather than running it a second time
         run_report.write(run, reports_dir.parent)
     return {"name": variant.name, "seed": variant.seed, "recipe": str(variant.recipe),
-            "run": str(run) if run else None, "state": "finished" if finished else "failed",
+            "run": str(run) if run else None,
+            "state": "finished" if finished else "does not fit" if unfit else "failed",
             "error": error, "seconds": time.perf_counter() - started}
 
 
@@ -102,7 +113,8 @@ def run_all(args, argv: list[str], console) -> dict:
     comparison, variants = load_comparison(args.comparison)
     out_root = rundir.create(args.runs_dir, comparison.name)
     record = {"name": comparison.name, "baseline": comparison.baseline, "seeds": comparison.seeds,
-              "overrides": comparison.overrides, "dir": str(out_root), "variants": [],
+              "overrides": comparison.overrides, "budget": getattr(args, "budget", None), "dir": str(out_root),
+              "variants": [],
               "command": shlex.join(["python", "-m", "peftlab.compare", *argv])}
     started = time.perf_counter()
     reports_dir = args.reports_dir / comparison.name
@@ -111,9 +123,10 @@ def run_all(args, argv: list[str], console) -> dict:
         task = progress.add_task("comparison", total=len(variants))
         for variant in variants:
             progress.update(task, description=f"{comparison.name}: {variant.label}")
-            result = run_variant(variant, comparison, out_root, reports_dir)
+            result = run_variant(variant, comparison, out_root, reports_dir, getattr(args, "budget", None))
             record["variants"].append(result)
-            state = "[green]done" if result["state"] == "finished" else f"[red]failed: {result['error']}"
+            state = "[green]done" if result["state"] == "finished" else \
+                f"[yellow]{result['error']}" if result["state"] == "does not fit" else f"[red]failed: {result['error']}"
             progress.console.print(f"{variant.label}: {state} ({result['seconds']:.0f} s)", highlight=False)
             progress.advance(task)
     record["wall_seconds"] = time.perf_counter() - started

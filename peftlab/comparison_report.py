@@ -70,8 +70,10 @@ def _method(run: dict) -> str:
 
 
 def _row_cells(row: dict, main: str, others: list[str], baseline: float | None, raw: tuple[str, ...] = ()) -> list[str]:
-    if not row["runs"]:
-        return [row["name"], "**failed**", "; ".join(row["errors"])] + [""] * (8 + len(others))
+    if not row["runs"]:  # a variant over --budget stopped before training: "does not fit (plan: X)"
+        unfit = all(e and e.startswith("does not fit") for e in row["errors"])
+        return [row["name"], *(row["errors"][:1] + [""] if unfit else ["**failed**", "; ".join(row["errors"])])] \
+            + [""] * (8 + len(others))
     m0 = row["runs"][0]["metrics"]
     measured = statistics.fmean(_values(row, "peak_rss_bytes"))
     predicted = m0.get("predicted_peak_bytes")

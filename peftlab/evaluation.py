@@ -7,6 +7,7 @@ import torch
 from transformers import TrainingArguments
 
 from . import data as data_stage
+from . import levers
 from .losses import compute_loss_func
 from .speed import evaluation_order
 from .training import make_trainer
@@ -22,9 +23,11 @@ def eval_inputs(trained, data_root):
 
 def evaluate(model, recipe, task, tokenizer, labels, raw_eval, eval_ds) -> dict:
     """Task metrics and loss of `model` on the prepared evaluation split (eval_inputs)."""
-    args = TrainingArguments(output_dir="/tmp/peftlab-predict", per_device_eval_batch_size=recipe.train.eval_batch_size,
+    batch_size = levers.eval_batch_size(recipe, getattr(model.config, "num_hidden_layers", 1))  # as in training
+    args = TrainingArguments(output_dir="/tmp/peftlab-predict", per_device_eval_batch_size=batch_size,
                              report_to=[], disable_tqdm=True, use_cpu=not torch.cuda.is_available())
-    trainer = make_trainer(model, args=args, data_collator=task.collator(tokenizer),
+    trainer = make_trainer(model, labelled_logits=getattr(task, "LABELLED_LOGITS", False), args=args,
+                           data_collator=task.collator(tokenizer),
                            compute_metrics=task.metrics_for(eval_ds, raw_eval, labels, recipe),
                            compute_loss_func=compute_loss_func(recipe.train.loss, labels),  # as in training
                            preprocess_logits_for_metrics=getattr(task, "preprocess_logits", None))

@@ -16,7 +16,8 @@ from rich.console import Console
 from rich.table import Table
 from transformers import set_seed
 
-from . import building, checkpoints, distributed, measure, models, plan, preflight, resume, rundir, run_report, speed
+from . import building, checkpoints, distributed, levers, measure, models, plan, preflight, resume, rundir, run_report
+from . import speed
 from . import data as data_stage
 from .errors import PeftlabError
 from .evaluation import best_eval, eval_metrics
@@ -52,13 +53,16 @@ def run(options: Options, argv: list[str], console: Console) -> int:
         if options.plan:  # predict and exit: nothing is trained or written
             predicted = building.predict_memory(recipe, building.prepare_inputs(recipe, data_root))
             return 0 if plan.print_plan(predicted, options.budget) else 1
+        levers.apply_allocator()  # before the model and data take memory
+        if options.budget is not None:  # micro-batch and checkpointing chosen to fit, before anything is created
+            recipe = fit_budget(recipe, data_root, options.budget, console)
         reports_dir = Path(options.reports_dir) if options.reports_dir else None
         distributed.start()
         resuming, run_dir = distributed.share_from_main(lambda: open_run_dir(options, recipe, data_root, reports_dir))
         if not distributed.is_main():
             console.quiet = True  # the main process reports for all
         console.print(f"run directory: {run_dir}" + (f" ({resuming})" if resuming else ""))
-        metrics = execute(recipe, options.recipe, run_dir, data_root, command, resuming)
+        metrics = execute(recipe, options.recipe, run_dir, data_root, command, resuming, options.budget)
         if not distributed.is_main():
             return 0
         # "finished" only once everything is written, and the checkpoints go only after that: a failure before
@@ -90,8 +94,19 @@ def run(options: Options, argv: list[str], console: Console) -> int:
         return 2
 
 
+def fit_budget(recipe, data_root: Path | None, budget: int, console: Console):
+    """The recipe with the micro-batch and checkpointing that make the plan's training peak fit the budget."""
+    inputs = building.prepare_inputs(recipe, data_root)
+    recipe, predicted = levers.fit_budget(recipe, lambda r: building.predict_memory(r, inputs), budget)
+    chosen = levers.settings(recipe)
+    console.print(f"--budget {measure.human_bytes(budget)}: micro-batch {chosen['micro_batch_size']}, gradient "
+                  f"checkpointing {'on' if chosen['gradient_checkpointing'] else 'off'} (plan: "
+                  f"{measure.human_bytes(predicted['predicted_peak_bytes'])})", highlight=False)
+    return recipe
+
+
 def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, command: str,
-            resuming: resume.Resume | None = None) -> dict:
+            resuming: resume.Resume | None = None, budget: int | None = None) -> dict:
     started = time.perf_counter()
     main_process = distributed.is_main()  # with several processes only the main one writes
     set_seed(recipe.train.seed)
@@ -111,6 +126,7 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
                  "eval_examples": len(eval_ds)},
         "processes": distributed.world_size(),
         "speed": speed.settings(recipe),
+        "levers": levers.settings(recipe) | {"budget": budget, "allocator": levers.allocator_settings()},
     }
     if main_process:
         rundir.write_json(run_dir / "environment.json", resume.environment(resuming, env) if resuming else env)

@@ -100,8 +100,11 @@ class Data:
 class Train:
     epochs: float = 1.0
     lr: float = 5e-4
-    batch_size: int = 32
-    eval_batch_size: int = 128
+    batch_size: int = 32  # examples per optimizer step, over all processes
+    eval_batch_size: int = 128  # at most this many per evaluation/generation batch (peftlab/levers.py may use fewer)
+    # memory levers (peftlab/levers.py): "auto" checkpoints the causal LM's layers, not the short-sequence encoders
+    gradient_checkpointing: bool | Literal["auto"] = "auto"
+    micro_batch_size: Optional[int] = None  # examples per forward pass (over all processes); None: batch_size
     warmup_ratio: float = 0.06
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
@@ -123,6 +126,9 @@ class Train:
         check(0 < self.epochs <= 100, f"{where}.epochs={self.epochs}: use a value in (0, 100]")
         check(0 < self.lr < 1, f"{where}.lr={self.lr}: the learning rate must be in (0, 1), e.g. 5e-4")
         check(self.batch_size >= 1, f"{where}.batch_size={self.batch_size}: use a positive batch size")
+        check(self.micro_batch_size is None or (self.micro_batch_size >= 1 and self.batch_size % self.micro_batch_size == 0),
+              f"{where}.micro_batch_size={self.micro_batch_size}: must divide batch_size={self.batch_size}, e.g. "
+              f"{max(d for d in range(1, self.batch_size // 2 + 1) if self.batch_size % d == 0)}, or None")
         check(self.eval_batch_size >= 1, f"{where}.eval_batch_size={self.eval_batch_size}: use a positive size")
         check(0 <= self.warmup_ratio < 1, f"{where}.warmup_ratio={self.warmup_ratio}: use a value in [0, 1)")
         check(self.weight_decay >= 0, f"{where}.weight_decay={self.weight_decay}: must be >= 0")
@@ -165,6 +171,9 @@ class Recipe:
               "with its model's own loss: remove train.loss")
         if self.model.labels is not None:
             check_labels(self.train.loss, self.model.labels, f"{where}.train.loss")
+        check(not (self.train.gradient_checkpointing is True and self.method.kind == "prefix"),
+              f"{where}.train.gradient_checkpointing=True: transformers drops the key-value cache that carries "
+              "PrefixTuning's prefixes from checkpointed layers; use 'auto' or False with PrefixTuning")
         if self.model.task != "causal_lm":
             defaults = Data(self.data.name)
             for name in ("prompt_template", "strip_regex", "packing", "generate_split", "generate_limit",

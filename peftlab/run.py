@@ -27,7 +27,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the report and metrics are copied ('' to skip)")
     parser.add_argument("--plan", action="store_true", help="predict peak memory, say whether it fits, and exit")
     parser.add_argument("--budget", type=plan.parse_size, default=None,
-                        help="memory budget for --plan, e.g. 16GiB (default: GPU memory, else physical memory)")
+                        help="memory budget, e.g. 2GiB: a run chooses micro-batch and gradient checkpointing so the "
+                             "predicted training peak fits (stops if nothing fits); with --plan, whether the recipe as "
+                             "written fits (default: GPU memory, else physical memory)")
     parser.add_argument("--resume", nargs="?", const=resume.AUTO, default=None, metavar="RUN_DIR",
                         help="continue an interrupted or failed run from its last checkpoint (default: the newest "
                              "one of this recipe in --runs-dir); give the same recipe and --set options")

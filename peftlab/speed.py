@@ -8,8 +8,8 @@
 - fused_adamw: torch's fused AdamW kernel (Trainer's default since torch 2.8);
 - eval_by_length: evaluation examples in order of length, so that evaluation batches pad little.
 
-PEFTLAB_DISABLE=name[,name...] switches them off one by one, for measuring; the settings a run used are recorded
-in its environment.json.
+PEFTLAB_DISABLE=name[,name...] switches them off one by one, for measuring (also the memory levers "allocator"
+and "labelled_logits", peftlab/levers.py); the settings a run used are recorded in its environment.json.
 """
 
 from __future__ import annotations
@@ -23,13 +23,16 @@ from .errors import check
 
 DISABLE_ENV = "PEFTLAB_DISABLE"
 SWITCHES = ("length_buckets", "bf16", "fp32_attention", "fused_adamw", "eval_by_length")
+# memory levers without a recipe field (peftlab/levers.py), switched off the same way for measuring
+LEVER_SWITCHES = ("allocator", "labelled_logits")
 FP32_ATTENTION = "peftlab_sdpa_fp32"
 
 
 def disabled() -> list[str]:
     names = [n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()]
-    unknown = [n for n in names if n not in SWITCHES]
-    check(not unknown, f"${DISABLE_ENV}: unknown switch {', '.join(unknown)}; use any of {', '.join(SWITCHES)}")
+    known = SWITCHES + LEVER_SWITCHES
+    unknown = [n for n in names if n not in known]
+    check(not unknown, f"${DISABLE_ENV}: unknown switch {', '.join(unknown)}; use any of {', '.join(known)}")
     return names
 
 

@@ -14,7 +14,7 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, Traini
 from transformers.trainer_callback import ExportableState, PrinterCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from . import checkpoints, distributed, speed
+from . import checkpoints, distributed, levers, speed
 
 
 class EvaluateAtEnd(TrainerCallback):
@@ -109,15 +109,20 @@ def total_steps(recipe, n_train: int) -> tuple[int, int]:
     return per_epoch, total
 
 
-def training_arguments(recipe, out_dir: Path, n_train: int, best_metric: str,
-                       greater_is_better: bool = True, loss_over_items: bool = False) -> TrainingArguments:
+def training_arguments(recipe, out_dir: Path, n_train: int, best_metric: str, greater_is_better: bool = True,
+                       loss_over_items: bool = False, eval_batch_size: int | None = None) -> TrainingArguments:
     t = recipe.train
+    eval_batch_size = eval_batch_size or t.eval_batch_size
     per_epoch, total = total_steps(recipe, n_train)
     eval_every = max(1, min(total, per_epoch // t.evals_per_epoch))
     return TrainingArguments(
         output_dir=str(out_dir),
-        per_device_train_batch_size=distributed.per_process(t.batch_size, "batch_size"),  # the recipe's is global
-        per_device_eval_batch_size=max(1, t.eval_batch_size // distributed.world_size()),
+        # the recipe's batch is global: each process computes its share a micro-batch at a time and accumulates
+        per_device_train_batch_size=distributed.per_process(levers.micro_batch_size(recipe), "micro_batch_size"),
+        gradient_accumulation_steps=levers.accumulation_steps(recipe),
+        per_device_eval_batch_size=max(1, eval_batch_size // distributed.world_size()),
+        activation_checkpointing=levers.gradient_checkpointing(recipe),
+        activation_checkpointing_kwargs={"use_reentrant": False},
         num_train_epochs=t.epochs,
         max_steps=t.max_steps or -1,
         learning_rate=t.lr,
@@ -166,12 +171,29 @@ class InOrderEvalTrainer(Trainer):
 
     train_autocast = None  # a torch dtype, or None for float32 training
     wrapping_checked = False  # several processes: the model was found wrapped for data-parallel training
+    labelled_logits = False  # causal LM: output layer and loss on labelled positions only (levers.labelled_nll)
 
-    def compute_loss(self, model, inputs, *args, **kwargs):
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = self._labelled_loss if self.labelled_logits else super().compute_loss
         if self.train_autocast is None or not model.training:
-            return super().compute_loss(model, inputs, *args, **kwargs)
+            return loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         with torch.autocast(self.args.device.type, dtype=self.train_autocast):
-            return super().compute_loss(model, inputs, *args, **kwargs)
+            return loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    def _labelled_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The model's own causal-LM loss (summed token NLL / Trainer's count of labelled tokens, or the batch's
+        mean without a count), computed without full-vocabulary logits. Evaluation gets per-example (NLL sum,
+        token count) as its predictions, what tasks/causal_lm.preprocess_logits makes of full logits."""
+        labels = inputs["labels"]
+        inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        with levers.hidden_states_as_logits(self.accelerator.unwrap_model(model)) as lm_head:
+            hidden = model(**inputs).logits
+        hidden = hidden[:, -labels.shape[1]:]  # prompt tuning: its virtual tokens come first
+        sums, counts = levers.labelled_nll(hidden, labels, lm_head)
+        loss = sums.sum() / (num_items_in_batch if num_items_in_batch is not None else counts.sum().clamp(min=1))
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss: DDP averages over processes
+        return (loss, {"loss": loss, "logits": torch.stack([sums, counts], 1)}) if return_outputs else loss
 
     def _get_eval_sampler(self, eval_dataset):
         from torch.utils.data import SequentialSampler
@@ -184,7 +206,8 @@ class InOrderEvalTrainer(Trainer):
         # the copy it passes here (same rows), and would else measure every example again.
         if self.args.train_sampling_strategy == "group_by_length" and speed.enabled("length_buckets") \
                 and "length" in getattr(self.train_dataset, "column_names", ()):
-            global_batch = self.args.per_device_train_batch_size * max(1, self.args.world_size)
+            global_batch = self.args.per_device_train_batch_size * max(1, self.args.world_size) \
+                * self.args.gradient_accumulation_steps  # buckets of whole optimizer-step batches
             return speed.LengthBucketSampler(self.train_dataset["length"], global_batch, self.args.data_seed)
         sampler = super()._get_train_sampler(train_dataset)
         return checkpoints.EpochSeededSampler(sampler, self.args.data_seed) \
@@ -201,15 +224,21 @@ class InOrderEvalTrainer(Trainer):
         return loss
 
 
-def make_trainer(model, **kwargs) -> Trainer:
+def make_trainer(model, labelled_logits: bool = False, **kwargs) -> Trainer:
     """Trainer refuses a quantized model unless peft wrapped it; our native adapters (bottleneck) train a
     quantized base just as legitimately, so they pass the check under the same flag peft sets. The flag is
-    removed right after, since save_pretrained reads it."""
+    removed right after, since save_pretrained reads it. labelled_logits (a task's LABELLED_LOGITS): the loss on
+    labelled positions only where the model allows it; its predictions are then what preprocess_logits makes."""
+    labelled_logits = labelled_logits and kwargs.get("compute_loss_func") is None and levers.plain_lm_head(model) \
+        and speed.enabled("labelled_logits")  # the switch levers.chunked_loss reads
+    if labelled_logits:
+        kwargs["preprocess_logits_for_metrics"] = None
     native_on_quantized = getattr(model, "is_quantized", False) and not hasattr(model, "peft_config")
     if native_on_quantized:
         model._hf_peft_config_loaded = True
     try:
         trainer = InOrderEvalTrainer(model=model, **kwargs)
+        trainer.labelled_logits = labelled_logits
         trainer.remove_callback(PrinterCallback)  # peftlab prints its own progress and results
         return trainer
     finally:
@@ -229,10 +258,13 @@ def build_trainer(recipe, task, model, tokenizer, train_ds, eval_ds, out_dir: Pa
                  checkpoints.CheckpointControl(recipe.train.checkpoint_steps)]
     if recipe.train.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.train.early_stopping_patience))
+    eval_batch_size = levers.eval_batch_size(recipe, getattr(model.config, "num_hidden_layers", 1))
+    loss_over_items = loss_func is not None or getattr(task, "LOSS_OVER_ITEMS", False)
     trainer = make_trainer(
         model=model,
+        labelled_logits=getattr(task, "LABELLED_LOGITS", False),
         args=training_arguments(recipe, out_dir, len(train_ds), task.BEST_METRIC, getattr(task, "GREATER_IS_BETTER", True),
-                                loss_over_items=loss_func is not None or getattr(task, "LOSS_OVER_ITEMS", False)),
+                                loss_over_items=loss_over_items, eval_batch_size=eval_batch_size),
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         data_collator=task.collator(tokenizer),
@@ -242,4 +274,8 @@ def build_trainer(recipe, task, model, tokenizer, train_ds, eval_ds, out_dir: Pa
         compute_loss_func=loss_func,
     )
     trainer.train_autocast = torch.bfloat16 if bf16 else None
+    # Over micro-batches Trainer sums the losses: it must divide a per-micro-batch mean (BERT-style heads) by the
+    # accumulation steps, not a loss already divided by the whole batch's item count (its guess from the model's
+    # **kwargs would take BERT's mean for the latter)
+    trainer.loss_is_scaled_for_ga = loss_over_items
     return trainer

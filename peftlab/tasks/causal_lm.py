@@ -20,7 +20,8 @@ length, quadratic in it, which on a CPU costs more than the padding it saves.)
 Evaluation: validation loss and perplexity = exp(mean negative log-likelihood per response token). Trainer's
 eval_loss averages per-batch means; the perplexity is computed from summed token NLLs instead, and
 `preprocess_logits` reduces each batch's logits to (NLL sum, token count) per example so the vocabulary-sized
-logits are never gathered. Generation: greedy, batched with left padding, on the first data.generate_limit rows of
+logits are never gathered (in training and evaluation the output layer runs on the labelled positions only:
+levers.labelled_nll, which yields those per-example sums directly). Generation: greedy, batched with left padding, on the first data.generate_limit rows of
 data.generate_split; exact match of the final numeric answer (see `final_number`), for the base model before
 training and for the trained model after.
 """
@@ -36,7 +37,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-from .. import rundir
+from .. import levers, rundir
 from ..data import require_columns
 from ..errors import PeftlabError, check
 from ..evaluation import evaluate
@@ -46,6 +47,7 @@ PEFT_TASK_TYPE = "CAUSAL_LM"
 BEST_METRIC = "perplexity"  # checkpoint selection: lower is better
 GREATER_IS_BETTER = False
 LOSS_OVER_ITEMS = True  # the model's loss divides by Trainer's count of labelled tokens (training.training_arguments)
+LABELLED_LOGITS = True  # output layer and loss on the labelled positions only (levers.labelled_nll)
 COMPARE_METRIC = "exact_match"  # what comparisons rank by (a fraction, higher is better)
 RAW_METRICS = ("perplexity", "nll_per_token")  # not fractions: shown as they are, not as percentages
 # The output layer is pretrained (tied to the input embeddings in SmolLM2), not a new task head: it stays frozen,
@@ -254,7 +256,7 @@ def generation_eval(model, tokenizer, recipe, rows) -> dict:
                        "number; exact match needs numeric answers (set data.generate_split=None for other data)")
     prompts = [prompt_text(tokenizer, data, row) for row in rows]
     started = time.perf_counter()
-    texts, generated = generate(model, tokenizer, prompts, data.max_new_tokens, recipe.train.eval_batch_size)
+    texts, generated = generate(model, tokenizer, prompts, data.max_new_tokens, levers.generation_batch_size(recipe))
     seconds = time.perf_counter() - started
     answers = [final_number(t) for t in texts]
     correct = [a == r for a, r in zip(answers, references)]
@@ -304,7 +306,7 @@ class Evaluation:
             out["generation"] = {
                 "split": self.recipe.data.generate_split, "prompts": len(self.rows),
                 "max_new_tokens": self.recipe.data.max_new_tokens, "decoding": "greedy",
-                "batch_size": self.recipe.train.eval_batch_size,
+                "batch_size": levers.generation_batch_size(self.recipe),
                 **{f"{key}_{when}": gen[key] for when, gen in (("before", before), ("after", after))
                    for key in ("new_tokens", "seconds", "tokens_per_second")},
                 "samples": [{**a, "generation_before": b["generation"], "answer_before": b["answer"],

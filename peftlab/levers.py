@@ -1,0 +1,222 @@
+"""Memory levers: settings that lower the training peak without changing what is learnt (each is tested on and off
+for equal losses and gradients, tests/test_levers.py).
+
+- gradient checkpointing (Train.gradient_checkpointing): each layer keeps only its input for backward and
+  recomputes the rest there (torch's non-reentrant checkpoint, as transformers applies it);
+- micro-batches (Train.micro_batch_size): the batch is computed a micro-batch at a time and the gradients are
+  accumulated, so an optimizer step sees the same examples and the same averaged gradient;
+- label-only logits (causal LM): the output layer runs only on positions that have a label, a chunk at a time,
+  each chunk's logits recomputed in backward instead of kept (`labelled_nll`);
+- evaluation and generation batches no larger than what keeps them below the training peak;
+- the CPU allocator returns freed memory to the operating system (`apply_allocator`).
+`fit_budget` chooses micro-batch and checkpointing for `--budget` from the plan's prediction.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import os
+from contextlib import contextmanager
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from .errors import PeftlabError
+
+IGNORE = -100
+
+# ------------------------------------------------------------------------------------ recipe settings
+
+
+def gradient_checkpointing(recipe) -> bool:
+    """What Train.gradient_checkpointing="auto" resolves to: on for the causal LM, off for the encoder tasks.
+    A checkpointed step runs every layer's forward twice, about a third more compute. The causal LM's activations
+    (SmolLM2 GSM8K, 8 x 384 tokens, 30 layers) are gigabytes, most of its peak, so halving it is worth that; the
+    encoders' batches are short (SST-2: 32 x ~25 tokens through 6 MiniLM layers), where activations are a few
+    MB against hundreds of MB of weights and optimizer state, and checkpointing would only cost speed.
+    Never for PrefixTuning: transformers drops the key-value cache, which carries the prefixes, in checkpointed
+    layers (recipe.py refuses an explicit True)."""
+    setting = recipe.train.gradient_checkpointing
+    if setting == "auto":
+        return recipe.model.task == "causal_lm" and recipe.method.kind != "prefix"
+    return setting
+
+
+def micro_batch_size(recipe) -> int:
+    """Examples per forward pass over all processes (the recipe's batch is global too)."""
+    return recipe.train.micro_batch_size or recipe.train.batch_size
+
+
+def accumulation_steps(recipe) -> int:
+    return recipe.train.batch_size // micro_batch_size(recipe)
+
+
+def with_levers(recipe, micro: int, checkpointing: bool):
+    return dataclasses.replace(recipe, train=dataclasses.replace(
+        recipe.train, micro_batch_size=micro, gradient_checkpointing=checkpointing))
+
+
+def eval_batch_size(recipe, num_layers: int) -> int:
+    """Evaluation runs under no_grad and keeps nothing for backward: at any moment it holds about one layer's
+    activations. A training micro-batch keeps every layer's (or, checkpointed, every layer's input plus one layer's
+    activations), so evaluation batches of at most micro x layers examples (micro when checkpointed) stay below the
+    training peak, which also holds gradients and optimizer state. Never above Train.eval_batch_size."""
+    scale = 1 if gradient_checkpointing(recipe) else num_layers
+    return max(1, min(recipe.train.eval_batch_size, micro_batch_size(recipe) * scale))
+
+
+def generation_batch_size(recipe) -> int:
+    """Prompts generated together: at most as many tokens (prompt of up to max_length plus max_new_tokens each) as a
+    training micro-batch holds (micro x max_length). A generated token keeps its keys and values in the cache, per
+    layer 2 x kv_heads x head_dim numbers (SmolLM2: 384), fewer than the hidden state per layer (576) that even a
+    checkpointed training step keeps per token, and one step's logits cover one position per prompt."""
+    tokens = micro_batch_size(recipe) * recipe.data.max_length
+    per_prompt = recipe.data.max_length + recipe.data.max_new_tokens
+    return max(1, min(recipe.train.eval_batch_size, tokens // per_prompt))
+
+
+def settings(recipe) -> dict:
+    """The levers a run used, for its records (metrics `memory.levers`)."""
+    return {"gradient_checkpointing": gradient_checkpointing(recipe), "micro_batch_size": micro_batch_size(recipe),
+            "accumulation_steps": accumulation_steps(recipe)}
+
+
+# ------------------------------------------------------------------------------------------ --budget
+
+
+def fit_budget(recipe, predict, budget: int):
+    """(recipe with the levers chosen, prediction) for the fastest setting whose predicted training peak fits the
+    budget: the largest micro-batch that divides the batch, first without checkpointing (on a CPU a smaller
+    micro-batch costs little speed, checkpointing about a third), then with it. An explicit
+    Train.gradient_checkpointing is kept; an explicit micro_batch_size is the largest tried. `predict(recipe)` is
+    the plan. Stops with the plan's figure at micro-batch 1 with checkpointing if nothing fits."""
+    setting = recipe.train.gradient_checkpointing
+    options = (False, True) if setting == "auto" else (setting,)
+    largest = micro_batch_size(recipe)
+    micros = [m for m in range(largest, 0, -1) if recipe.train.batch_size % m == 0 and largest % m == 0]
+    for checkpointing in options:
+        for micro in micros:
+            candidate = with_levers(recipe, micro, checkpointing)
+            prediction = predict(candidate)
+            if prediction["predicted_peak_bytes"] <= budget:
+                return candidate, prediction
+    from .measure import human_bytes
+
+    raise PeftlabError(f"--budget {human_bytes(budget)}: {recipe.name} does not fit even at micro-batch 1"
+                       f"{' with gradient checkpointing' if options[-1] else ''} (plan: "
+                       f"{human_bytes(prediction['predicted_peak_bytes'])}); raise the budget, or use LoRA/QLoRA "
+                       "or shorter sequences (data.max_length)")
+
+
+# ------------------------------------------------------------------------------- label-only logits
+
+
+def plain_lm_head(model) -> bool:
+    """The model's logits are its output layer applied to the last hidden states, nothing after (no soft-capping
+    or scaling, as Gemma and Cohere have): then the output layer can run on the labelled positions alone."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    return (base.get_output_embeddings() is not None and config is not None
+            and getattr(config, "final_logit_softcapping", None) is None
+            and getattr(config, "logit_scale", None) is None)
+
+
+@contextmanager
+def hidden_states_as_logits(model):
+    """Within: the model's forward returns its last hidden states as `logits`; yields the output layer. Swapped
+    rather than bypassing the model's forward, so that peft's wrappers (prefix key-values, virtual tokens) and
+    transformers' masks still apply, and any wrapping of the output layer (LoRA on lm_head) stays in it."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings()
+    base.set_output_embeddings(torch.nn.Identity())
+    try:
+        yield head
+    finally:
+        base.set_output_embeddings(head)
+
+
+# labelled tokens per chunk of the loss: SmolLM2's 49,152-word vocabulary makes a chunk's float32 logits 48 MiB
+LOSS_CHUNK_TOKENS = 256
+
+
+def chunked_loss(recipe) -> bool:
+    """The causal LM's loss runs label-only and chunked (training.InOrderEvalTrainer, for models whose logits are
+    their output layer's: plain_lm_head)."""
+    from .speed import enabled
+
+    return recipe.model.task == "causal_lm" and enabled("labelled_logits")
+
+
+def _chunk_nll(lm_head, hidden, targets):
+    return torch.nn.functional.cross_entropy(lm_head(hidden).float(), targets, reduction="none")
+
+
+def labelled_nll(hidden, labels, lm_head) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per example (summed next-token NLL over its labelled positions, their count), as the model's own loss counts
+    them (position t predicts labels[t + 1]). The output layer runs on the labelled positions only,
+    LOSS_CHUNK_TOKENS at a time; with gradients on, each chunk is checkpointed, so backward recomputes its logits
+    instead of keeping them: the vocabulary-sized logits (SmolLM2: 49,152 columns, 0.6 GB per float32 copy for
+    8 x 384 tokens) never exist for the whole batch. Written here because the kept libraries that do this (Apple's
+    cut-cross-entropy imports triton at import time on Linux; Liger kernels are triton kernels) need a GPU."""
+    targets = labels[:, 1:]
+    kept = targets != IGNORE
+    rows = kept.nonzero()[:, 0]
+    states, targets = hidden[:, :-1][kept], targets[kept]
+    step, chunks = LOSS_CHUNK_TOKENS, []
+    for start in range(0, len(targets), step):
+        args = (lm_head, states[start:start + step], targets[start:start + step])
+        checkpointed = torch.is_grad_enabled()
+        chunks.append(checkpoint(_chunk_nll, *args, use_reentrant=False) if checkpointed else _chunk_nll(*args))
+    nll = torch.cat(chunks) if chunks else states.new_zeros(0, dtype=torch.float32)
+    sums = torch.zeros(labels.shape[0], dtype=torch.float32, device=labels.device).index_add(0, rows, nll)
+    return sums, kept.sum(1).float()
+
+
+# ------------------------------------------------------------------------------------------ allocator
+
+MMAP_THRESHOLD = 2**20  # allocations from 1 MiB up are mmap-ed, and unmapped (returned to the OS) when freed
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter numbers (malloc.h)
+_applied: dict | None = None
+
+
+def _preloaded_allocator() -> str | None:
+    preload = os.environ.get("LD_PRELOAD", "")
+    return next((name for name in ("jemalloc", "tcmalloc", "mimalloc") if name in preload), None)
+
+
+def apply_allocator() -> dict:
+    """Make glibc return freed tensor memory to the OS. glibc grows its mmap threshold to the largest block freed
+    so far (up to 32 MiB), after which activations of every batch shape come from the heap, whose freed blocks stay
+    in the process's resident memory: GBs on a causal LM step. glibc reads MALLOC_MMAP_THRESHOLD_ only at process
+    start, so the threshold is set at run time through mallopt. A preloaded jemalloc/tcmalloc, or MALLOC_* settings
+    given by the user, are left as they are and recorded."""
+    global _applied
+    if _applied is not None:
+        return _applied
+    from .speed import enabled
+
+    user = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
+    if not enabled("allocator"):
+        _applied = {"allocator": "unchanged (PEFTLAB_DISABLE=allocator)"}
+    elif _preloaded_allocator():
+        _applied = {"allocator": f"{_preloaded_allocator()} (LD_PRELOAD)"}
+    elif user:
+        _applied = {"allocator": "glibc", "environment": user}
+    else:
+        try:
+            libc = ctypes.CDLL(None)
+            glibc = hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt")
+        except OSError:
+            glibc = False
+        if not glibc:  # musl, macOS: no mallopt with these parameters
+            _applied = {"allocator": "system (not glibc): unchanged"}
+        else:
+            ok = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+            _applied = {"allocator": "glibc", "mallopt": {"M_MMAP_THRESHOLD": MMAP_THRESHOLD} if ok else "refused"}
+    return _applied
+
+
+def allocator_settings() -> dict:
+    """What apply_allocator did (applying it first if nothing has yet)."""
+    return apply_allocator()
