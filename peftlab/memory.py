@@ -12,8 +12,9 @@ train_peak_bytes       peak of live tensor memory during training steps (forward
                        window's allocations and frees. Frees of tensors allocated before a window are not reported
                        (the allocator does not know their size): only small leftovers of the previous step can be
                        missed that way, which errs upward. The profiler slows a step, so only candidate steps are
-                       profiled: the first (it creates the optimizer state) and every step whose batch has more tokens
-                       or a longer sequence than any profiled before (with random batch order about ln(steps) steps).
+                       profiled: the first two (the first creates the optimizer state, the second is the first whose
+                       forward and backward run next to it) and every step whose batch has more tokens or a longer
+                       sequence than any profiled before (with random batch order about ln(steps) steps).
 train_peak_rss_bytes   peak resident memory of the process while training, and eval_peak_rss_bytes while evaluating
 eval_peak_rss_bytes    (Trainer's evaluations between steps, and anything the pipeline wraps in `meter.during("eval", ...)`,
                        e.g. the causal LM's generation before and after training). Linux resets a process's peak RSS
@@ -189,7 +190,7 @@ class MemoryMeter(TrainerCallback):
         inputs = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
         ids = kwargs.get("input_ids", inputs[0] if inputs else None)
         size = (ids.numel(), ids.shape[-1]) if ids is not None else (0, 0)
-        if self.profiled_steps and not (size[0] > self._largest[0] or size[1] > self._largest[1]):
+        if len(self.profiled_steps) >= 2 and not (size[0] > self._largest[0] or size[1] > self._largest[1]):
             return
         self._largest = max(self._largest, size)
         live = model_state(module, self._optimizer)["total"] + _storage_bytes(inputs, set())
@@ -238,6 +239,7 @@ class MemoryMeter(TrainerCallback):
             "train_peak_measured_by": "torch.cuda.max_memory_allocated" if torch.cuda.is_available() else
             "profiler allocator events (CPU)",
             "profiled_steps": self.profiled_steps,
+            "largest_batch": {"tokens": self._largest[0], "sequence": self._largest[1]},
             "train_peak_rss_bytes": self.rss.peaks.get("train"),
             "eval_peak_rss_bytes": self.rss.peaks.get("eval"),
             "rss_measured_by": self.rss.method,

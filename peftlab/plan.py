@@ -1,16 +1,29 @@
-"""Peak-memory prediction before a run, from what is known ahead.
+"""The memory plan: training peak predicted before a run, from what is known ahead, one term per mechanism.
 
-The model is built on the meta device (no weights are read, no memory is used) and wrapped with the
-recipe's method, which gives exact parameter counts per dtype and trainability. Then:
+The model is built on the meta device (no weights are read) and wrapped with the recipe's method, which gives exact
+parameter counts per dtype and trainability and the adapted layers. For the longest batch (micro-batch x longest
+sequence) the live tensors of a training step are, in bytes:
 
-  peak = runtime + weights + gradients + optimizer state + activations
-  runtime      resident memory of this process before the model is loaded (CPU only: Python, libraries,
-               tokenized data); on a GPU the prediction is of torch's allocated device memory, without it
-  weights      each parameter at its storage size: 4 bytes (float32), quantized linear layers at their
-               real bits/param (NF4 + double quantization 4.127, without 4.5, int8 8 + 32/d_in)
-  gradients    4 bytes per trainable parameter; AdamW keeps two more float32 moments: 8 bytes each
-  activations  kept for the backward pass, per layer for the longest batch (see `activation_bytes`), times
-               a factor for allocator overhead fitted on measured runs
+  weights            every parameter and buffer at its stored size: float32 4 B, quantized linear layers at their
+                     real bits/param (NF4 + double quantization 4.127, int8 8 + 32/d_in)
+  optimizer          AdamW: two float32 moments per trainable parameter and a step count per trainable tensor
+  gradients          4 B per trainable parameter (at the optimizer step, when the activations are gone)
+  cast weights       under bf16 autocast each linear layer's weight is cast to bf16 and the copy kept for backward
+  activations        tensors each transformer layer keeps for backward, per token (see `layer_bytes`): inputs of
+                     linear layers (fp32 shared by layers reading the same tensor; under autocast one bf16 copy each),
+                     normalisation inputs/outputs, attention q/k/v/output, the feed-forward intermediates; with
+                     gradient checkpointing only each layer's input plus one layer's activations
+  adapters           per token, what adapted linear layers add (LoRA/DoRA: dropped-out input, rank-r projection;
+                     DoRA also the base output it rescales) and bottleneck adapters (down/up activations)
+  dequantized        a 4/8-bit layer's weight dequantized to float32 for its matmul (the largest, one at a time)
+  logits             the output layer: float32 logits over the vocabulary for every token (or only the labelled
+                     ones with the label-only chunked loss), their log-softmax and its gradient
+
+  peak = weights + optimizer + max(activations + cast weights + adapters + dequantized + logits, gradients)
+
+On CPU the plan of resident memory adds the process before the model loads (Python, libraries, tokenized data:
+measured, `runtime`) and an allocator term: glibc keeps freed blocks of earlier steps' shapes (`ALLOCATOR_SLACK`
+of the activation-like terms, measured on the comparisons' runs; see benchmarks/memory_calibration.py).
 """
 
 from __future__ import annotations
@@ -21,19 +34,14 @@ import resource
 
 import torch
 
+from . import levers
 from .measure import human_bytes
 
-# float32 words kept for backward per token and layer, counted for a BERT-style block: inputs of q/k/v
-# (shared), q, k, v, attention context, output projection, two dropout masks, two LayerNorm inputs, the
-# feed-forward input (~14 h); the feed-forward up-projection output, its activation and its input to the
-# down-projection (3 i); attention probabilities before and after dropout (2.25 words per key position
-# and head, the mask as bytes).
-HIDDEN_WORDS, INTERMEDIATE_WORDS, SCORE_WORDS = 14.25, 3, 2.25
-# Resident memory on CPU exceeds live tensors: glibc keeps freed blocks of the varying batch shapes
-# (dynamic padding) and torch's temporaries in backward come on top. This factor on activations was fitted
-# on the two full-data SST-2 runs (reports/lora_sst2.json, reports/full_sst2.json); the comparison report
-# shows how well it carries over to the other methods.
-ACTIVATION_OVERHEAD = 1.7  # LoRA (all-linear) run: 1.88, full fine-tuning run: 1.55
+# Resident memory beyond live tensors, as a fraction of the transient (activation-like) bytes: glibc's free lists
+# keep blocks of the step's shapes after they are freed (see the module docstring and memory_calibration.py).
+ALLOCATOR_SLACK = 1.0
+
+
 def current_rss() -> int:
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * resource.getpagesize()
@@ -45,58 +53,97 @@ def _quantized_bits(quant, d_in: int) -> float:
     return 4 + 8 / 64 + 32 / (64 * 256) if quant.double_quant else 4 + 32 / 64
 
 
+def _quantized_linears(model, quant, heads: tuple[str, ...]) -> list:
+    """The nn.Linear layers bitsandbytes replaces: all but the task heads and the method's own layers."""
+    if quant is None:
+        return []
+    return [m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+            and not any(h in name.split(".") for h in heads)
+            and not re.search(r"(lora_|modules_to_save|prompt_encoder|adapter)", name)]
+
+
 def parameter_bytes(model, quant, heads: tuple[str, ...]) -> tuple[int, int, int]:
-    """(bytes of all weights as stored, trainable parameter count, total parameter count)."""
-    weight_bytes = trainable = total = 0
-    quantized = set()
-    if quant is not None:  # bitsandbytes replaces every nn.Linear except the task heads
-        for name, module in model.named_modules():
-            if isinstance(module, torch.nn.Linear) and not any(h in name.split(".") for h in heads) \
-                    and not re.search(r"(lora_|modules_to_save|prompt_encoder|adapter)", name):
-                quantized.add(id(module.weight))
-                weight_bytes += module.weight.numel() * _quantized_bits(quant, module.in_features) / 8
+    """(bytes of all weights and buffers as stored, trainable parameter count, total parameter count)."""
+    quantized = {id(m.weight): m for m in _quantized_linears(model, quant, heads)}
+    weight_bytes = sum(m.weight.numel() * _quantized_bits(quant, m.in_features) / 8 for m in quantized.values())
+    trainable = total = 0
     for param in model.parameters():
         total += param.numel()
         trainable += param.numel() if param.requires_grad else 0
         if id(param) not in quantized:
             weight_bytes += param.numel() * 4  # float32 (prepare_model_for_kbit_training upcasts the rest)
+    weight_bytes += sum(b.numel() * b.element_size() for b in model.buffers())
     return int(weight_bytes), trainable, total
 
 
-def adapter_words(model) -> int:
-    """Extra words per token that adapters keep: LoRA-style layers save their (dropped-out) input and the
-    rank-r projection; bottleneck adapters their bottleneck activations."""
-    words = 0
-    for module in model.modules():
-        if hasattr(module, "lora_A") and hasattr(module, "in_features"):
-            words += module.in_features + sum(a.out_features for a in module.lora_A.values())
-        elif hasattr(module, "down") and hasattr(module, "up"):  # peftlab bottleneck adapter
-            words += 2 * module.down.out_features
-    return words
+def _base_linears(model) -> list[tuple[str, torch.nn.Module]]:
+    """The model's own linear layers (an adapted one as its base_layer), not the layers methods add."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+            and not re.search(r"(lora_|adapter|prompt_encoder|modules_to_save)", name)]
 
 
-def virtual_tokens(method) -> int:
-    return getattr(method, "num_virtual_tokens", 0)
-
-
-def activation_bytes(config, batch: int, seq: int, task: str, extra_words: int, virtual: int, scores_kept: bool) -> int:
-    """float32 activations stored for backward for one batch of `batch` x `seq` tokens."""
+def layer_bytes(config, act: int, decoder: bool, full_ft: bool) -> float:
+    """Bytes one transformer layer keeps for backward per token. act: element size of matmul outputs (2 under bf16
+    autocast, else 4); normalisation and the residual stream stay float32."""
     h = config.hidden_size
     i = getattr(config, "intermediate_size", 4 * h)
-    layers, heads = config.num_hidden_layers, config.num_attention_heads
-    keys = seq + virtual  # prefix/prompt tokens lengthen what every query attends to
-    per_token = layers * (HIDDEN_WORDS * h + INTERMEDIATE_WORDS * i + (SCORE_WORDS * heads * keys if scores_kept else 0))
-    words = batch * (seq + virtual) * (per_token + extra_words + 4 * h)  # + embeddings and output
-    if task == "causal_lm":  # logits, their log-softmax and its gradient over the vocabulary
-        words += 3 * batch * seq * config.vocab_size
-    return int(4 * words * ACTIVATION_OVERHEAD)
+    heads = config.num_attention_heads
+    kv = h * getattr(config, "num_key_value_heads", heads) // heads
+    cast = act == 2
+    if decoder:  # Llama: RMSNorm, q/k/v with rotary embedding (float32), SDPA, gated SiLU feed-forward
+        norms = 2 * (h + (h if full_ft or not cast else 0)) * 4  # input, and normalised output kept for its weight
+        qkv_in = (3 * h * act) if cast else 0  # fp32: the norm's output, counted above
+        qkv_out = (h + 2 * kv) * act + (h + kv) * 4  # projections, then rotary (float32 cos/sin)
+        attention = 2 * h * 4 + (2 * h * act if cast else 0) + 2 * h * act  # k/v repeated to every head, casts,
+        # output, its contiguous copy (o_proj input)
+        mlp_in = 2 * h * act if cast else 0
+        mlp = 4 * i * act  # gate (SiLU input), SiLU output, up, their product (down_proj input)
+        return norms + qkv_in + qkv_out + attention + mlp_in + mlp
+    # BERT: LayerNorm after attention and feed-forward, GELU
+    qkv_in = 3 * h * act if cast else h * 4
+    attention = 3 * h * act + 2 * h * act  # q/k/v for SDPA, its output and its contiguous copy
+    norms = 2 * h * 4 + (h * act if cast else h * 4)  # two LayerNorm inputs; the first's output feeds the FFN
+    mlp = 2 * i * act  # GELU input and output (output dense input)
+    return qkv_in + attention + norms + mlp
 
 
-def predict(recipe, task, resolved, label_names: list[str], longest: int) -> dict:
-    """Predicted peak memory of training `recipe`; `longest` is the longest tokenized training example."""
+def adapter_bytes(model, act: int, dropout: float) -> float:
+    """Per token: what adapted linear layers and bottleneck adapters keep for backward."""
+    total = 0.0
+    for module in model.modules():
+        if hasattr(module, "lora_A") and hasattr(module, "in_features"):
+            r = sum(a.out_features for a in module.lora_A.values())
+            d_in, d_out = module.in_features, module.out_features
+            total += (d_in * 4 + d_in) if dropout else 0  # dropped-out input (float32) and the mask (1 B)
+            total += d_in * act if act == 2 else 0  # its bf16 cast for lora_A
+            total += r * act  # lora_B input
+            if getattr(module, "lora_magnitude_vector", None):  # DoRA: base output rescaled, and its own result
+                total += 2 * d_out * 4 + (d_in * act + d_out * act if dropout else 0)
+        elif hasattr(module, "down") and hasattr(module, "up"):  # peftlab bottleneck adapter
+            total += 3 * module.down.out_features * 4 + module.down.in_features * 4
+    return total
+
+
+def logits_bytes(config, task: str, tokens: int, labelled: int, chunked: bool) -> int:
+    """The output layer's share: float32 logits, their log-softmax and its gradient, for the causal LM's tokens."""
+    if task != "causal_lm":
+        return 0
+    if chunked:  # label-only chunked cross-entropy: one chunk of the labelled tokens at a time
+        return 3 * 4 * min(labelled, levers.LOSS_CHUNK_TOKENS) * config.vocab_size + 4 * labelled * config.hidden_size
+    return 4 * 4 * tokens * config.vocab_size  # logits, float copy, log-softmax, its gradient
+
+
+def resident(runtime: int, live_peak: int, transient: int) -> int:
+    """Plan of the process's peak RSS: the process before the model, the live peak, and the allocator's slack."""
+    return int(runtime + live_peak + ALLOCATOR_SLACK * transient)
+
+
+def predict(recipe, task, resolved, label_names: list[str], longest: int, batch: int | None = None) -> dict:
+    """Predicted training peak of `recipe` for a batch of its longest training example (`longest` tokens)."""
     from .heads import attach as attach_head
     from .methods.base import Context
     from .models import load_config
+    from .speed import use_bf16
 
     config = load_config(resolved, recipe.model, **task.model_kwargs(label_names))
     with torch.device("meta"):
@@ -105,21 +152,45 @@ def predict(recipe, task, resolved, label_names: list[str], longest: int) -> dic
             attach_head(model, recipe.model.head, task.HEADS)
         heads = tuple(h for h in task.HEADS if hasattr(model, h))
         model = recipe.method.wrap(model, Context(heads, task.PEFT_TASK_TYPE, recipe.quant is not None, resolved.path))
-    weights, trainable, total = parameter_bytes(model, recipe.quant, heads + tuple(getattr(task, "UNQUANTIZED", ())))
-    on_gpu = torch.cuda.is_available()
-    # with dropout on attention probabilities SDPA takes the math path and keeps them; without, it keeps none
-    scores_kept = getattr(config, "attention_probs_dropout_prob", 0.0) > 0
+    unquantized = heads + tuple(getattr(task, "UNQUANTIZED", ()))
+    weights, trainable, total = parameter_bytes(model, recipe.quant, unquantized)
+    n_trainable = sum(1 for p in model.parameters() if p.requires_grad)
+    batch = batch or levers.micro_batch_size(recipe)
+    seq = min(longest, recipe.data.max_length) + getattr(recipe.method, "num_virtual_tokens", 0)
+    tokens = batch * seq
+    act = 2 if use_bf16(recipe) else 4
+    full_ft = recipe.method.kind == "full"
+    decoder = recipe.model.task == "causal_lm"
+    per_layer = layer_bytes(config, act, decoder, full_ft) * tokens
+    layers = config.num_hidden_layers
+    residual = config.hidden_size * 4 * tokens
+    if levers.gradient_checkpointing(recipe):  # each layer's input kept; one layer recomputed at a time
+        activations = layers * residual + per_layer
+    else:
+        activations = layers * per_layer
+    dora_copies = 2 if getattr(recipe.method, "kind", "") == "dora" and getattr(recipe.method, "dropout", 0) else 1
+    quantized = _quantized_linears(model, recipe.quant, unquantized)
     parts = {
-        "runtime": 0 if on_gpu else current_rss(),
         "weights": weights,
+        "optimizer": 8 * trainable + 4 * n_trainable,
         "gradients": 4 * trainable,
-        "optimizer": 8 * trainable,
-        "activations": activation_bytes(config, recipe.train.batch_size, min(longest, recipe.data.max_length),
-                                        recipe.model.task, adapter_words(model), virtual_tokens(recipe.method), scores_kept),
+        # bf16 copies: cached for trainable weights, saved by each matmul for frozen ones; DoRA with dropout runs
+        # the adapted layers' base weight a second time (on the dropped-out input)
+        "cast_weights": 2 * sum(m.weight.numel() * (dora_copies if name.endswith("base_layer") else 1)
+                                for name, m in _base_linears(model)) if act == 2 else 0,
+        "activations": int(activations + 2 * residual),  # + embeddings and the final norm
+        "adapters": int(adapter_bytes(model, act, getattr(recipe.method, "dropout", 0.0)) * tokens),
+        "dequantized": 4 * max((m.weight.numel() for m in quantized), default=0),
+        "logits": logits_bytes(config, recipe.model.task, tokens, tokens, levers.chunked_loss(recipe)),
     }
-    peak = sum(parts.values())
-    return {"predicted_peak_bytes": peak, "parts": parts, "device": "cuda" if on_gpu else "cpu",
-            "trainable_params": trainable, "total_params": total}
+    transient = sum(parts[k] for k in ("cast_weights", "activations", "adapters", "dequantized", "logits"))
+    peak = parts["weights"] + parts["optimizer"] + max(transient, parts["gradients"])
+    on_gpu = torch.cuda.is_available()
+    runtime = 0 if on_gpu else current_rss()
+    return {"predicted_train_peak_bytes": peak,
+            "predicted_train_peak_rss_bytes": None if on_gpu else resident(runtime, peak, transient),
+            "parts": parts | {"runtime": runtime, "transient": transient}, "device": "cuda" if on_gpu else "cpu",
+            "batch": batch, "sequence": seq, "trainable_params": trainable, "total_params": total}
 
 
 def verdict(prediction: dict, budget: int | None) -> tuple[bool, int, str]:
@@ -132,7 +203,7 @@ def verdict(prediction: dict, budget: int | None) -> tuple[bool, int, str]:
         import os
 
         limit, what = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "physical memory"
-    return prediction["predicted_peak_bytes"] <= limit, limit, what
+    return prediction["predicted_train_peak_bytes"] <= limit, limit, what
 
 
 def parse_size(text: str) -> int:
@@ -145,10 +216,13 @@ def parse_size(text: str) -> int:
 
 def print_plan(prediction: dict, budget: int | None) -> bool:
     fits, limit, what = verdict(prediction, budget)
-    print(f"predicted peak memory ({prediction['device']}): {human_bytes(prediction['predicted_peak_bytes'])}")
+    print(f"predicted training peak ({prediction['device']}, live tensors): "
+          f"{human_bytes(prediction['predicted_train_peak_bytes'])}")
+    if prediction["predicted_train_peak_rss_bytes"]:
+        print(f"predicted training peak (process RSS): {human_bytes(prediction['predicted_train_peak_rss_bytes'])}")
     for name, value in prediction["parts"].items():
         print(f"  {name:<12} {human_bytes(value)}")
     print(f"trainable parameters: {prediction['trainable_params']:,} of {prediction['total_params']:,}")
-    print(f"{'fits' if fits else 'does not fit'}: {human_bytes(prediction['predicted_peak_bytes'])} vs "
+    print(f"{'fits' if fits else 'does not fit'}: {human_bytes(prediction['predicted_train_peak_bytes'])} vs "
           f"{what} {human_bytes(limit)}")
     return fits

@@ -6,13 +6,12 @@ import json
 
 import pytest
 import torch
+from conftest import make_bert, run_recipe, write_recipe
 from transformers import TrainerCallback
 
 from peftlab import load_recipe, memory
 from peftlab.run import build_model, prepare_inputs
 from peftlab.training import build_trainer
-
-from conftest import make_bert, run_recipe, write_recipe
 
 MB = 1_000_000
 
@@ -95,3 +94,12 @@ def test_run_records_the_memory_object(tmp_path, data_dir):
     assert set(mem["model_state_bytes"]) == {"weights", "gradients", "optimizer", "total"}
     assert mem["train_peak_bytes"] >= mem["model_state_bytes"]["total"]
     assert mem["predicted_train_peak_bytes"] > 0 and mem["plan_error_percent"] is not None
+
+
+@pytest.mark.parametrize("method", ["FullFineTuning()", "LoRA(r=8, alpha=16, target='all-linear')"])
+def test_plan_predicts_the_measured_training_peak(tmp_path, data_dir, method):
+    bert = make_bert(tmp_path / "bert", hidden=128)
+    run = run_recipe(tmp_path, write_recipe(tmp_path / "r.py", bert, method=method,
+                                            train="epochs=1, lr=5e-3, batch_size=64, precision='fp32'"), data_dir)
+    mem = json.loads((run / "metrics.json").read_text())["memory"]
+    assert abs(mem["plan_error_percent"]) <= 10, mem
