@@ -37,7 +37,7 @@ def measure_one(recipe_path: str, overrides: list[str], steps: int) -> dict:
     # the longest examples only: every step is a batch as long as the longest the recipe can see (what the plan is for)
     inputs.train = inputs.train.sort("length", reverse=True).select(range(steps * recipe.train.batch_size))
     inputs.eval = inputs.eval.select(range(16))  # evaluation is not what is calibrated here
-    runtime = plan.current_rss()  # where a run makes its plan: data tokenized, no model yet
+    runtime = plan.runtime_rss(recipe)  # where a run makes its plan: data tokenized, no model yet
     meter = memory.MemoryMeter()
     model = build_model(recipe, inputs.task, inputs.resolved, inputs.labels)
     out = Path("/tmp") / f"memcal-{os.getpid()}"

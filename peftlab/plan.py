@@ -47,6 +47,14 @@ def current_rss() -> int:
         return int(fh.read().split()[1]) * resource.getpagesize()
 
 
+def runtime_rss(recipe) -> int:
+    """Resident memory of this process before the model loads, with the libraries the run will load imported
+    (bitsandbytes and its kernels for a quantized base: a few hundred MB)."""
+    if recipe.quant is not None:
+        import bitsandbytes  # noqa: F401
+    return current_rss()
+
+
 def _quantized_bits(quant, d_in: int) -> float:
     if quant.kind == "8bit":
         return 8 + 32 / d_in
@@ -82,43 +90,46 @@ def _base_linears(model) -> list[tuple[str, torch.nn.Module]]:
             and not re.search(r"(lora_|adapter|prompt_encoder|modules_to_save)", name)]
 
 
-def layer_bytes(config, act: int, decoder: bool, full_ft: bool) -> float:
-    """Bytes one transformer layer keeps for backward per token. act: element size of matmul outputs (2 under bf16
-    autocast, else 4); normalisation and the residual stream stay float32."""
+def layer_bytes(config, act: int, decoder: bool, trained_linears: bool, keys: int) -> float:
+    """Bytes one transformer layer keeps for backward, per token. act: element size of matmul outputs (2 under bf16
+    autocast, else 4); normalisation, attention and the residual stream stay float32. A frozen linear layer keeps
+    nothing of its input (its weight gradient is not needed); a trained one keeps its input (under autocast its own
+    bf16 copy of it)."""
     h = config.hidden_size
     i = getattr(config, "intermediate_size", 4 * h)
     heads = config.num_attention_heads
-    kv = h * getattr(config, "num_key_value_heads", heads) // heads
-    cast = act == 2
-    if decoder:  # Llama: RMSNorm, q/k/v with rotary embedding (float32), SDPA, gated SiLU feed-forward
-        norms = 2 * (h + (h if full_ft or not cast else 0)) * 4  # input, and normalised output kept for its weight
-        qkv_in = (3 * h * act) if cast else 0  # fp32: the norm's output, counted above
-        qkv_out = (h + 2 * kv) * act + (h + kv) * 4  # projections, then rotary (float32 cos/sin)
-        attention = 2 * h * 4 + (2 * h * act if cast else 0) + 2 * h * act  # k/v repeated to every head, casts,
-        # output, its contiguous copy (o_proj input)
-        mlp_in = 2 * h * act if cast else 0
-        mlp = 4 * i * act  # gate (SiLU input), SiLU output, up, their product (down_proj input)
-        return norms + qkv_in + qkv_out + attention + mlp_in + mlp
-    # BERT: LayerNorm after attention and feed-forward, GELU
-    qkv_in = 3 * h * act if cast else h * 4
-    attention = 3 * h * act + 2 * h * act  # q/k/v for SDPA, its output and its contiguous copy
-    norms = 2 * h * 4 + (h * act if cast else h * 4)  # two LayerNorm inputs; the first's output feeds the FFN
-    mlp = 2 * i * act  # GELU input and output (output dense input)
-    return qkv_in + attention + norms + mlp
+    # attention (SDPA's math path on CPU, float32): scaled queries and keys, values, probabilities over every key
+    attention = 3 * h * 4 + heads * keys * 4
+    if decoder:  # Llama: two RMSNorms (input and normalised output), gated SiLU feed-forward
+        kept = attention + 2 * 2 * h * 4 + 3 * i * act  # gate (SiLU input), SiLU output, up
+        inputs = (3 * h if act == 2 else h) + h + (2 * h if act == 2 else h) + i  # q/k/v, o, gate/up, down
+    else:  # BERT: two LayerNorm inputs, GELU input
+        kept = attention + 2 * h * 4 + i * act
+        inputs = (3 * h if act == 2 else h) + h + h + i  # q/k/v, attention output, intermediate, output
+    return kept + (inputs * act if trained_linears else 0)
 
 
 def adapter_bytes(model, act: int, dropout: float) -> float:
     """Per token: what adapted linear layers and bottleneck adapters keep for backward."""
-    total = 0.0
-    for module in model.modules():
+    total, shared = 0.0, set()
+    for name, module in model.named_modules():
         if hasattr(module, "lora_A") and hasattr(module, "in_features"):
             r = sum(a.out_features for a in module.lora_A.values())
             d_in, d_out = module.in_features, module.out_features
-            total += (d_in * 4 + d_in) if dropout else 0  # dropped-out input (float32) and the mask (1 B)
-            total += d_in * act if act == 2 else 0  # its bf16 cast for lora_A
-            total += r * act  # lora_B input
-            if getattr(module, "lora_magnitude_vector", None):  # DoRA: base output rescaled, and its own result
-                total += 2 * d_out * 4 + (d_in * act + d_out * act if dropout else 0)
+            # lora_A's input: its dropped-out copy and mask; else under autocast its own bf16 copy; else the
+            # float32 input itself, once for the layers reading the same tensor (q/k/v, gate/up: one parent)
+            if dropout:
+                total += d_in * 4 + d_in + (d_in * act if act == 2 else 0)
+            elif act == 2:
+                total += d_in * act
+            elif (name.rsplit(".", 1)[0], d_in) not in shared:
+                shared.add((name.rsplit(".", 1)[0], d_in))
+                total += d_in * 4
+            total += r * act  # lora_B's input
+            if module.lora_magnitude_vector:  # DoRA: the base output it rescales and its own result
+                total += 2 * d_out * act + (d_in * act if dropout else 0)
+        elif hasattr(module, "ia3_l"):  # IA3: the scaled tensor (layer output, or a feed-forward input)
+            total += (module.in_features if module.is_feedforward else module.out_features) * act
         elif hasattr(module, "down") and hasattr(module, "up"):  # peftlab bottleneck adapter
             total += 3 * module.down.out_features * 4 + module.down.in_features * 4
     return total
@@ -156,12 +167,13 @@ def predict(recipe, task, resolved, label_names: list[str], longest: int, batch:
     weights, trainable, total = parameter_bytes(model, recipe.quant, unquantized)
     n_trainable = sum(1 for p in model.parameters() if p.requires_grad)
     batch = batch or levers.micro_batch_size(recipe)
-    seq = min(longest, recipe.data.max_length) + getattr(recipe.method, "num_virtual_tokens", 0)
+    virtual = getattr(recipe.method, "num_virtual_tokens", 0)
+    seq = min(longest, recipe.data.max_length) + (virtual if recipe.method.kind == "prompt" else 0)
+    keys = seq + (virtual if recipe.method.kind == "prefix" else 0)  # prefix tuning adds keys, not queries
     tokens = batch * seq
     act = 2 if use_bf16(recipe) else 4
-    full_ft = recipe.method.kind == "full"
     decoder = recipe.model.task == "causal_lm"
-    per_layer = layer_bytes(config, act, decoder, full_ft) * tokens
+    per_layer = layer_bytes(config, act, decoder, recipe.method.kind == "full", keys) * tokens
     layers = config.num_hidden_layers
     residual = config.hidden_size * 4 * tokens
     if levers.gradient_checkpointing(recipe):  # each layer's input kept; one layer recomputed at a time
@@ -186,7 +198,7 @@ def predict(recipe, task, resolved, label_names: list[str], longest: int, batch:
     transient = sum(parts[k] for k in ("cast_weights", "activations", "adapters", "dequantized", "logits"))
     peak = parts["weights"] + parts["optimizer"] + max(transient, parts["gradients"])
     on_gpu = torch.cuda.is_available()
-    runtime = 0 if on_gpu else current_rss()
+    runtime = 0 if on_gpu else runtime_rss(recipe)
     return {"predicted_train_peak_bytes": peak,
             "predicted_train_peak_rss_bytes": None if on_gpu else resident(runtime, peak, transient),
             "parts": parts | {"runtime": runtime, "transient": transient}, "device": "cuda" if on_gpu else "cpu",
