@@ -1,29 +1,33 @@
 """The memory plan: training peak predicted before a run, from what is known ahead, one term per mechanism.
 
 The model is built on the meta device (no weights are read) and wrapped with the recipe's method, which gives exact
-parameter counts per dtype and trainability and the adapted layers. For the longest batch (micro-batch x longest
-sequence) the live tensors of a training step are, in bytes:
+parameter counts per dtype and trainability. For the longest batch (micro-batch x longest sequence), in bytes:
 
   weights            every parameter and buffer at its stored size: float32 4 B, quantized linear layers at their
                      real bits/param (NF4 + double quantization 4.127, int8 8 + 32/d_in)
   optimizer          AdamW: two float32 moments per trainable parameter and a step count per trainable tensor
   gradients          4 B per trainable parameter (at the optimizer step, when the activations are gone)
-  cast weights       under bf16 autocast each linear layer's weight is cast to bf16 and the copy kept for backward
-  activations        tensors each transformer layer keeps for backward, per token (see `layer_bytes`): inputs of
-                     linear layers (fp32 shared by layers reading the same tensor; under autocast one bf16 copy each),
-                     normalisation inputs/outputs, attention q/k/v/output, the feed-forward intermediates; with
-                     gradient checkpointing only each layer's input plus one layer's activations
-  adapters           per token, what adapted linear layers add (LoRA/DoRA: dropped-out input, rank-r projection;
-                     DoRA also the base output it rescales) and bottleneck adapters (down/up activations)
-  dequantized        a 4/8-bit layer's weight dequantized to float32 for its matmul (the largest, one at a time)
-  logits             the output layer: float32 logits over the vocabulary for every token (or only the labelled
-                     ones with the label-only chunked loss), their log-softmax and its gradient
+  activations: ...   what the transformer layers keep for backward, by kind of module (attention, feed-forward,
+                     norms, the method's adapter inputs). Traced, not counted by hand: `traced_layer` runs a one-layer
+                     copy of the model with the recipe's method and precision under saved-tensor hooks, which sees
+                     exactly which tensors autograd keeps (a frozen linear layer keeps no input, a trained one its
+                     input or its bf16 copy; SDPA's path and its float32 probabilities; LoRA's dropped-out inputs;
+                     DoRA's base outputs; bf16 weight copies under autocast). Times the layer count; with gradient
+                     checkpointing each layer's input plus one layer
+  embeddings ...     the embedding output and final norm input (float32, per token)
+  cast weights       under bf16 autocast, the bf16 copies of linear layers outside the blocks (the output layer)
+  dequantized weight a 4/8-bit layer's weight dequantized to float32 for its matmul (the largest, one at a time)
+  DoRA weight norm   the weight-shaped temporaries of DoRA's column norms (one layer at a time)
+  logits             causal LM: during the loss's backward the float32 log-softmax, its gradient and the logits'
+                     gradient over the vocabulary, for every token (label-only chunked loss: one chunk of labelled
+                     tokens)
 
-  peak = weights + optimizer + max(activations + cast weights + adapters + dequantized + logits, gradients)
+  peak = weights + optimizer + max(sum of the transient terms above, gradients)
 
-On CPU the plan of resident memory adds the process before the model loads (Python, libraries, tokenized data:
-measured, `runtime`) and an allocator term: glibc keeps freed blocks of earlier steps' shapes (`ALLOCATOR_SLACK`
-of the activation-like terms, measured on the comparisons' runs; see benchmarks/memory_calibration.py).
+On CPU the plan of resident memory adds the process before the model loads (Python, libraries incl. bitsandbytes
+for a quantized base, tokenized data: `runtime`, measured) and the allocator's slack: glibc keeps freed blocks of a
+step's transient tensors for reuse rather than returning them (`ALLOCATOR_SLACK` of the transient bytes, set from
+benchmarks/memory_calibration.py).
 """
 
 from __future__ import annotations
@@ -84,55 +88,92 @@ def parameter_bytes(model, quant, heads: tuple[str, ...]) -> tuple[int, int, int
     return int(weight_bytes), trainable, total
 
 
+def _first_layer(model) -> torch.nn.Module:
+    """The first transformer block: the first entry of the model's stack of layers."""
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and name.rsplit(".", 1)[-1] in ("layer", "layers", "h"):
+            return module[0]
+    raise ValueError(f"no stack of transformer layers found in {type(model).__name__}")
+
+
+def _category(name: str) -> str:
+    lowered = name.lower()
+    if re.search(r"(lora_|ia3_|adapter|prefix|prompt)", lowered):
+        return "adapter inputs"
+    if "norm" in lowered:
+        return "norms"
+    return "attention" if re.search(r"(attn|attention)", lowered) else "feed-forward"
+
+
+def _saved_by_layer(model, batch: int, seq: int, autocast: bool, vocab: int) -> dict[str, int]:
+    """Bytes the first layer saves for backward in one forward pass of `batch` rows (the last one padded by a token,
+    so attention takes the masked path training batches take), by the kind of module that saved them."""
+    layer = _first_layer(model)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    active: list[str] = []
+    saved: dict[int, tuple[str, int]] = {}
+    hooks = []
+    for name, module in layer.named_modules():
+        hooks.append(module.register_forward_pre_hook(lambda m, a, n=name or "layer": active.append(n)))
+        hooks.append(module.register_forward_hook(lambda m, a, o: active.pop()))
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if active and storage.data_ptr() not in params and storage.data_ptr() not in saved:
+            saved[storage.data_ptr()] = (_category(active[-1]), storage.nbytes())
+        return tensor
+
+    ids = torch.randint(min(vocab, 1000) // 2, min(vocab, 1000), (batch, seq))
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    mask[-1, -1] = 0
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+                torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            model(input_ids=ids, attention_mask=mask)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    out: dict[str, int] = {}
+    for category, nbytes in saved.values():
+        out[category] = out.get(category, 0) + nbytes
+    return out
+
+
+def traced_layer(recipe, task, resolved, label_names: list[str], seq: int, autocast: bool) -> tuple[dict, dict]:
+    """What one transformer layer of this recipe keeps for backward: (bytes per batch row, bytes per layer whatever
+    the batch: bf16 weight copies), by kind of module. Measured, not counted by hand: a one-layer copy of the model
+    (random weights, same dimensions) wrapped with the recipe's method runs forward on 2 and 4 rows of `seq` tokens
+    under saved-tensor hooks; the difference is per row, the rest per layer. A quantized base is traced in full
+    precision: bitsandbytes' layers keep no input for backward either (their weight is frozen)."""
+    import copy
+
+    from .heads import attach as attach_head
+    from .methods.base import Context
+    from .models import load_config
+
+    config = copy.deepcopy(load_config(resolved, recipe.model, **task.model_kwargs(label_names)))
+    config.num_hidden_layers = 1
+    config.vocab_size = min(config.vocab_size, 1024)  # the output layer is planned apart (`logits`); keep it small
+    if hasattr(config, "layer_types"):
+        config.layer_types = config.layer_types[:1]
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = task.MODEL_CLASS.from_config(config)
+        if recipe.model.head is not None:
+            attach_head(model, recipe.model.head, task.HEADS)
+        heads = tuple(h for h in task.HEADS if hasattr(model, h))
+        model = recipe.method.wrap(model, Context(heads, task.PEFT_TASK_TYPE, False, resolved.path))
+        model.train()
+        two, four = (_saved_by_layer(model, n, seq, autocast, config.vocab_size) for n in (2, 4))
+    per_row = {k: max(0, (four.get(k, 0) - two.get(k, 0)) / 2) for k in four}
+    per_layer = {k: max(0, two.get(k, 0) - 2 * per_row[k]) for k in four}
+    return per_row, per_layer
+
+
 def _base_linears(model) -> list[tuple[str, torch.nn.Module]]:
     """The model's own linear layers (an adapted one as its base_layer), not the layers methods add."""
     return [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)
             and not re.search(r"(lora_|adapter|prompt_encoder|modules_to_save)", name)]
-
-
-def layer_bytes(config, act: int, decoder: bool, trained_linears: bool, keys: int) -> float:
-    """Bytes one transformer layer keeps for backward, per token. act: element size of matmul outputs (2 under bf16
-    autocast, else 4); normalisation, attention and the residual stream stay float32. A frozen linear layer keeps
-    nothing of its input (its weight gradient is not needed); a trained one keeps its input (under autocast its own
-    bf16 copy of it)."""
-    h = config.hidden_size
-    i = getattr(config, "intermediate_size", 4 * h)
-    heads = config.num_attention_heads
-    # attention (SDPA's math path on CPU, float32): scaled queries and keys, values, probabilities over every key
-    attention = 3 * h * 4 + heads * keys * 4
-    if decoder:  # Llama: two RMSNorms (input and normalised output), gated SiLU feed-forward
-        kept = attention + 2 * 2 * h * 4 + 3 * i * act  # gate (SiLU input), SiLU output, up
-        inputs = (3 * h if act == 2 else h) + h + (2 * h if act == 2 else h) + i  # q/k/v, o, gate/up, down
-    else:  # BERT: two LayerNorm inputs, GELU input
-        kept = attention + 2 * h * 4 + i * act
-        inputs = (3 * h if act == 2 else h) + h + h + i  # q/k/v, attention output, intermediate, output
-    return kept + (inputs * act if trained_linears else 0)
-
-
-def adapter_bytes(model, act: int, dropout: float) -> float:
-    """Per token: what adapted linear layers and bottleneck adapters keep for backward."""
-    total, shared = 0.0, set()
-    for name, module in model.named_modules():
-        if hasattr(module, "lora_A") and hasattr(module, "in_features"):
-            r = sum(a.out_features for a in module.lora_A.values())
-            d_in, d_out = module.in_features, module.out_features
-            # lora_A's input: its dropped-out copy and mask; else under autocast its own bf16 copy; else the
-            # float32 input itself, once for the layers reading the same tensor (q/k/v, gate/up: one parent)
-            if dropout:
-                total += d_in * 4 + d_in + (d_in * act if act == 2 else 0)
-            elif act == 2:
-                total += d_in * act
-            elif (name.rsplit(".", 1)[0], d_in) not in shared:
-                shared.add((name.rsplit(".", 1)[0], d_in))
-                total += d_in * 4
-            total += r * act  # lora_B's input
-            if module.lora_magnitude_vector:  # DoRA: the base output it rescales and its own result
-                total += 2 * d_out * act + (d_in * act if dropout else 0)
-        elif hasattr(module, "ia3_l"):  # IA3: the scaled tensor (layer output, or a feed-forward input)
-            total += (module.in_features if module.is_feedforward else module.out_features) * act
-        elif hasattr(module, "down") and hasattr(module, "up"):  # peftlab bottleneck adapter
-            total += 3 * module.down.out_features * 4 + module.down.in_features * 4
-    return total
 
 
 def logits_bytes(config, task: str, tokens: int, labelled: int, chunked: bool) -> int:
@@ -141,7 +182,7 @@ def logits_bytes(config, task: str, tokens: int, labelled: int, chunked: bool) -
         return 0
     if chunked:  # label-only chunked cross-entropy: one chunk of the labelled tokens at a time
         return 3 * 4 * min(labelled, levers.LOSS_CHUNK_TOKENS) * config.vocab_size + 4 * labelled * config.hidden_size
-    return 4 * 4 * tokens * config.vocab_size  # logits, float copy, log-softmax, its gradient
+    return 3 * 4 * tokens * config.vocab_size  # in backward: log-softmax output, its gradient, the logits' gradient
 
 
 def resident(runtime: int, live_peak: int, transient: int) -> int:
@@ -167,35 +208,35 @@ def predict(recipe, task, resolved, label_names: list[str], longest: int, batch:
     weights, trainable, total = parameter_bytes(model, recipe.quant, unquantized)
     n_trainable = sum(1 for p in model.parameters() if p.requires_grad)
     batch = batch or levers.micro_batch_size(recipe)
-    virtual = getattr(recipe.method, "num_virtual_tokens", 0)
-    seq = min(longest, recipe.data.max_length) + (virtual if recipe.method.kind == "prompt" else 0)
-    keys = seq + (virtual if recipe.method.kind == "prefix" else 0)  # prefix tuning adds keys, not queries
-    tokens = batch * seq
-    act = 2 if use_bf16(recipe) else 4
-    decoder = recipe.model.task == "causal_lm"
-    per_layer = layer_bytes(config, act, decoder, recipe.method.kind == "full", keys) * tokens
-    layers = config.num_hidden_layers
-    residual = config.hidden_size * 4 * tokens
+    seq = min(longest, recipe.data.max_length)
+    virtual = getattr(recipe.method, "num_virtual_tokens", 0) if recipe.method.kind == "prompt" else 0
+    tokens = batch * (seq + virtual)  # prompt tuning prepends its tokens to every row
+    autocast = use_bf16(recipe)
+    per_row, per_layer = traced_layer(recipe, task, resolved, label_names, seq, autocast)
+    layers, residual = config.num_hidden_layers, config.hidden_size * 4 * tokens
     if levers.gradient_checkpointing(recipe):  # each layer's input kept; one layer recomputed at a time
-        activations = layers * residual + per_layer
+        stack = {"layer inputs (checkpointed)": layers * residual} | {
+            k: batch * per_row[k] + per_layer[k] for k in per_row}
     else:
-        activations = layers * per_layer
-    dora_copies = 2 if getattr(recipe.method, "kind", "") == "dora" and getattr(recipe.method, "dropout", 0) else 1
+        stack = {k: layers * (batch * per_row[k] + per_layer[k]) for k in per_row}
     quantized = _quantized_linears(model, recipe.quant, unquantized)
     parts = {
         "weights": weights,
         "optimizer": 8 * trainable + 4 * n_trainable,
         "gradients": 4 * trainable,
-        # bf16 copies: cached for trainable weights, saved by each matmul for frozen ones; DoRA with dropout runs
-        # the adapted layers' base weight a second time (on the dropped-out input)
-        "cast_weights": 2 * sum(m.weight.numel() * (dora_copies if name.endswith("base_layer") else 1)
-                                for name, m in _base_linears(model)) if act == 2 else 0,
-        "activations": int(activations + 2 * residual),  # + embeddings and the final norm
-        "adapters": int(adapter_bytes(model, act, getattr(recipe.method, "dropout", 0.0)) * tokens),
-        "dequantized": 4 * max((m.weight.numel() for m in quantized), default=0),
+        **{f"activations: {k}": int(v) for k, v in sorted(stack.items())},
+        "activations: embeddings, final norm": 2 * residual,
+        # bf16 copies of the linear layers outside the transformer blocks (output layer, pooler, head): those inside
+        # are in the traced per-layer bytes
+        "cast weights outside the layers": 2 * sum(m.weight.numel() for name, m in _base_linears(model)
+                                                   if not re.search(r"\.(layer|layers|h)\.\d+\.", name))
+        if autocast else 0,
+        "dequantized weight": 4 * max((m.weight.numel() for m in quantized), default=0),
+        "DoRA weight norm": 3 * 4 * max((m.weight.numel() for m in quantized or [m for _, m in _base_linears(model)]),
+                                        default=0) if recipe.method.kind == "dora" else 0,
         "logits": logits_bytes(config, recipe.model.task, tokens, tokens, levers.chunked_loss(recipe)),
     }
-    transient = sum(parts[k] for k in ("cast_weights", "activations", "adapters", "dequantized", "logits"))
+    transient = sum(v for k, v in parts.items() if k not in ("weights", "optimizer", "gradients"))
     peak = parts["weights"] + parts["optimizer"] + max(transient, parts["gradients"])
     on_gpu = torch.cuda.is_available()
     runtime = 0 if on_gpu else runtime_rss(recipe)

@@ -6,12 +6,13 @@ import json
 
 import pytest
 import torch
-from conftest import make_bert, run_recipe, write_recipe
 from transformers import TrainerCallback
 
 from peftlab import load_recipe, memory
 from peftlab.run import build_model, prepare_inputs
 from peftlab.training import build_trainer
+
+from conftest import make_bert, run_recipe, write_recipe
 
 MB = 1_000_000
 

@@ -42,11 +42,15 @@ def test_parts_follow_the_recipe(tmp_path, bert64, data_dir):
                              train=dataclasses.replace(recipe.train, batch_size=4 * recipe.train.batch_size))
     assert qlora["parts"]["weights"] < 0.5 * lora["parts"]["weights"]  # 4-bit linear layers
     assert qlora["parts"]["optimizer"] == lora["parts"]["optimizer"] > 2 * lora["parts"]["gradients"]  # + step counts
-    assert qlora["parts"]["dequantized"] > 0 == lora["parts"]["dequantized"]
-    assert wide["parts"]["activations"] == pytest.approx(4 * lora["parts"]["activations"], rel=1e-6)
+    assert qlora["parts"]["dequantized weight"] > 0 == lora["parts"]["dequantized weight"]
+
+    def activations(plan):
+        return sum(v for k, v in plan["parts"].items() if k.startswith("activations"))
+
+    assert 3 * activations(lora) < activations(wide) <= 4 * activations(lora)  # per row, plus per-layer weight copies
     parts = lora["parts"]
-    transient = sum(parts[k] for k in ("cast_weights", "activations", "adapters", "dequantized", "logits"))
-    assert lora["predicted_train_peak_bytes"] == parts["weights"] + parts["optimizer"] + max(transient, parts["gradients"])
+    assert lora["predicted_train_peak_bytes"] == parts["weights"] + parts["optimizer"] + max(
+        parts["transient"], parts["gradients"])
 
 
 def test_plan_flag_prints_and_exits_without_a_run(tmp_path, tiny_bert, data_dir, capsys):
