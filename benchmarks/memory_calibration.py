@@ -28,7 +28,8 @@ def measure_one(recipe_path: str, overrides: list[str], steps: int) -> dict:
     from peftlab import memory, plan
     from peftlab import recipe as recipe_mod
     from peftlab.data import data_dir
-    from peftlab.run import build_model, prepare_inputs, quiet_libraries
+    from peftlab.building import build_model, prepare_inputs
+    from peftlab.pipeline import quiet_libraries
     from peftlab.training import build_trainer
 
     quiet_libraries()
@@ -56,7 +57,7 @@ def evaluate_plan(row: dict) -> dict:
     from peftlab import plan
     from peftlab import recipe as recipe_mod
     from peftlab.data import data_dir
-    from peftlab.run import prepare_inputs
+    from peftlab.building import prepare_inputs
 
     recipe = recipe_mod.load_recipe(row["recipe"], row["overrides"])
     inputs = prepare_inputs(recipe, data_dir(None))

@@ -3,7 +3,7 @@ Cheaper than the single-method recipes so the comparison fits the CPU budget: 16
 (20 optimizer steps instead of 30) and exact match on the first 20 test problems instead of 30; the same 64 held-out
 problems for perplexity in every variant."""
 
-from peftlab.compare import Comparison
+from peftlab import Comparison
 
 comparison = Comparison(
     name="compare_gsm8k",

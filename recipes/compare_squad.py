@@ -6,7 +6,7 @@ Budget: about 12 min on a 2-core CPU (~2.5 min of training per variant, ~20 s of
 epoch favour methods that start close to a working model: read the table as "what 1,000 questions buy".
 """
 
-from peftlab.compare import Comparison
+from peftlab import Comparison
 
 comparison = Comparison(
     name="compare_squad",

@@ -1,7 +1,7 @@
 """Every method against full fine-tuning on SST-2, on a fixed 8,000-sentence training subset (seeded, the
 same for all variants) so the whole comparison fits in about half an hour on a 2-core CPU."""
 
-from peftlab.compare import Comparison
+from peftlab import Comparison
 
 comparison = Comparison(
     name="compare_sst2",

@@ -5,7 +5,7 @@ own run and writes reports/<recipe>.md.
 Budget: about 8 min on a 2-core CPU (~100 s of training per variant, evaluation ~10 s per pass).
 """
 
-from peftlab.compare import Comparison
+from peftlab import Comparison
 
 comparison = Comparison(
     name="compare_stsb",

@@ -6,7 +6,7 @@ Three seeds: LoRA's entity F1 ranged 22.6-47.1 % over seeds 0-2 on this budget (
 Budget: about 15 min on a 2-core CPU (~1 min of training per variant and seed, evaluation a few seconds per pass).
 """
 
-from peftlab.compare import Comparison
+from peftlab import Comparison
 
 comparison = Comparison(
     name="compare_wnut17",

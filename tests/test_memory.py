@@ -9,7 +9,7 @@ import torch
 from transformers import TrainerCallback
 
 from peftlab import load_recipe, memory
-from peftlab.run import build_model, prepare_inputs
+from peftlab.building import build_model, prepare_inputs
 from peftlab.training import build_trainer
 
 from conftest import make_bert, run_recipe, write_recipe
