@@ -34,8 +34,8 @@ def count_parameters(model) -> dict:
             "trainable_percent": 100.0 * trainable / max(total, 1)}
 
 
-def _quant_tensors(param):
-    """The tensors a bitsandbytes weight is stored in: packed values and their scales. The lookup codes
+def stored_tensors(param):
+    """The tensors a parameter is stored in: itself, and for a bitsandbytes weight its scales. The lookup codes
     (16 NF4/FP4 levels, 256 levels for double quantization) are constants of the format, left out as in the
     QLoRA paper's 4.127 bits/param."""
     yield param.data
@@ -56,7 +56,7 @@ def quantized_storage(model) -> dict | None:
         if param.dtype not in (torch.uint8, torch.int8):
             continue
         n_params += real_numel(param)
-        for tensor in _quant_tensors(param):
+        for tensor in stored_tensors(param):
             if tensor.data_ptr() not in seen:  # count a shared tensor once
                 seen.add(tensor.data_ptr())
                 n_bytes += tensor.numel() * tensor.element_size()

@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.table import Table
 from transformers import set_seed
 
-from . import building, checkpoints, distributed, levers, measure, models, plan, preflight, resume, rundir, run_report
-from . import speed
+from . import building, checkpoints, distributed, levers, measure, memory, models, plan, preflight, resume, rundir
+from . import run_report, speed
 from . import data as data_stage
 from .errors import PeftlabError
 from .evaluation import best_eval, eval_metrics
@@ -133,11 +133,13 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
 
     memory_plan = building.predict_memory(recipe, inputs)
     extra = task.Evaluation(inputs, recipe) if hasattr(task, "Evaluation") else None  # before/after figures
-    model = building.build_model(recipe, task, resolved, label_names, on_base=extra.before if extra else None)
+    meter = memory.MemoryMeter()  # the base's evaluation before training counts as evaluation
+    model = building.build_model(recipe, task, resolved, label_names,
+                                 on_base=meter.during("eval", extra.before) if extra else None)
     params = measure.count_parameters(model)
     quant_storage = measure.quantized_storage(model)
     trainer = build_trainer(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir / "checkpoints",
-                            task.metrics_for(eval_ds, splits.eval, label_names, recipe), label_names)
+                            task.metrics_for(eval_ds, splits.eval, label_names, recipe), label_names, meter)
     checkpoints.train(trainer, resuming.checkpoint if resuming else None)
     seconds = train_seconds(trainer)  # over all processes of a resumed run
     state = trainer.state
@@ -147,7 +149,7 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
     rundir.write_json(run_dir / "log_history.json", state.log_history)
     final = best_eval(state.log_history, state.best_model_checkpoint)
     if extra:
-        extra.after(trainer.model)  # the best checkpoint, as Trainer reloaded it
+        meter.during("eval", extra.after)(trainer.model)  # the best checkpoint, as Trainer reloaded it
 
     recipe.method.save(trainer.model, run_dir)
     tokenizer.save_pretrained(run_dir / "tokenizer")
@@ -169,7 +171,7 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
         "saved_bytes": measure.disk_bytes(run_dir / recipe.method.saves),
         **measure.peak_memory(),
         **({"peak_rss_bytes_per_process": peak_rss} if len(peak_rss) > 1 else {}),
-        "predicted_peak_bytes": memory_plan["predicted_peak_bytes"],
+        "memory": meter.record(memory_plan),
         "memory_plan": memory_plan["parts"],
     } | (extra.record(run_dir) if extra else {})
     rundir.write_json(run_dir / "metrics.json", metrics)

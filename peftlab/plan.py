@@ -1,16 +1,33 @@
-"""Peak-memory prediction before a run, from what is known ahead.
+"""The memory plan: training peak predicted before a run, from what is known ahead, one term per mechanism.
 
-The model is built on the meta device (no weights are read, no memory is used) and wrapped with the
-recipe's method, which gives exact parameter counts per dtype and trainability. Then:
+The model is built on the meta device (no weights are read) and wrapped with the recipe's method, which gives exact
+parameter counts per dtype and trainability. For the longest batch (micro-batch x longest sequence), in bytes:
 
-  peak = runtime + weights + gradients + optimizer state + activations
-  runtime      resident memory of this process before the model is loaded (CPU only: Python, libraries,
-               tokenized data); on a GPU the prediction is of torch's allocated device memory, without it
-  weights      each parameter at its storage size: 4 bytes (float32), quantized linear layers at their
-               real bits/param (NF4 + double quantization 4.127, without 4.5, int8 8 + 32/d_in)
-  gradients    4 bytes per trainable parameter; AdamW keeps two more float32 moments: 8 bytes each
-  activations  kept for the backward pass, per layer for the longest batch (see `activation_bytes`), times
-               a factor for allocator overhead fitted on measured runs
+  weights            every parameter and buffer at its stored size: float32 4 B, quantized linear layers at their
+                     real bits/param (NF4 + double quantization 4.127, int8 8 + 32/d_in)
+  optimizer          AdamW: two float32 moments per trainable parameter and a step count per trainable tensor
+  gradients          4 B per trainable parameter (at the optimizer step, when the activations are gone)
+  activations: ...   what the transformer layers keep for backward, by kind of module (attention, feed-forward,
+                     norms, the method's adapter inputs). Traced, not counted by hand: `traced_layer` runs a one-layer
+                     copy of the model with the recipe's method and precision under saved-tensor hooks, which sees
+                     exactly which tensors autograd keeps (a frozen linear layer keeps no input, a trained one its
+                     input or its bf16 copy; SDPA's path and its float32 probabilities; LoRA's dropped-out inputs;
+                     DoRA's base outputs; bf16 weight copies under autocast). Times the layer count; with gradient
+                     checkpointing each layer's input plus one layer
+  embeddings ...     the embedding output and final norm input (float32, per token)
+  cast weights       under bf16 autocast, the bf16 copies of linear layers outside the blocks (the output layer)
+  dequantized weight a 4/8-bit layer's weight dequantized to float32 for its matmul (the largest, one at a time)
+  DoRA weight norm   the weight-shaped temporaries of DoRA's column norms (one layer at a time)
+  logits             causal LM: during the loss's backward the float32 log-softmax, its gradient and the logits'
+                     gradient over the vocabulary, for every token (label-only chunked loss: one chunk of labelled
+                     tokens)
+
+  peak = weights + optimizer + max(sum of the transient terms above, gradients)
+
+On CPU the plan of resident memory adds the process before the model loads (Python, libraries incl. bitsandbytes
+for a quantized base, tokenized data: `runtime`, measured) and the allocator's slack: glibc keeps freed blocks of a
+step's transient tensors for reuse rather than returning them (`ALLOCATOR_SLACK` of the transient bytes, set from
+benchmarks/memory_calibration.py).
 """
 
 from __future__ import annotations
@@ -21,22 +38,25 @@ import resource
 
 import torch
 
+from . import levers
 from .measure import human_bytes
 
-# float32 words kept for backward per token and layer, counted for a BERT-style block: inputs of q/k/v
-# (shared), q, k, v, attention context, output projection, two dropout masks, two LayerNorm inputs, the
-# feed-forward input (~14 h); the feed-forward up-projection output, its activation and its input to the
-# down-projection (3 i); attention probabilities before and after dropout (2.25 words per key position
-# and head, the mask as bytes).
-HIDDEN_WORDS, INTERMEDIATE_WORDS, SCORE_WORDS = 14.25, 3, 2.25
-# Resident memory on CPU exceeds live tensors: glibc keeps freed blocks of the varying batch shapes
-# (dynamic padding) and torch's temporaries in backward come on top. This factor on activations was fitted
-# on the two full-data SST-2 runs (reports/lora_sst2.json, reports/full_sst2.json); the comparison report
-# shows how well it carries over to the other methods.
-ACTIVATION_OVERHEAD = 1.7  # LoRA (all-linear) run: 1.88, full fine-tuning run: 1.55
+# Resident memory beyond live tensors, as a fraction of the transient (activation-like) bytes: glibc's free lists
+# keep blocks of the step's shapes after they are freed (see the module docstring and memory_calibration.py).
+ALLOCATOR_SLACK = 1.0
+
+
 def current_rss() -> int:
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * resource.getpagesize()
+
+
+def runtime_rss(recipe) -> int:
+    """Resident memory of this process before the model loads, with the libraries the run will load imported
+    (bitsandbytes and its kernels for a quantized base: a few hundred MB)."""
+    if recipe.quant is not None:
+        import bitsandbytes  # noqa: F401
+    return current_rss()
 
 
 def _quantized_bits(quant, d_in: int) -> float:
@@ -45,58 +65,137 @@ def _quantized_bits(quant, d_in: int) -> float:
     return 4 + 8 / 64 + 32 / (64 * 256) if quant.double_quant else 4 + 32 / 64
 
 
+def _quantized_linears(model, quant, heads: tuple[str, ...]) -> list:
+    """The nn.Linear layers bitsandbytes replaces: all but the task heads and the method's own layers."""
+    if quant is None:
+        return []
+    return [m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+            and not any(h in name.split(".") for h in heads)
+            and not re.search(r"(lora_|modules_to_save|prompt_encoder|adapter)", name)]
+
+
 def parameter_bytes(model, quant, heads: tuple[str, ...]) -> tuple[int, int, int]:
-    """(bytes of all weights as stored, trainable parameter count, total parameter count)."""
-    weight_bytes = trainable = total = 0
-    quantized = set()
-    if quant is not None:  # bitsandbytes replaces every nn.Linear except the task heads
-        for name, module in model.named_modules():
-            if isinstance(module, torch.nn.Linear) and not any(h in name.split(".") for h in heads) \
-                    and not re.search(r"(lora_|modules_to_save|prompt_encoder|adapter)", name):
-                quantized.add(id(module.weight))
-                weight_bytes += module.weight.numel() * _quantized_bits(quant, module.in_features) / 8
+    """(bytes of all weights and buffers as stored, trainable parameter count, total parameter count)."""
+    quantized = {id(m.weight): m for m in _quantized_linears(model, quant, heads)}
+    weight_bytes = sum(m.weight.numel() * _quantized_bits(quant, m.in_features) / 8 for m in quantized.values())
+    trainable = total = 0
     for param in model.parameters():
         total += param.numel()
         trainable += param.numel() if param.requires_grad else 0
         if id(param) not in quantized:
             weight_bytes += param.numel() * 4  # float32 (prepare_model_for_kbit_training upcasts the rest)
+    weight_bytes += sum(b.numel() * b.element_size() for b in model.buffers())
     return int(weight_bytes), trainable, total
 
 
-def adapter_words(model) -> int:
-    """Extra words per token that adapters keep: LoRA-style layers save their (dropped-out) input and the
-    rank-r projection; bottleneck adapters their bottleneck activations."""
-    words = 0
-    for module in model.modules():
-        if hasattr(module, "lora_A") and hasattr(module, "in_features"):
-            words += module.in_features + sum(a.out_features for a in module.lora_A.values())
-        elif hasattr(module, "down") and hasattr(module, "up"):  # peftlab bottleneck adapter
-            words += 2 * module.down.out_features
-    return words
+def _first_layer(model) -> torch.nn.Module:
+    """The first transformer block: the first entry of the model's stack of layers."""
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and name.rsplit(".", 1)[-1] in ("layer", "layers", "h"):
+            return module[0]
+    raise ValueError(f"no stack of transformer layers found in {type(model).__name__}")
 
 
-def virtual_tokens(method) -> int:
-    return getattr(method, "num_virtual_tokens", 0)
+def _category(name: str) -> str:
+    lowered = name.lower()
+    if re.search(r"(lora_|ia3_|adapter|prefix|prompt)", lowered):
+        return "adapter inputs"
+    if "norm" in lowered:
+        return "norms"
+    return "attention" if re.search(r"(attn|attention)", lowered) else "feed-forward"
 
 
-def activation_bytes(config, batch: int, seq: int, task: str, extra_words: int, virtual: int, scores_kept: bool) -> int:
-    """float32 activations stored for backward for one batch of `batch` x `seq` tokens."""
-    h = config.hidden_size
-    i = getattr(config, "intermediate_size", 4 * h)
-    layers, heads = config.num_hidden_layers, config.num_attention_heads
-    keys = seq + virtual  # prefix/prompt tokens lengthen what every query attends to
-    per_token = layers * (HIDDEN_WORDS * h + INTERMEDIATE_WORDS * i + (SCORE_WORDS * heads * keys if scores_kept else 0))
-    words = batch * (seq + virtual) * (per_token + extra_words + 4 * h)  # + embeddings and output
-    if task == "causal_lm":  # logits, their log-softmax and its gradient over the vocabulary
-        words += 3 * batch * seq * config.vocab_size
-    return int(4 * words * ACTIVATION_OVERHEAD)
+def _saved_by_layer(model, batch: int, seq: int, autocast: bool, vocab: int) -> dict[str, int]:
+    """Bytes the first layer saves for backward in one forward pass of `batch` rows (the last one padded by a token,
+    so attention takes the masked path training batches take), by the kind of module that saved them."""
+    layer = _first_layer(model)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    active: list[str] = []
+    saved: dict[int, tuple[str, int]] = {}
+    hooks = []
+    for name, module in layer.named_modules():
+        hooks.append(module.register_forward_pre_hook(lambda m, a, n=name or "layer": active.append(n)))
+        hooks.append(module.register_forward_hook(lambda m, a, o: active.pop()))
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if active and storage.data_ptr() not in params and storage.data_ptr() not in saved:
+            saved[storage.data_ptr()] = (_category(active[-1]), storage.nbytes())
+        return tensor
+
+    ids = torch.randint(min(vocab, 1000) // 2, min(vocab, 1000), (batch, seq))
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    mask[-1, -1] = 0
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+                torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            model(input_ids=ids, attention_mask=mask)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    out: dict[str, int] = {}
+    for category, nbytes in saved.values():
+        out[category] = out.get(category, 0) + nbytes
+    return out
 
 
-def predict(recipe, task, resolved, label_names: list[str], longest: int) -> dict:
-    """Predicted peak memory of training `recipe`; `longest` is the longest tokenized training example."""
+def traced_layer(recipe, task, resolved, label_names: list[str], seq: int, autocast: bool) -> tuple[dict, dict]:
+    """What one transformer layer of this recipe keeps for backward: (bytes per batch row, bytes per layer whatever
+    the batch: bf16 weight copies), by kind of module. Measured, not counted by hand: a one-layer copy of the model
+    (random weights, same dimensions) wrapped with the recipe's method runs forward on 2 and 4 rows of `seq` tokens
+    under saved-tensor hooks; the difference is per row, the rest per layer. A quantized base is traced in full
+    precision: bitsandbytes' layers keep no input for backward either (their weight is frozen)."""
+    import copy
+
     from .heads import attach as attach_head
     from .methods.base import Context
     from .models import load_config
+
+    config = copy.deepcopy(load_config(resolved, recipe.model, **task.model_kwargs(label_names)))
+    config.num_hidden_layers = 1
+    config.vocab_size = min(config.vocab_size, 1024)  # the output layer is planned apart (`logits`); keep it small
+    if hasattr(config, "layer_types"):
+        config.layer_types = config.layer_types[:1]
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = task.MODEL_CLASS.from_config(config)
+        if recipe.model.head is not None:
+            attach_head(model, recipe.model.head, task.HEADS)
+        heads = tuple(h for h in task.HEADS if hasattr(model, h))
+        model = recipe.method.wrap(model, Context(heads, task.PEFT_TASK_TYPE, False, resolved.path))
+        model.train()
+        two, four = (_saved_by_layer(model, n, seq, autocast, config.vocab_size) for n in (2, 4))
+    per_row = {k: max(0, (four.get(k, 0) - two.get(k, 0)) / 2) for k in four}
+    per_layer = {k: max(0, two.get(k, 0) - 2 * per_row[k]) for k in four}
+    return per_row, per_layer
+
+
+def _base_linears(model) -> list[tuple[str, torch.nn.Module]]:
+    """The model's own linear layers (an adapted one as its base_layer), not the layers methods add."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+            and not re.search(r"(lora_|adapter|prompt_encoder|modules_to_save)", name)]
+
+
+def logits_bytes(config, task: str, tokens: int, labelled: int, chunked: bool) -> int:
+    """The output layer's share: float32 logits, their log-softmax and its gradient, for the causal LM's tokens."""
+    if task != "causal_lm":
+        return 0
+    if chunked:  # label-only chunked cross-entropy: one chunk of the labelled tokens at a time
+        return 3 * 4 * min(labelled, levers.LOSS_CHUNK_TOKENS) * config.vocab_size + 4 * labelled * config.hidden_size
+    return 3 * 4 * tokens * config.vocab_size  # in backward: log-softmax output, its gradient, the logits' gradient
+
+
+def resident(runtime: int, live_peak: int, transient: int) -> int:
+    """Plan of the process's peak RSS: the process before the model, the live peak, and the allocator's slack."""
+    return int(runtime + live_peak + ALLOCATOR_SLACK * transient)
+
+
+def predict(recipe, task, resolved, label_names: list[str], longest: int, batch: int | None = None) -> dict:
+    """Predicted training peak of `recipe` for a batch of its longest training example (`longest` tokens)."""
+    from .heads import attach as attach_head
+    from .methods.base import Context
+    from .models import load_config
+    from .speed import use_bf16
 
     config = load_config(resolved, recipe.model, **task.model_kwargs(label_names))
     with torch.device("meta"):
@@ -105,21 +204,46 @@ def predict(recipe, task, resolved, label_names: list[str], longest: int) -> dic
             attach_head(model, recipe.model.head, task.HEADS)
         heads = tuple(h for h in task.HEADS if hasattr(model, h))
         model = recipe.method.wrap(model, Context(heads, task.PEFT_TASK_TYPE, recipe.quant is not None, resolved.path))
-    weights, trainable, total = parameter_bytes(model, recipe.quant, heads + tuple(getattr(task, "UNQUANTIZED", ())))
-    on_gpu = torch.cuda.is_available()
-    # with dropout on attention probabilities SDPA takes the math path and keeps them; without, it keeps none
-    scores_kept = getattr(config, "attention_probs_dropout_prob", 0.0) > 0
+    unquantized = heads + tuple(getattr(task, "UNQUANTIZED", ()))
+    weights, trainable, total = parameter_bytes(model, recipe.quant, unquantized)
+    n_trainable = sum(1 for p in model.parameters() if p.requires_grad)
+    batch = batch or levers.micro_batch_size(recipe)
+    seq = min(longest, recipe.data.max_length)
+    virtual = getattr(recipe.method, "num_virtual_tokens", 0) if recipe.method.kind == "prompt" else 0
+    tokens = batch * (seq + virtual)  # prompt tuning prepends its tokens to every row
+    autocast = use_bf16(recipe)
+    per_row, per_layer = traced_layer(recipe, task, resolved, label_names, seq, autocast)
+    layers, residual = config.num_hidden_layers, config.hidden_size * 4 * tokens
+    if levers.gradient_checkpointing(recipe):  # each layer's input kept; one layer recomputed at a time
+        stack = {"layer inputs (checkpointed)": layers * residual} | {
+            k: batch * per_row[k] + per_layer[k] for k in per_row}
+    else:
+        stack = {k: layers * (batch * per_row[k] + per_layer[k]) for k in per_row}
+    quantized = _quantized_linears(model, recipe.quant, unquantized)
     parts = {
-        "runtime": 0 if on_gpu else current_rss(),
         "weights": weights,
+        "optimizer": 8 * trainable + 4 * n_trainable,
         "gradients": 4 * trainable,
-        "optimizer": 8 * trainable,
-        "activations": activation_bytes(config, recipe.train.batch_size, min(longest, recipe.data.max_length),
-                                        recipe.model.task, adapter_words(model), virtual_tokens(recipe.method), scores_kept),
+        **{f"activations: {k}": int(v) for k, v in sorted(stack.items())},
+        "activations: embeddings, final norm": 2 * residual,
+        # bf16 copies of the linear layers outside the transformer blocks (output layer, pooler, head): those inside
+        # are in the traced per-layer bytes
+        "cast weights outside the layers": 2 * sum(m.weight.numel() for name, m in _base_linears(model)
+                                                   if not re.search(r"\.(layer|layers|h)\.\d+\.", name))
+        if autocast else 0,
+        "dequantized weight": 4 * max((m.weight.numel() for m in quantized), default=0),
+        "DoRA weight norm": 3 * 4 * max((m.weight.numel() for m in quantized or [m for _, m in _base_linears(model)]),
+                                        default=0) if recipe.method.kind == "dora" else 0,
+        "logits": logits_bytes(config, recipe.model.task, tokens, tokens, levers.chunked_loss(recipe)),
     }
-    peak = sum(parts.values())
-    return {"predicted_peak_bytes": peak, "parts": parts, "device": "cuda" if on_gpu else "cpu",
-            "trainable_params": trainable, "total_params": total}
+    transient = sum(v for k, v in parts.items() if k not in ("weights", "optimizer", "gradients"))
+    peak = parts["weights"] + parts["optimizer"] + max(transient, parts["gradients"])
+    on_gpu = torch.cuda.is_available()
+    runtime = 0 if on_gpu else runtime_rss(recipe)
+    return {"predicted_train_peak_bytes": peak,
+            "predicted_train_peak_rss_bytes": None if on_gpu else resident(runtime, peak, transient),
+            "parts": parts | {"runtime": runtime, "transient": transient}, "device": "cuda" if on_gpu else "cpu",
+            "batch": batch, "sequence": seq, "trainable_params": trainable, "total_params": total}
 
 
 def verdict(prediction: dict, budget: int | None) -> tuple[bool, int, str]:
@@ -132,7 +256,7 @@ def verdict(prediction: dict, budget: int | None) -> tuple[bool, int, str]:
         import os
 
         limit, what = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "physical memory"
-    return prediction["predicted_peak_bytes"] <= limit, limit, what
+    return prediction["predicted_train_peak_bytes"] <= limit, limit, what
 
 
 def parse_size(text: str) -> int:
@@ -145,10 +269,13 @@ def parse_size(text: str) -> int:
 
 def print_plan(prediction: dict, budget: int | None) -> bool:
     fits, limit, what = verdict(prediction, budget)
-    print(f"predicted peak memory ({prediction['device']}): {human_bytes(prediction['predicted_peak_bytes'])}")
+    print(f"predicted training peak ({prediction['device']}, live tensors): "
+          f"{human_bytes(prediction['predicted_train_peak_bytes'])}")
+    if prediction["predicted_train_peak_rss_bytes"]:
+        print(f"predicted training peak (process RSS): {human_bytes(prediction['predicted_train_peak_rss_bytes'])}")
     for name, value in prediction["parts"].items():
         print(f"  {name:<12} {human_bytes(value)}")
     print(f"trainable parameters: {prediction['trainable_params']:,} of {prediction['total_params']:,}")
-    print(f"{'fits' if fits else 'does not fit'}: {human_bytes(prediction['predicted_peak_bytes'])} vs "
+    print(f"{'fits' if fits else 'does not fit'}: {human_bytes(prediction['predicted_train_peak_bytes'])} vs "
           f"{what} {human_bytes(limit)}")
     return fits

@@ -68,6 +68,29 @@ def _evaluations(log_history: list[dict]) -> str:
                   [[e["step"], f"{e.get('epoch', 0):.2f}"] + [_fmt(e[k]) for k in keys] for e in evals])
 
 
+def _memory_rows(memory: dict | None) -> list[list[str]]:
+    """The run's "memory" object (peftlab/memory.py says how each figure is measured)."""
+    if not memory:
+        return []
+    state = memory.get("model_state_bytes") or {}
+    error = memory.get("plan_error_percent")
+    rss_error = memory.get("plan_rss_error_percent")
+    return [
+        ["model state (weights as stored + gradients + optimizer)",
+         (f"{human_bytes(state.get('total'))} = {human_bytes(state.get('weights'))} + "
+          f"{human_bytes(state.get('gradients'))} + {human_bytes(state.get('optimizer'))}")],
+        ["training peak, live tensors", (f"{human_bytes(memory.get('train_peak_bytes'))} "
+                                         f"({memory.get('train_peak_measured_by')}; steps {memory.get('profiled_steps')})")],
+        ["plan of the training peak", human_bytes(memory.get("predicted_train_peak_bytes"))
+         + (f" (error {error:+.1f} %)" if error is not None else "")],
+        ["training peak, process RSS", human_bytes(memory.get("train_peak_rss_bytes"))],
+        ["plan of the training RSS", human_bytes(memory.get("predicted_train_peak_rss_bytes"))
+         + (f" (error {rss_error:+.1f} %)" if rss_error is not None else "")],
+        ["evaluation peak, process RSS", (f"{human_bytes(memory.get('eval_peak_rss_bytes'))} "
+                                          f"({memory.get('rss_measured_by')})")],
+    ]
+
+
 def _quant_rows(storage: dict | None) -> list[list]:
     if not storage:
         return []
@@ -141,9 +164,10 @@ def render(record: dict) -> str:
              f"{m['wall_seconds']:.1f} s"],
             ["throughput", f"{m['train_samples_per_second']:.1f} samples/s, {m['train_tokens_per_second']:.0f} tokens/s"],
             ["optimizer steps", f"{m['steps']} (batch {recipe['train']['batch_size']}, {m['epochs']:.2f} epochs)"],
-            ["peak memory (process RSS)", human_bytes(m["peak_rss_bytes"]) + (
+            ["peak memory (process RSS, whole run)", human_bytes(m["peak_rss_bytes"]) + (
                 " (main); per process: " + ", ".join(map(human_bytes, m["peak_rss_bytes_per_process"]))
                 if "peak_rss_bytes_per_process" in m else "")],
+            *_memory_rows(m.get("memory")),
             ["peak GPU memory allocated", human_bytes(m.get("cuda_peak_allocated_bytes"))],
             ["saved weights on disk", human_bytes(m["saved_bytes"])],
         ] + _quant_rows(m.get("quantized_storage"))),

@@ -14,7 +14,7 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, Traini
 from transformers.trainer_callback import ExportableState, PrinterCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from . import checkpoints, distributed, levers, speed
+from . import checkpoints, distributed, levers, memory, speed
 
 
 class EvaluateAtEnd(TrainerCallback):
@@ -247,14 +247,14 @@ def make_trainer(model, labelled_logits: bool = False, **kwargs) -> Trainer:
 
 
 def build_trainer(recipe, task, model, tokenizer, train_ds, eval_ds, out_dir: Path, compute_metrics,
-                  labels: list[str]) -> Trainer:
+                  labels: list[str], meter: memory.MemoryMeter | None = None) -> Trainer:
     from .losses import compute_loss_func
 
     loss_func = compute_loss_func(recipe.train.loss, labels)
     bf16 = speed.use_bf16(recipe)
     if bf16 and speed.fp32_attention_applies(recipe):
         speed.keep_attention_fp32(model)
-    callbacks = [EvaluateAtEnd(), StepTimer(), RichProgress(recipe.train.batch_size),
+    callbacks = [EvaluateAtEnd(), StepTimer(), meter or memory.MemoryMeter(), RichProgress(recipe.train.batch_size),
                  checkpoints.CheckpointControl(recipe.train.checkpoint_steps)]
     if recipe.train.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.train.early_stopping_patience))

@@ -56,12 +56,15 @@ def test_report_matches_run_records(comparison):
         metrics = [json.loads((Path(v["run"]) / "metrics.json").read_text()) for v in runs]
         row = rows[name]
         assert row[2].startswith(f"{metrics[0]['trainable_params']:,}")
-        mean_rss = sum(m["peak_rss_bytes"] for m in metrics) / 2
-        assert row[5] == human_bytes(mean_rss)
+        memory = [m["memory"] for m in metrics]
+        assert row[4] == human_bytes(sum(m["model_state_bytes"]["total"] for m in memory) / 2)
+        assert row[5] == human_bytes(sum(m["train_peak_bytes"] for m in memory) / 2)
+        assert row[6].startswith(human_bytes(sum(m["predicted_train_peak_bytes"] for m in memory) / 2) + " (")
+        assert row[7] == human_bytes(sum(m["train_peak_rss_bytes"] for m in memory) / 2)
+        assert row[8] == human_bytes(sum(m["eval_peak_rss_bytes"] for m in memory) / 2)
         accs = [100 * m["task_metrics"]["accuracy"] for m in metrics]
         mean = sum(accs) / 2
-        assert row[8].startswith(f"{mean:.2f} ± ")
-        assert row[4].startswith(human_bytes(metrics[0]["predicted_peak_bytes"]))
+        assert row[11].startswith(f"{mean:.2f} ± ")
     assert rows["full"][-1] == "+0.00"
     # each seed's own run report, none overwritten by another seed's
     for seed in (0, 1):

@@ -398,7 +398,7 @@ def test_every_method_trains_on_every_task(tmp_path, bert64, task_data, task, me
     labels = task_mod.labels(recipe, splits.train)
     features = task_mod.prepare(splits.train.select(range(8)), tokenizer, recipe, labels, "train")
     # the memory planner builds the same model on the meta device from model_kwargs
-    assert plan.predict(recipe, task_mod, resolved, labels, max(features["length"]))["predicted_peak_bytes"] > 0
+    assert plan.predict(recipe, task_mod, resolved, labels, max(features["length"]))["predicted_train_peak_bytes"] > 0
     model = build_model(recipe, task_mod, resolved, labels)
     inputs = ("input_ids", "attention_mask", "token_type_ids", "labels", "start_positions", "end_positions")
     batch = task_mod.collator(tokenizer)([{k: v for k, v in f.items() if k in inputs} for f in features])

@@ -1,0 +1,265 @@
+"""Memory of a training run, measured by phase; recorded in metrics.json under "memory".
+
+model_state_bytes      weights as stored (every parameter and buffer; a bitsandbytes 4/8-bit weight with its
+                       quantization state), gradients and optimizer state, summed over the tensors themselves, each
+                       storage once, right after the first optimizer step (when AdamW's moments exist).
+train_peak_bytes       peak of live tensor memory during training steps (forward, backward, optimizer step).
+                       GPU: torch.cuda.max_memory_allocated, reset when a step begins and read when it ends.
+                       CPU: torch's CPU allocator reports each allocation and free (bytes as requested) to the profiler
+                       when it runs with profile_memory=True. A profiled window opens when the model's forward begins
+                       and closes when the step ends; its peak is the live bytes at the opening, counted exactly (the
+                       model state tensors above plus the batch's input tensors), plus the highest running sum of the
+                       window's allocations and frees. Frees of tensors allocated before a window are not reported
+                       (the allocator does not know their size): only small leftovers of the previous step can be
+                       missed that way, which errs upward. The profiler slows a step, so only candidate steps are
+                       profiled: the first two (the first creates the optimizer state, the second is the first whose
+                       forward and backward run next to it) and every step whose batch has more tokens or a longer
+                       sequence than any profiled before (with random batch order about ln(steps) steps).
+train_peak_rss_bytes   peak resident memory of the process while training, and eval_peak_rss_bytes while evaluating
+eval_peak_rss_bytes    (Trainer's evaluations between steps, and anything the pipeline wraps in `meter.during("eval", ...)`,
+                       e.g. the causal LM's generation before and after training). Linux resets a process's peak RSS
+                       (VmHWM) to its current RSS when "5" is written to /proc/self/clear_refs: each phase boundary
+                       reads VmHWM, credits it to the phase that ends, and resets. Where clear_refs is not writable the
+                       record says so and both figures are the whole process's peak so far (getrusage).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+
+import torch
+from transformers import TrainerCallback
+
+from .measure import stored_tensors
+
+CLEAR_REFS, STATUS = "/proc/self/clear_refs", "/proc/self/status"
+
+
+def _storage_bytes(tensors, seen: set) -> int:
+    """Bytes of the tensors' storages, each storage once (tied weights, views, shared quantization state)."""
+    total = 0
+    for tensor in tensors:
+        if tensor is None or tensor.device.type == "meta":
+            continue
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            total += storage.nbytes()
+    return total
+
+
+def model_state(model, optimizer) -> dict:
+    """{"weights", "gradients", "optimizer", "total"} in bytes, from the tensors."""
+    seen: set = set()
+    weights = _storage_bytes((t for p in model.parameters() for t in stored_tensors(p)), seen) \
+        + _storage_bytes(model.buffers(), seen)
+    gradients = _storage_bytes((p.grad for p in model.parameters()), seen)
+    state = optimizer.state.values() if optimizer is not None else ()
+    moments = _storage_bytes((t for s in state for t in s.values() if isinstance(t, torch.Tensor)), seen)
+    return {"weights": weights, "gradients": gradients, "optimizer": moments, "total": weights + gradients + moments}
+
+
+class LiveTensorWindow:
+    """Peak of live CPU tensor bytes between start(live_bytes) and stop(), from the profiler's allocator events."""
+
+    def __init__(self):
+        self._profiler = None
+        self._live = 0
+
+    def start(self, live_bytes: int) -> None:
+        from torch.profiler import ProfilerActivity, profile
+
+        self._live = live_bytes
+        self._profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        with _quiet_stderr():
+            self._profiler.start()
+
+    @property
+    def active(self) -> bool:
+        return self._profiler is not None
+
+    def stop(self) -> int:
+        with _quiet_stderr():
+            self._profiler.stop()
+        events = sorted((e.start_ns(), e.nbytes()) for e in self._profiler.profiler.kineto_results.events()
+                        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
+        self._profiler = None
+        running = highest = 0
+        for _, nbytes in events:  # nbytes < 0 for a free
+            running += nbytes
+            highest = max(highest, running)
+        return self._live + highest
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Kineto prints two lines to stderr each time a profiler starts and stops; a run profiles several steps and
+    those lines say nothing to its user (file descriptor 2 is redirected: they come from C++)."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+class PeakRSS:
+    """Peak resident memory per phase, reset at each phase boundary through /proc/self/clear_refs."""
+
+    def __init__(self):
+        self.peaks: dict[str, int] = {}
+        self.current: str | None = None
+        self.resettable = _reset_peak()
+        self.method = "VmHWM reset via /proc/self/clear_refs" if self.resettable else \
+            "getrusage ru_maxrss: whole process so far (clear_refs not writable), not per phase"
+
+    def switch(self, phase: str | None) -> None:
+        """End the current phase (its peak since it began is credited to it) and begin `phase`."""
+        if self.current is not None:
+            self.peaks[self.current] = max(self.peaks.get(self.current, 0), _peak_rss())
+        if self.resettable:
+            _reset_peak()
+        self.current = phase
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        before = self.current
+        self.switch(name)
+        try:
+            yield
+        finally:
+            self.switch(before)
+
+
+def _reset_peak() -> bool:
+    try:
+        with open(CLEAR_REFS, "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss() -> int:
+    try:
+        with open(STATUS) as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+class MemoryMeter(TrainerCallback):
+    """Trainer callback measuring what the module docstring describes. Phases: a step (on_step_begin ..
+    on_step_end) is training; from a step's end, an evaluation (seen by its first prediction step) until
+    on_evaluate is evaluation; saving and logging belong to neither."""
+
+    def __init__(self):
+        self.rss = PeakRSS()
+        self.state_bytes: dict | None = None
+        self.train_peak = 0
+        self.profiled_steps: list[int] = []
+        self._window = LiveTensorWindow()
+        self._largest = (0, 0)  # (tokens, sequence length) of the largest batch profiled so far
+        self._in_step = False
+        self._hook = None
+        self._optimizer = None
+
+    # ---- training steps
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self._optimizer = optimizer
+        if not torch.cuda.is_available() and self._hook is None:
+            self._hook = model.register_forward_pre_hook(self._maybe_open_window, with_kwargs=True)
+        self.rss.switch(None)
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        self.rss.switch("train")
+        self._in_step = True
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+
+    def _maybe_open_window(self, module, args, kwargs):
+        if not (self._in_step and module.training) or self._window.active:
+            return
+        inputs = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
+        ids = kwargs.get("input_ids", inputs[0] if inputs else None)
+        size = (ids.numel(), ids.shape[-1]) if ids is not None else (0, 0)
+        if len(self.profiled_steps) >= 2 and not (size[0] > self._largest[0] or size[1] > self._largest[1]):
+            return
+        self._largest = max(self._largest, size)
+        live = model_state(module, self._optimizer)["total"] + _storage_bytes(inputs, set())
+        self._window.start(live)
+
+    def on_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if self.state_bytes is None:  # the first: the optimizer state exists now, gradients still do
+            self.state_bytes = model_state(model, optimizer)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._in_step = False
+        if self._window.active:
+            self.train_peak = max(self.train_peak, self._window.stop())
+            self.profiled_steps.append(state.global_step)
+        elif torch.cuda.is_available():
+            self.train_peak = max(self.train_peak, torch.cuda.max_memory_allocated())
+        self.rss.switch("between")
+
+    # ---- evaluation between steps
+    def on_prediction_step(self, args, state, control, **kwargs):
+        if self.rss.current != "eval":  # the evaluation began since the step ended: all of it is evaluation
+            self.rss.current = "eval"
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.rss.current = "eval"  # also an evaluation that had no prediction steps
+        self.rss.switch("between")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        self.rss.switch(None)
+
+    def during(self, phase: str, fn):
+        """fn, whose calls count to `phase` ("eval": the causal LM's generation before and after training)."""
+        def measured(*args, **kwargs):
+            with self.rss.phase(phase):
+                return fn(*args, **kwargs)
+        return measured
+
+    def record(self, prediction: dict | None = None) -> dict:
+        """The "memory" object of metrics.json; `prediction` is plan.predict's, if one was made."""
+        out = {
+            "model_state_bytes": self.state_bytes,
+            "train_peak_bytes": self.train_peak or None,
+            "train_peak_measured_by": "torch.cuda.max_memory_allocated" if torch.cuda.is_available() else
+            "profiler allocator events (CPU)",
+            "profiled_steps": self.profiled_steps,
+            "largest_batch": {"tokens": self._largest[0], "sequence": self._largest[1]},
+            "train_peak_rss_bytes": self.rss.peaks.get("train"),
+            "eval_peak_rss_bytes": self.rss.peaks.get("eval"),
+            "rss_measured_by": self.rss.method,
+        }
+        if prediction is not None:
+            out |= plan_errors(prediction, out)
+        return out
+
+
+def plan_errors(prediction: dict, measured: dict) -> dict:
+    """The plan next to what it predicts, with its error in % of the measurement."""
+    def error(predicted, actual):
+        return None if not (predicted and actual) else 100 * (predicted - actual) / actual
+
+    live, rss = prediction.get("predicted_train_peak_bytes"), prediction.get("predicted_train_peak_rss_bytes")
+    return {"predicted_train_peak_bytes": live, "predicted_train_peak_rss_bytes": rss,
+            "plan_error_percent": error(live, measured["train_peak_bytes"]),
+            "plan_rss_error_percent": error(rss, measured["train_peak_rss_bytes"])}
+
+
+def meter(trainer) -> MemoryMeter:
+    """The trainer's MemoryMeter (added by build_trainer)."""
+    return next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, MemoryMeter))

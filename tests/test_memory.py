@@ -1,0 +1,106 @@
+"""Memory measurement: exact live-tensor peaks, model state from the tensors, RSS separated by phase."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from peftlab import load_recipe, memory
+from peftlab.building import build_model, prepare_inputs
+from peftlab.training import build_trainer
+
+from conftest import make_bert, run_recipe, write_recipe
+
+MB = 1_000_000
+
+
+def test_live_window_counts_known_allocations_exactly():
+    window = memory.LiveTensorWindow()
+    before = torch.ones(1000)  # allocated before the window: its bytes are given as live at the start
+    window.start(live_bytes=before.nbytes)
+    a = torch.empty(1_000_000)  # 4 MB
+    b = torch.empty(250_000)  # 1 MB
+    del a
+    c = torch.empty(2_000_000, dtype=torch.float64)  # 16 MB, while b is live: the peak
+    del b, c
+    d = torch.empty(1_000_000)  # 4 MB after the peak: does not raise it
+    assert window.stop() == before.nbytes + 17 * MB
+    del d
+
+
+def test_model_state_is_exact_for_full_fine_tuning(tiny_bert):
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(input_ids=torch.tensor([[2, 5, 3]]), labels=torch.tensor([1])).loss.backward()
+    optimizer.step()
+    params = list(model.parameters())
+    n = sum(p.numel() for p in params)
+    buffers = sum(b.nbytes for b in model.buffers())
+    state = memory.model_state(model, optimizer)
+    # float32 weights, float32 gradients, AdamW's two float32 moments and one float32 step count per tensor
+    assert state == {"weights": 4 * n + buffers, "gradients": 4 * n, "optimizer": 8 * n + 4 * len(params),
+                     "total": 16 * n + buffers + 4 * len(params)}
+
+
+class BigEvaluation(TrainerCallback):
+    """An evaluation that holds 400 MB (written, so resident) for one prediction step."""
+
+    def on_prediction_step(self, args, state, control, **kwargs):
+        big = torch.ones(100 * MB)
+        assert big.sum() > 0
+
+
+def _trainer(tmp_path, model_dir, data_dir, meter, method="LoRA(r=4, alpha=8, target=['query', 'value'])"):
+    recipe = load_recipe(write_recipe(tmp_path / "r.py", model_dir, method=method,
+                                      train="epochs=1, lr=5e-3, batch_size=16, max_steps=4, evals_per_epoch=2"))
+    inputs = prepare_inputs(recipe, data_dir)
+    model = build_model(recipe, inputs.task, inputs.resolved, inputs.labels)
+    return build_trainer(recipe, inputs.task, model, inputs.tokenizer, inputs.train, inputs.eval,
+                         tmp_path / "ckpt", inputs.task.metrics_for(inputs.eval, inputs.splits.eval, inputs.labels,
+                                                                    recipe), inputs.labels, meter)
+
+
+def test_evaluation_memory_is_not_training_memory(tmp_path, tiny_bert, data_dir):
+    meter = memory.MemoryMeter()
+    trainer = _trainer(tmp_path, tiny_bert, data_dir, meter)
+    trainer.add_callback(BigEvaluation())
+    trainer.train()
+    record = meter.record()
+    if not meter.rss.resettable:
+        pytest.skip("/proc/self/clear_refs is not writable here: RSS peaks are not per phase")
+    assert record["eval_peak_rss_bytes"] > record["train_peak_rss_bytes"] + 300 * MB
+    assert record["train_peak_bytes"] >= record["model_state_bytes"]["total"] > 0
+    assert record["profiled_steps"][0] == 1
+
+
+def test_generation_wrapped_as_evaluation_counts_there():
+    meter = memory.MemoryMeter()
+    meter.rss.switch("train")
+    meter.during("eval", lambda: torch.ones(100 * MB).sum())()
+    meter.rss.switch(None)
+    if meter.rss.resettable:
+        assert meter.rss.peaks["eval"] > meter.rss.peaks["train"] + 300 * MB
+
+
+def test_run_records_the_memory_object(tmp_path, data_dir):
+    bert = make_bert(tmp_path / "bert", hidden=64)
+    run = run_recipe(tmp_path, write_recipe(tmp_path / "r.py", bert, train="epochs=1, lr=5e-3, batch_size=16"),
+                     data_dir)
+    mem = json.loads((run / "metrics.json").read_text())["memory"]
+    assert set(mem["model_state_bytes"]) == {"weights", "gradients", "optimizer", "total"}
+    assert mem["train_peak_bytes"] >= mem["model_state_bytes"]["total"]
+    assert mem["predicted_train_peak_bytes"] > 0 and mem["plan_error_percent"] is not None
+
+
+@pytest.mark.parametrize("method", ["FullFineTuning()", "LoRA(r=8, alpha=16, target='all-linear')"])
+def test_plan_predicts_the_measured_training_peak(tmp_path, data_dir, method):
+    bert = make_bert(tmp_path / "bert", hidden=128)
+    run = run_recipe(tmp_path, write_recipe(tmp_path / "r.py", bert, method=method,
+                                            train="epochs=1, lr=5e-3, batch_size=64, precision='fp32'"), data_dir)
+    mem = json.loads((run / "metrics.json").read_text())["memory"]
+    assert abs(mem["plan_error_percent"]) <= 10, mem
