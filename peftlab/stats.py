@@ -58,7 +58,7 @@ class Difference(NamedTuple):
 @dataclass(frozen=True)
 class Replicates:
     """One run's scores on the full evaluation set (`point`) and on each bootstrap resample (`draws`, one array
-    of n_boot values per metric). `ids` is the example order the resample indices refer to."""
+    of n_boot values per metric). `ids` is the example order ((kind, id) keys) the resample indices refer to."""
 
     ids: tuple
     point: dict[str, float]
@@ -71,16 +71,28 @@ def _as_dict(score: float | dict[str, float]) -> dict[str, float]:
     return dict(score) if isinstance(score, dict) else {_SINGLE: float(score)}
 
 
+def _key(record: dict) -> tuple[str, str]:
+    """A record's example: its kind (causal LMs mix perplexity and generation records, each numbered from 0)
+    and its id."""
+    return str(record.get("kind", "")), str(record["id"])
+
+
 def _sorted_by_id(records: Sequence[dict]) -> list[dict]:
-    ids = [r["id"] for r in records]
-    check(len(set(ids)) == len(ids), "prediction records repeat an example id; each example must appear once")
-    return sorted(records, key=lambda r: str(r["id"]))
+    keys = [_key(r) for r in records]
+    check(len(set(keys)) == len(keys), "prediction records repeat an example id; each example must appear once")
+    return sorted(records, key=_key)
 
 
-def resample_indices(n_examples: int, n_boot: int, seed: int) -> np.ndarray:
-    """(n_boot, n_examples) example indices drawn with replacement; depends only on its arguments, so every run
-    of a comparison scored with the same n and seed sees the same resamples."""
-    return np.random.default_rng(seed).integers(0, n_examples, size=(n_boot, n_examples))
+def resample_indices(strata: Sequence[str], n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, n) example indices drawn with replacement, each within its own stratum (record kind) so that a
+    resample keeps how many records of each kind there are. Depends only on its arguments: every run of a
+    comparison scored with the same examples and seed sees the same resamples."""
+    rng, labels = np.random.default_rng(seed), np.asarray(strata)
+    indices = np.empty((n_boot, len(labels)), dtype=np.int64)
+    for stratum in sorted(set(strata)):
+        positions = np.flatnonzero(labels == stratum)
+        indices[:, positions] = positions[rng.integers(0, len(positions), size=(n_boot, len(positions)))]
+    return indices
 
 
 def replicate(records: Sequence[dict], score_fn: ScoreFn, n_boot: int = 1000, seed: int = 0) -> Replicates:
@@ -90,10 +102,10 @@ def replicate(records: Sequence[dict], score_fn: ScoreFn, n_boot: int = 1000, se
     score = score_fn(ordered)
     point = _as_dict(score)
     draws = {k: np.empty(n_boot) for k in point}
-    for b, rows in enumerate(resample_indices(len(ordered), n_boot, seed)):
+    for b, rows in enumerate(resample_indices([_key(r)[0] for r in ordered], n_boot, seed)):
         for key, value in _as_dict(score_fn([ordered[i] for i in rows])).items():
             draws[key][b] = value
-    return Replicates(tuple(r["id"] for r in ordered), point, draws, seed, not isinstance(score, dict))
+    return Replicates(tuple(map(_key, ordered)), point, draws, seed, not isinstance(score, dict))
 
 
 def _check_same_examples(runs: Sequence[Replicates]) -> None:

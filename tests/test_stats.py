@@ -110,3 +110,22 @@ def test_runs_on_different_examples_are_refused():
         stats.paired_bootstrap(a, b, accuracy, n=10)
     with pytest.raises(PeftlabError, match="repeat an example id"):
         stats.bootstrap_ci(a + a[:1], accuracy, n=10)
+
+
+def test_record_kinds_are_resampled_separately():
+    """A causal LM's records: perplexity ones (nll, tokens) and generation ones, each numbered from 0. Every
+    resample keeps 30 perplexity and 10 generation records, so a score that needs both is always defined."""
+    records = ([{"kind": "perplexity", "id": i, "nll": 2.0 + i % 3, "tokens": 4} for i in range(30)]
+               + [{"kind": "generation", "id": i, "exact": i < 5} for i in range(10)])
+    counts = []
+
+    def score(rs):
+        kinds = [r["kind"] for r in rs]
+        counts.append((kinds.count("perplexity"), kinds.count("generation")))
+        ppl = [r for r in rs if r["kind"] == "perplexity"]
+        return {"nll_per_token": sum(r["nll"] for r in ppl) / sum(r["tokens"] for r in ppl),
+                "exact_match": sum(r.get("exact", 0) for r in rs) / kinds.count("generation")}
+
+    result = stats.bootstrap_ci(records, score, n=200)
+    assert set(counts) == {(30, 10)} and result["exact_match"].point == 0.5
+    assert result["exact_match"].low < 0.5 < result["exact_match"].high
