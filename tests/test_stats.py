@@ -129,3 +129,30 @@ def test_record_kinds_are_resampled_separately():
     result = stats.bootstrap_ci(records, score, n=200)
     assert set(counts) == {(30, 10)} and result["exact_match"].point == 0.5
     assert result["exact_match"].low < 0.5 < result["exact_match"].high
+
+
+def test_additive_scores_resample_like_any_score():
+    """Accuracy and Pearson as sums of per-example statistics: the vectorised resampling gives the same draws as
+    calling the score once per resample."""
+    rng = np.random.default_rng(12)
+    gold = rng.random(150)
+    records = [{"id": i, "gold": g, "prediction": g + rng.normal(0, 0.3), "correct": bool(rng.random() < 0.7)}
+               for i, g in enumerate(gold)]
+
+    def per_example(rs):
+        x, y = np.array([r["prediction"] for r in rs]), np.array([r["gold"] for r in rs])
+        return {"n": np.ones(len(rs)), "correct": np.array([r["correct"] for r in rs], float), "x": x, "y": y,
+                "xx": x * x, "yy": y * y, "xy": x * y}
+
+    def finish(s):
+        cov = s["xy"] - s["x"] * s["y"] / s["n"]
+        return {"accuracy": s["correct"] / s["n"],
+                "pearson": cov / np.sqrt((s["xx"] - s["x"] ** 2 / s["n"]) * (s["yy"] - s["y"] ** 2 / s["n"]))}
+
+    additive = stats.Additive(per_example, finish)
+    fast = stats.replicate(records, additive, n_boot=100, seed=3)
+    slow = stats.replicate(records, lambda rs: additive(rs), n_boot=100, seed=3)
+    assert fast.point == slow.point
+    assert fast.point["pearson"] == pytest.approx(np.corrcoef([r["prediction"] for r in records], gold)[0, 1])
+    for key in ("accuracy", "pearson"):
+        np.testing.assert_allclose(fast.draws[key], slow.draws[key], rtol=1e-9)
