@@ -67,10 +67,11 @@ def selection_score(record: dict, task) -> tuple[str, float, bool]:
     return metric, float(value), bool(greater)
 
 
-def choose(scores: dict[float, float], greater_is_better: bool) -> float:
+def choose(scores: dict[float, float], greater_is_better: bool) -> float | None:
     """The learning rate with the best selection score (NaN — a failed or diverged point — never wins; ties go to
-    the smaller rate, the first in the grid)."""
+    the smaller rate); None when no grid point has a score."""
     valid = {lr: s for lr, s in scores.items() if not math.isnan(s)}
-    check(bool(valid), "no learning rate of the grid finished with a selection score")
+    if not valid:
+        return None
     sign = 1 if greater_is_better else -1
     return max(sorted(valid), key=lambda lr: sign * valid[lr])
