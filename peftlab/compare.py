@@ -15,10 +15,11 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import rundir
+from . import lr_search, rundir
 from .errors import PeftlabError, check
 from .recipe import load_recipe
 
@@ -30,6 +31,10 @@ class Comparison:
     baseline: str = "full_sst2"  # the recipe name every row is compared with (full fine-tuning)
     seeds: list[int] = field(default_factory=lambda: [0])
     overrides: list[str] = field(default_factory=list)  # `--set` items applied to every variant
+    # learning rates searched per variant on the first seed (chosen on the selection split, see lr_search):
+    # {recipe file: [lr, ...]}, "auto" (a grid per method family) or None (each recipe's own lr)
+    lrs: dict[str, list[float]] | str | None = None
+    bootstrap: int = 1000  # resamples behind the report's intervals and paired tests
 
 
 @dataclass(frozen=True)
@@ -38,10 +43,11 @@ class Variant:
     name: str
     seed: int
     is_recipe_run: bool = False  # no overrides, the recipe's own seed: the very run `peftlab.run RECIPE` makes
+    lr: float | None = None  # a learning-rate grid point or the chosen rate; None: the recipe's own
 
     @property
     def label(self) -> str:
-        return f"{self.name}-seed{self.seed}"
+        return f"{self.name}-seed{self.seed}" + ("" if self.lr is None else f"-lr{self.lr:g}")
 
 
 def load_comparison(path: Path) -> tuple[Comparison, list[Variant]]:
@@ -64,7 +70,37 @@ def load_comparison(path: Path) -> tuple[Comparison, list[Variant]]:
                      for seed in comparison.seeds]
     names = [v.name for v in variants]
     check(comparison.baseline in names, f"{path}: baseline {comparison.baseline!r} is not among the recipes {sorted(set(names))}")
+    lr_grids(comparison, path)  # a bad grid is an error before anything runs
     return comparison, variants
+
+
+def lr_grids(comparison: Comparison, path: Path) -> dict[str, list[float]]:
+    """Recipe name -> the learning rates to search, for the recipes that have a grid."""
+    lr_search.check_lrs(comparison.lrs, comparison.recipes, str(path))
+    grids = {}
+    for file in comparison.recipes:
+        recipe = load_recipe(path.parent / file, comparison.overrides)
+        grid = lr_search.grid_for(comparison.lrs, file, recipe.method.kind)
+        if grid:
+            check(not any(item.startswith("train.lr=") for item in comparison.overrides),
+                  f"{path}: overrides set train.lr while lrs searches it; keep one")
+            grids[recipe.name] = grid
+    return grids
+
+
+def search_lr(first: Variant, grid: list[float], run: Callable[[Variant], dict]) -> dict:
+    """Run every grid point on the first seed; choose on the selection split (lr_search.selection_score)."""
+    from .report import load_record
+    from .tasks import get_task
+
+    results = [run(replace(first, lr=lr, is_recipe_run=False)) for lr in grid]
+    scores, metric, greater = {}, None, True
+    for lr, result in zip(grid, results):
+        if result["state"] == "finished":
+            record = load_record(Path(result["run"]))
+            metric, scores[lr], greater = lr_search.selection_score(record, get_task(record["recipe"]["model"]["task"]))
+    return {"grid": grid, "chosen": lr_search.choose(scores, greater), "metric": metric,
+                     "greater_is_better": greater}
 
 
 def _last_error_line(stderr: str) -> str:
@@ -77,11 +113,12 @@ def run_variant(variant: Variant, comparison: Comparison, out_root: Path, report
     runs_dir = out_root / variant.label
     # a report is named after its recipe: with several seeds each seed's goes to its own folder, none overwritten
     own_reports = reports_dir / f"seed{variant.seed}" if len(comparison.seeds) > 1 else reports_dir
+    own_reports = own_reports if variant.lr is None else own_reports / f"lr{variant.lr:g}"  # one per grid point
     command = [sys.executable, "-m", "peftlab.run", str(variant.recipe), "--runs-dir", str(runs_dir),
                "--reports-dir", str(own_reports)]
     if not variant.is_recipe_run:
         command += ["--set", f"train.seed={variant.seed}"]
-    for item in comparison.overrides:
+    for item in comparison.overrides + ([] if variant.lr is None else [f"train.lr={variant.lr!r}"]):
         command += ["--set", item]
     started = time.perf_counter()
     proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -95,7 +132,7 @@ def run_variant(variant: Variant, comparison: Comparison, out_root: Path, report
         from . import report
 
         report.write(run, reports_dir.parent)
-    return {"name": variant.name, "seed": variant.seed, "recipe": str(variant.recipe),
+    return {"name": variant.name, "seed": variant.seed, "lr": variant.lr, "recipe": str(variant.recipe),
             "run": str(run) if run else None, "state": "finished" if finished else "failed",
             "error": error, "seconds": time.perf_counter() - started}
 
@@ -133,22 +170,33 @@ def run_all(args, argv: list[str], console) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     comparison, variants = load_comparison(args.comparison)
+    grids = lr_grids(comparison, args.comparison)
     out_root = rundir.create(args.runs_dir, comparison.name)
     record = {"name": comparison.name, "baseline": comparison.baseline, "seeds": comparison.seeds,
-              "overrides": comparison.overrides, "dir": str(out_root), "variants": [],
-              "command": shlex.join(["python", "-m", "peftlab.compare", *argv])}
+              "overrides": comparison.overrides, "bootstrap": comparison.bootstrap, "dir": str(out_root),
+              "variants": [], "lr_search": {}, "command": shlex.join(["python", "-m", "peftlab.compare", *argv])}
     started = time.perf_counter()
     reports_dir = args.reports_dir / comparison.name
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
-        task = progress.add_task("comparison", total=len(variants))
-        for variant in variants:
+        task = progress.add_task("comparison", total=len(variants) + sum(len(g) - 1 for g in grids.values()))
+
+        def run(variant: Variant) -> dict:
             progress.update(task, description=f"{comparison.name}: {variant.label}")
             result = run_variant(variant, comparison, out_root, reports_dir)
             record["variants"].append(result)
             state = "[green]done" if result["state"] == "finished" else f"[red]failed: {result['error']}"
             progress.console.print(f"{variant.label}: {state} ({result['seconds']:.0f} s)", highlight=False)
             progress.advance(task)
+            return result
+
+        for name in dict.fromkeys(v.name for v in variants):
+            first, *rest = todo = [v for v in variants if v.name == name]
+            if name in grids:  # the first seed's run at the chosen rate is one of the grid's
+                search = record["lr_search"][name] = search_lr(first, grids[name], run)
+                todo = [replace(v, lr=search["chosen"], is_recipe_run=False) for v in rest] if search["chosen"] is not None else []
+            for variant in todo:
+                run(variant)
     record["wall_seconds"] = time.perf_counter() - started
     rundir.write_json(out_root / "comparison.json", record)
     rundir.set_status(out_root, rundir.FINISHED)
