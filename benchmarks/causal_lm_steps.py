@@ -34,7 +34,7 @@ def main() -> None:
     from datasets import Dataset
 
     from peftlab import LoRA, Quant4bit, load_recipe, models
-    from peftlab.run import build_model
+    from peftlab.building import build_model
     from peftlab.tasks import causal_lm
 
     recipe = load_recipe(REPO / "recipes" / "gsm8k_base.py")

@@ -1,5 +1,6 @@
 """peftlab: parameter-efficient fine-tuning of Hugging Face transformers, driven by recipes."""
 
+from .comparison import Comparison
 from .heads import MLPHead
 from .losses import CrossEntropy, FocalLoss
 from .methods import IA3, DoRA, FullFineTuning, Houlsby, LoRA, Pfeiffer, PrefixTuning, PromptTuning
@@ -7,4 +8,4 @@ from .quant import Quant4bit, Quant8bit
 from .recipe import Data, Model, Recipe, Train, load_recipe
 
 __all__ = ["Recipe", "Model", "Data", "Train", "load_recipe", "FullFineTuning", "LoRA", "DoRA", "IA3", "PrefixTuning", "PromptTuning",
-           "Houlsby", "Pfeiffer", "Quant4bit", "Quant8bit", "MLPHead", "CrossEntropy", "FocalLoss"]
+           "Houlsby", "Pfeiffer", "Quant4bit", "Quant8bit", "MLPHead", "CrossEntropy", "FocalLoss", "Comparison"]

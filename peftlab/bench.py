@@ -4,7 +4,7 @@
 2. best practice: Trainer with dynamic padding (DataCollatorWithPadding) and group_by_length;
 3. peftlab: `python -m peftlab.run RECIPE` itself.
 
-All three build the model from the recipe (run.build_model: same method, dropout, head and seed) and train the
+All three build the model from the recipe (building.build_model: same method, dropout, head and seed) and train the
 same examples with the same hyperparameters and number of steps; the same StepTimer times their training steps.
 Each run is a process of its own (clean peak memory), in the order 1 2 3 1 2 3 … so that drift hits all alike:
 one round per seed (--seeds; the accuracy compared is the mean over seeds, since one batch order alone moves it
@@ -19,180 +19,12 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 from . import data as data_stage
-from . import measure, rundir
-from .errors import check, cli_exit_code
-from .recipe import load_recipe, recipe_to_dict
-from .report import table
-from .tasks import get_task
-
-APPROACHES = {
-    "tutorial": "Trainer, every example padded to max_length, random batches",
-    "best_practice": "Trainer, DataCollatorWithPadding + group_by_length",
-    "peftlab": "python -m peftlab.run (length buckets, bf16 autocast where native, fused AdamW)",
-}
-TARGETS = {"tutorial": 4.0, "best_practice": 1.2}  # peftlab's samples/s at least this many times theirs
-ACCURACY_TOLERANCE = 0.005  # equal validation accuracy: within half a point
-
-
-# ------------------------------------------------------------------------------- workers (one process each)
-
-def train_plain(recipe, data_root: Path | None, padded: bool) -> dict:
-    """Approaches 1 and 2: the model from the recipe, everything else plain transformers."""
-    import torch
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, default_data_collator
-
-    from . import models, run
-    from .tasks import classification
-    from .training import StepTimer
-
-    task = get_task(recipe.model.task)
-    resolved = models.resolve(recipe.model.name, recipe.model.revision)
-    tokenizer = models.load_tokenizer(resolved, recipe.model)
-    splits = data_stage.load_splits(recipe.data, data_root, recipe.train.seed)
-    labels = task.labels(recipe, splits.train)
-    d, t = recipe.data, recipe.train
-
-    def encode(batch):  # the tutorial way: tokenizer call with or without padding="max_length"
-        encoded = tokenizer(batch[d.text], batch[d.text_pair] if d.text_pair else None, truncation=True,
-                            max_length=d.max_length, padding="max_length" if padded else False)
-        encoded["labels"] = classification.label_ids(batch[d.label], labels, "bench")
-        return encoded
-
-    train = splits.train.map(encode, batched=True, remove_columns=splits.train.column_names)
-    evaluation = splits.eval.map(encode, batched=True, remove_columns=splits.eval.column_names)
-    model = run.build_model(recipe, task, resolved, labels)
-    timer = StepTimer()
-    with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(
-            output_dir=out, per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.eval_batch_size,
-            num_train_epochs=t.epochs, max_steps=t.max_steps or -1, learning_rate=t.lr, weight_decay=t.weight_decay,
-            max_grad_norm=t.max_grad_norm, warmup_steps=t.warmup_ratio, lr_scheduler_type=t.scheduler, seed=t.seed,
-            train_sampling_strategy="random" if padded else "group_by_length", eval_strategy="no",
-            save_strategy="no", logging_steps=t.logging_steps, report_to=[], disable_tqdm=True,
-            use_cpu=not torch.cuda.is_available())
-        trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
-                          data_collator=default_data_collator if padded else DataCollatorWithPadding(tokenizer),
-                          processing_class=tokenizer, callbacks=[timer],
-                          compute_metrics=task.metrics_for(evaluation, splits.eval, labels, recipe))
-        trainer.train()
-        scores = trainer.evaluate()
-    epochs = trainer.state.epoch
-    real_tokens = sum(map(sum, train["attention_mask"])) * epochs
-    return {"train_seconds": timer.train_seconds, "eval_seconds": scores["eval_runtime"],
-            "steps": trainer.state.global_step, "epochs": epochs,
-            "samples_per_second": len(train) * epochs / timer.train_seconds,
-            "tokens_per_second": real_tokens / timer.train_seconds,
-            "task_metrics": {k[5:]: v for k, v in scores.items() if k.startswith("eval_") and "runtime" not in k
-                             and "per_second" not in k},
-            "train_examples": len(train), "eval_examples": len(evaluation), "data_files": splits.files,
-            **measure.peak_memory()}
-
-
-def peftlab_result(run_dir: Path) -> dict:
-    metrics = rundir.read_json(run_dir / "metrics.json")
-    env = rundir.read_json(run_dir / "environment.json")
-    evals = [e["eval_runtime"] for e in rundir.read_json(run_dir / "log_history.json") if "eval_runtime" in e]
-    return {"train_seconds": metrics["train_seconds"], "eval_seconds": sum(evals), "evaluations": len(evals),
-            "steps": metrics["steps"], "epochs": metrics["epochs"],
-            "samples_per_second": metrics["train_samples_per_second"],
-            "tokens_per_second": metrics["train_tokens_per_second"], "task_metrics": metrics["task_metrics"],
-            "train_examples": env["data"]["train_examples"], "eval_examples": env["data"]["eval_examples"],
-            "data_files": env["data"]["files"], "speed": env.get("speed"), "peak_rss_bytes": metrics["peak_rss_bytes"]}
-
-
-def run_args(recipe_path: Path, overrides: list[str], data_dir: str | None, runs_dir: Path) -> list[str]:
-    return [str(recipe_path), *[f"--set={o}" for o in overrides], *(["--data-dir", data_dir] if data_dir else []),
-            "--runs-dir", str(runs_dir), "--reports-dir", ""]
-
-
-def ablation(recipe_path: Path, overrides: list[str], data_dir: str | None, repeats: int) -> list[dict]:
-    """peftlab runs in this process with all speed settings on, then each off alone, alternating; a first run
-    only warms up (lazy imports, first kernels), so that no variant pays for it."""
-    from . import run, speed
-
-    rows = []
-    for repeat in range(repeats + 1):
-        for off in [None, *speed.SWITCHES] if repeat else [None]:
-            os.environ[speed.DISABLE_ENV] = off or ""
-            with tempfile.TemporaryDirectory() as runs:
-                check(run.main(run_args(recipe_path, overrides, data_dir, Path(runs))) == 0,
-                      f"peftlab run with {off or 'nothing'} off failed")
-                result = peftlab_result(next(Path(runs).iterdir()))
-            if repeat:
-                rows.append({"off": off, "repeat": repeat, **result})
-    os.environ.pop(speed.DISABLE_ENV)
-    return rows
-
-
-def profile(recipe_path: Path, overrides: list[str], data_dir: str | None, task: str) -> dict:
-    from .phases import profile_run
-
-    with tempfile.TemporaryDirectory() as runs:
-        timed = profile_run(run_args(recipe_path, overrides, data_dir, Path(runs)), task)
-        check(timed["exit_code"] == 0, "the profiled peftlab run failed")
-        return timed | {"run": peftlab_result(next(Path(runs).iterdir()))}
-
-
-def worker(kind: str, args) -> dict:
-    from .run import quiet_libraries
-
-    quiet_libraries()
-    data_root = data_stage.data_dir(args.data_dir)
-    if kind in ("tutorial", "best_practice"):
-        return train_plain(load_recipe(args.recipe, args.overrides), data_root, padded=kind == "tutorial")
-    if kind == "ablation":
-        return {"rows": ablation(args.recipe, args.overrides, args.data_dir, args.repeats)}
-    return profile(args.recipe, args.overrides, args.data_dir, load_recipe(args.recipe, args.overrides).model.task)
-
-
-# ------------------------------------------------------------------------------------------- orchestrator
-
-def spawn(kind: str, args, overrides: list[str]) -> dict:
-    """One measurement in a fresh process; its result plus the process's wall time."""
-    with tempfile.TemporaryDirectory() as tmp:
-        if kind == "peftlab":
-            command = [sys.executable, "-m", "peftlab.run", *run_args(args.recipe, overrides, args.data_dir, Path(tmp))]
-        else:
-            command = [sys.executable, "-m", "peftlab.bench", str(args.recipe), "--worker", kind,
-                       "--result", str(Path(tmp) / "result.json"), "--repeats", str(args.ablation_repeats),
-                       *[f"--set={o}" for o in overrides], *(["--data-dir", args.data_dir] if args.data_dir else [])]
-        started = time.perf_counter()
-        done = subprocess.run(command, env=os.environ | {"TOKENIZERS_PARALLELISM": "false"},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        wall = time.perf_counter() - started
-        check(done.returncode == 0, f"bench run '{kind}' failed (exit {done.returncode}): "
-                                    f"{(done.stderr.strip().splitlines() or ['no output'])[-1]}")
-        result = peftlab_result(next(p for p in Path(tmp).iterdir() if p.is_dir())) if kind == "peftlab" \
-            else rundir.read_json(Path(tmp) / "result.json")
-    return result | {"wall_seconds": wall}
-
-
-def summarize(runs: list[dict], metric: str) -> dict:
-    out = {}
-    for name in APPROACHES:
-        mine = [r for r in runs if r["approach"] == name]
-        out[name] = {key: statistics.median(r[key] for r in mine) for key in
-                     ("samples_per_second", "tokens_per_second", "train_seconds", "eval_seconds", "wall_seconds",
-                      "peak_rss_bytes")}
-        per_seed = [statistics.mean(r["task_metrics"][metric] for r in mine if r["seed"] == seed)
-                    for seed in dict.fromkeys(r["seed"] for r in mine)]
-        out[name][metric] = statistics.mean(per_seed)
-        out[name][f"{metric}_std"] = statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0
-    ours = out["peftlab"]
-    for name, target in TARGETS.items():
-        speedup = ours["samples_per_second"] / out[name]["samples_per_second"]
-        gap = ours[metric] - out[name][metric]
-        out[name] |= {"peftlab_speedup": speedup, "target": target, "speed_met": speedup >= target,
-                      f"peftlab_{metric}_gap": gap, "accuracy_met": abs(gap) <= ACCURACY_TOLERANCE}
-    return out
+from . import rundir
+from .errors import cli_exit_code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,163 +49,15 @@ def main(argv: list[str] | None = None) -> int:
                         help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    # imported after parsing, not at the top: the library loads transformers' Trainer (seconds), which --help and
+    # usage errors need not wait for
+    from .benchmark import bench, worker
+
     if args.worker:
         result = worker(args.worker, args)
         rundir.write_json(args.result, result)
         return 0
     return cli_exit_code(lambda: bench(args, shlex.join(["python", "-m", "peftlab.bench", *argv])))
-
-
-def bench(args, command: str) -> int:
-    from rich.console import Console
-
-    console = Console(stderr=True, soft_wrap=True)
-    check(args.repeats >= 1, f"--repeats {args.repeats}: use 1 or more")
-    limits = [f"data.train_limit={args.train_limit}"] if args.train_limit else []
-    limits += [f"data.eval_limit={args.eval_limit}"] if args.eval_limit else []
-    overrides = args.overrides + limits
-    recipe = load_recipe(args.recipe, overrides)  # every check before anything runs
-    check(recipe.model.task == "classification", f"{args.recipe}: the bench compares sequence classification "
-                                                 f"recipes; model.task={recipe.model.task!r} is not one")
-    data_stage.preflight(recipe.data, data_stage.data_dir(args.data_dir), get_task(recipe.model.task).columns(recipe))
-    seeds = args.seeds or [recipe.train.seed]
-    rounds = [(seed, repeat) for repeat in range(1, args.repeats + 1) for seed in seeds]
-    runs = []
-    for number, (seed, repeat) in enumerate(rounds, 1):
-        for name in APPROACHES:
-            console.print(f"round {number}/{len(rounds)} (seed {seed}): {name} …", highlight=False)
-            result = spawn(name, args, overrides + [f"train.seed={seed}"])
-            runs.append(result | {"approach": name, "seed": seed, "repeat": repeat})
-            console.print(f"  {result['samples_per_second']:.1f} samples/s, accuracy "
-                          f"{result['task_metrics']['accuracy']:.4f}, {result['wall_seconds']:.0f} s", highlight=False)
-    record = {"command": command, "recipe": recipe_to_dict(recipe), "environment": measure.environment(),
-              "seeds": seeds, "repeats": args.repeats, "runs": runs, "summary": summarize(runs, "accuracy")}
-    small = args.overrides + [f"data.train_limit={args.ablation_train_limit}", "data.eval_limit=384"]
-    if args.ablation:
-        console.print("ablation: peftlab with each speed setting off …")
-        record["ablation"] = {"overrides": small, **spawn("ablation", args, small)}
-    if args.profile:
-        console.print("profile: one peftlab run with stage timers …")
-        record["profile"] = {"overrides": small, **spawn("profile", args, small)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    rundir.write_json(args.out / "bench_throughput.json", record)
-    rundir.write_atomic(args.out / "bench_throughput.md", render(record))
-    console.print(f"report: {args.out / 'bench_throughput.md'}")
-    return 0
-
-
-# ------------------------------------------------------------------------------------------------- report
-
-def _ratio(value: float) -> str:
-    return f"{value:.2f}×"
-
-
-def render(record: dict) -> str:
-    """Markdown from the bench record; computes nothing beyond medians and ratios of what was measured."""
-    summary, runs, env, recipe = record["summary"], record["runs"], record["environment"], record["recipe"]
-    first = runs[0]
-    train = recipe["train"]
-    seeds = record["seeds"]
-    many = len(seeds) > 1
-    rows = []
-    for name, describe in APPROACHES.items():
-        s = summary[name]
-        rows.append([f"**{name}**: {describe}", f"{s['samples_per_second']:.1f}", f"{s['tokens_per_second']:.0f}",
-                     f"{s['train_seconds']:.1f}", f"{s['eval_seconds']:.1f}", f"{s['wall_seconds']:.0f}",
-                     measure.human_bytes(s["peak_rss_bytes"]),
-                     f"{100 * s['accuracy']:.2f} %" + (f" ± {100 * s['accuracy_std']:.2f}" if many else ""),
-                     _ratio(summary["peftlab"]["samples_per_second"] / s["samples_per_second"])])
-    targets = [[f"peftlab vs {name}", _ratio(summary[name]["peftlab_speedup"]), f"≥ {_ratio(summary[name]['target'])}",
-                "met" if summary[name]["speed_met"] else "**not met**",
-                f"{100 * summary[name]['peftlab_accuracy_gap']:+.2f} pt",
-                "met" if summary[name]["accuracy_met"] else "**not met**"] for name in TARGETS]
-    sections = [
-        f"# Training throughput: {recipe['name']} three ways",
-        "Generated by `peftlab.bench`. Command:\n\n```\n" + record["command"] + "\n```",
-        f"Same model ({recipe['model']['name']}, {recipe['method']['kind']} from the recipe via `run.build_model`, "
-        f"model dropout {recipe['model']['dropout']}), same {first['train_examples']:,} training sentences, "
-        f"validation on {first['eval_examples']:,}, batch {train['batch_size']}, lr {train['lr']}, "
-        f"{first['steps']} optimizer steps ({first['epochs']:.2f} epochs), seeds {', '.join(map(str, seeds))}. "
-        f"Throughput counts training steps only (the same StepTimer in all three); tokens are real (non-pad) tokens; "
-        f"speed figures are medians over {len(runs) // len(APPROACHES)} round(s), one per seed"
-        + (f" × {record['repeats']}" if record["repeats"] > 1 else "")
-        + "; accuracy is the mean over seeds" + (" ± standard deviation" if many else "")
-        + ". Rounds run in the order tutorial, best practice, peftlab, each approach in its own process (peak memory is that process's RSS; wall time is the whole process: start-up, "
-        "tokenization, training, evaluation, and for peftlab saving and the report).",
-        "## Result\n\n" + table(["approach", "samples/s", "tokens/s", "train s", "eval s", "wall s", "peak RSS",
-                                 "val. accuracy", "peftlab is"], rows),
-        "## Targets\n\n" + table(["comparison", "speed-up", "target", "", "accuracy gap", "±0.5 pt"], targets),
-        "## Every run\n\n" + table(["seed", "approach", "samples/s", "tokens/s", "train s", "eval s", "wall s",
-                                    "peak RSS", "accuracy", "loss"],
-                                   [[r["seed"], r["approach"], f"{r['samples_per_second']:.1f}",
-                                     f"{r['tokens_per_second']:.0f}", f"{r['train_seconds']:.1f}",
-                                     f"{r['eval_seconds']:.1f}",
-                                     f"{r['wall_seconds']:.0f}", measure.human_bytes(r["peak_rss_bytes"]),
-                                     f"{r['task_metrics']['accuracy']:.4f}", f"{r['task_metrics']['loss']:.4f}"]
-                                    for r in runs]),
-        "## What differs between the three\n\n" + table(["", "tutorial", "best practice", "peftlab"], [
-            ["padding", f"every example to {recipe['data']['max_length']}", "per batch", "per batch"],
-            ["batches", "random", "Trainer's group_by_length (sorted within 50-batch groups)",
-             "length buckets (peftlab/speed.py)"],
-            ["precision", "float32", "float32", (first_peftlab(runs).get("speed") or {}).get("precision", "?")
-             + " training, float32 evaluation"],
-            ["optimizer", "Trainer default (adamw_torch_fused)", "Trainer default (adamw_torch_fused)",
-             (first_peftlab(runs).get("speed") or {}).get("optimizer", "?")],
-            ["shared by all", "the recipe's model config, incl. dropout", "", ""],
-        ]),
-    ]
-    if "ablation" in record:
-        sections.append(_ablation_section(record["ablation"]))
-    if "profile" in record:
-        sections.append(_profile_section(record["profile"]))
-    sections.append("## Environment\n\n" + table(["item", "value"], [
-        ["hardware", f"{env['cpu']} ({env['cpu_count']} cores, {env['torch_threads']} torch threads), "
-                     f"GPU: {env['gpu'] or 'none'}, RAM {measure.human_bytes(env['memory_total_bytes'])}"],
-        ["python / platform", f"{env['python']} / {env['platform']}"],
-        ["versions", ", ".join(f"{k} {v}" for k, v in env["versions"].items())],
-        ["peftlab commit", env.get("peftlab_commit")],
-    ] + [[f"data md5 `{name}`", digest] for name, digest in first["data_files"].items()]))
-    return "\n\n".join(sections) + "\n"
-
-
-def first_peftlab(runs: list[dict]) -> dict:
-    return next(r for r in runs if r["approach"] == "peftlab")
-
-
-def _ablation_section(ablation: dict) -> str:
-    rows, by_off = ablation["rows"], {}
-    for row in rows:
-        by_off.setdefault(row["off"], []).append(row)
-    all_on = statistics.median(r["samples_per_second"] for r in by_off[None])
-    lines = []
-    for off, mine in by_off.items():
-        median = statistics.median(r["samples_per_second"] for r in mine)
-        lines.append(["all settings on" if off is None else f"without {off}",
-                      ", ".join(f"{r['samples_per_second']:.1f}" for r in mine), f"{median:.1f}",
-                      "—" if off is None else _ratio(all_on / median),
-                      ", ".join(f"{r['eval_seconds']:.2f}" for r in mine),
-                      ", ".join(f"{r['task_metrics']['accuracy']:.4f}" for r in mine)])
-    first = rows[0]
-    return ("## Effect of each speed setting (ablation)\n\n"
-            f"peftlab runs in one process (after one warm-up run), `PEFTLAB_DISABLE=<setting>` switching one setting "
-            f"off at a time, rounds alternating; {first['train_examples']:,} training sentences ({first['steps']} "
-            f"steps), validation on {first['eval_examples']} (overrides: `{' '.join(ablation['overrides'])}`). "
-            "\"gain\" = training samples/s with all settings on ÷ without this one; eval_by_length acts on the "
-            "evaluation time instead.\n\n"
-            + table(["variant", "samples/s per round", "median", "gain", "evaluation s per round",
-                     "accuracy per round"], lines))
-
-
-def _profile_section(profiled: dict) -> str:
-    phases, total, steps = profiled["phases"], profiled["total_seconds"], profiled["run"]["steps"]
-    rows = [[phase, f"{p['seconds']:.2f}", f"{100 * p['seconds'] / total:.1f} %", p["calls"],
-             f"{1000 * p['seconds'] / p['calls']:.1f}"]
-            for phase, p in sorted(phases.items(), key=lambda kv: -kv[1]["seconds"])]
-    return ("## Where the time goes (one peftlab run, stage timers)\n\n"
-            f"`peftlab/phases.py` timers around each stage of one `peftlab.run` ({profiled['run']['train_examples']:,} "
-            f"training sentences, {steps} steps, overrides `{' '.join(profiled['overrides'])}`); each stage counts "
-            f"its own time, evaluation and saving as wholes. Whole run {total:.1f} s.\n\n"
-            + table(["stage", "seconds", "share", "calls", "ms per call"], rows))
 
 
 if __name__ == "__main__":

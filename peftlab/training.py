@@ -243,18 +243,3 @@ def build_trainer(recipe, task, model, tokenizer, train_ds, eval_ds, out_dir: Pa
     )
     trainer.train_autocast = torch.bfloat16 if bf16 else None
     return trainer
-
-
-def eval_metrics(logs: dict) -> dict:
-    """Task metrics and loss from an evaluation log entry, without the "eval_" prefix and timing keys."""
-    timing = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "eval_model_preparation_time")
-    return {k[5:]: v for k, v in logs.items() if k.startswith("eval_") and k not in timing}
-
-
-def best_eval(log_history: list[dict], best_checkpoint: str | None) -> dict:
-    """The evaluation record of the checkpoint Trainer loaded as best (or the last one)."""
-    evals = [e for e in log_history if "eval_loss" in e]
-    if best_checkpoint:
-        step = int(best_checkpoint.rstrip("/").rsplit("-", 1)[-1])
-        evals = [e for e in evals if e["step"] == step] or evals
-    return evals[-1] if evals else {}

@@ -10,7 +10,7 @@ the chosen rate: 5 methods × (3 + 2) = 25 runs. Cost: about 75 min (~3 min a ru
 perplexity and greedy generation before and after training).
 """
 
-from peftlab.compare import Comparison
+from peftlab import Comparison
 
 comparison = Comparison(
     name="compare_gsm8k",

@@ -8,7 +8,7 @@ the best selection-split F1, then runs seeds 1 and 2 at it: 4 methods × (3 + 2)
 Cost on a 2-core CPU: about 32 min (~95 s a run: ~60 s of training, ~20 s of evaluation).
 """
 
-from peftlab.compare import Comparison
+from peftlab import Comparison
 
 comparison = Comparison(
     name="compare_squad",

@@ -6,7 +6,7 @@ rate with the best selection-split accuracy, then runs seeds 1 and 2 at it: 10 m
 Cost on a 2-core CPU: about 35 min (a run of 4,000 sentences takes ~40 s, half the 8,000-sentence runs' ~65 s).
 """
 
-from peftlab.compare import Comparison
+from peftlab import Comparison
 
 comparison = Comparison(
     name="compare_sst2",

@@ -6,7 +6,7 @@ the best selection-split Pearson, then runs seeds 1 and 2 at it: 4 methods × (3
 Cost on a 2-core CPU: about 27 min (~80 s a run: ~50 s of training, evaluation ~10 s per pass).
 """
 
-from peftlab.compare import Comparison
+from peftlab import Comparison
 
 comparison = Comparison(
     name="compare_stsb",

@@ -8,7 +8,7 @@ LoRA at one borrowed rate ranged 22.6-47.1 % F1 over seeds 0-2 (one seed would m
 Cost on a 2-core CPU: about 25 min (~70 s a run: ~50 s of training, evaluation a few seconds per pass).
 """
 
-from peftlab.compare import Comparison
+from peftlab import Comparison
 
 comparison = Comparison(
     name="compare_wnut17",

@@ -11,7 +11,7 @@ import torch
 
 from peftlab import predict
 from peftlab.errors import PeftlabError
-from peftlab.loading import load_trained
+from peftlab.artifacts import load_trained
 from peftlab.methods import Houlsby, Pfeiffer
 from peftlab.methods.base import Context
 from peftlab.recipe import load_recipe

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from peftlab import load_recipe, merge, predict
+from peftlab import artifacts, load_recipe, merge, predict
 from peftlab.errors import PeftlabError
 from peftlab.tasks import causal_lm
 
@@ -301,7 +301,7 @@ def test_predict_generates_and_rescores(lora_run, sums_dir, capsys):
 def test_merge_is_exact_for_the_causal_lm(lora_run, sums_dir, tmp_path, capsys):
     out = tmp_path / "export"
     assert merge.main([str(lora_run), "--out", str(out), "--data-dir", str(sums_dir), "--compare", "8"]) == 0
-    record = json.loads((out / merge.EXPORT_RECORD).read_text())
+    record = json.loads((out / artifacts.EXPORT_RECORD).read_text())
     assert record["verification"]["max_abs_logit_diff"] <= 1e-4
     run_metrics = json.loads((lora_run / "metrics.json").read_text())["task_metrics"]
     assert record["export_metrics"]["perplexity"] == pytest.approx(run_metrics["perplexity"], rel=1e-4)
@@ -316,7 +316,7 @@ def test_merge_is_exact_for_the_causal_lm(lora_run, sums_dir, tmp_path, capsys):
 def test_qlora_run_keeps_the_output_layer_in_full_precision(tmp_path, llama, sums_dir):
     path = write_recipe(tmp_path / "r.py", llama, train="epochs=1, lr=1e-2, batch_size=16, logging_steps=5",
                         extra="quant=Quant4bit(),")
-    from peftlab.loading import load_trained
+    from peftlab.artifacts import load_trained
 
     run = run_recipe(tmp_path, path, sums_dir)
     metrics = json.loads((run / "metrics.json").read_text())
@@ -335,7 +335,7 @@ def test_4bit_gradients_survive_an_evaluation(llama):
     causal_lm runs first) gets the same gradients as before it."""
     from peftlab import Data, LoRA, Model, Quant4bit, Recipe
     from peftlab.models import Resolved
-    from peftlab.run import build_model
+    from peftlab.building import build_model
 
     recipe = Recipe("t", Model(str(llama), task="causal_lm"), Data("sums", text="question", label="answer"),
                     LoRA(r=4, dropout=0.0, target="all-linear"), quant=Quant4bit())

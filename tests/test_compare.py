@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from peftlab import compare, comparison_stats, lr_search, stats
+from peftlab import compare, comparison_stats, stats
+from peftlab.comparison import Comparison, load_comparison, run_variant
 from peftlab.errors import PeftlabError
 from peftlab.measure import human_bytes
 from peftlab.plan import parse_size
@@ -31,11 +32,11 @@ def comparison(tmp_path_factory, tiny_bert, data_dir):
     write_recipe(tmp / "lora.py", tiny_bert, method="LoRA(r=4, target='all-linear')", train=TRAIN, name="lora")
     write_recipe(tmp / "broken.py", tiny_bert, method="LoRA(target=['no_such_layer'])", train=TRAIN, name="broken")
     (tmp / "cmp.py").write_text(
-        "from peftlab.compare import Comparison\n"
+        "from peftlab import Comparison\n"
         "comparison = Comparison(name='cmp', recipes=['full.py', 'lora.py', 'broken.py'], baseline='full',\n"
         "                        seeds=[0, 1], overrides=['data.train_limit=128'], bootstrap=200,\n"
-        "                        lrs={'full.py': [1e-3, 1e-2], 'lora.py': [1e-3, 1e-2]})\n")
-    # through `python -m`, as a user runs it (the comparison file imports peftlab.compare.Comparison)
+        "                        lrs={'full.py': [1e-5, 1e-3], 'lora.py': [1e-5, 1e-3]})\n")
+    # through `python -m`, as a user runs it (the comparison file imports peftlab.Comparison)
     done = subprocess.run([sys.executable, "-m", "peftlab.compare", str(tmp / "cmp.py"), "--runs-dir", str(tmp / "runs"),
                            "--reports-dir", str(tmp / "reports")], env=os.environ | {"PEFTLAB_DATA_DIR": str(data_dir)},
                           capture_output=True, text=True)
@@ -62,13 +63,14 @@ def test_learning_rate_chosen_on_the_selection_split(comparison):
     for name in ("full", "lora"):
         search = record["lr_search"][name]
         grid = {v["lr"]: v for v in record["variants"] if v["name"] == name and v["seed"] == 0}
-        assert sorted(grid) == [1e-3, 1e-2] and search["grid"] == [1e-3, 1e-2]
+        assert sorted(grid) == [1e-5, 1e-3] and search["grid"] == [1e-5, 1e-3]
         scores = {}
         for lr, v in grid.items():
             metrics = json.loads((Path(v["run"]) / "metrics.json").read_text())
             log = json.loads((Path(v["run"]) / "log_history.json").read_text())
             step = metrics.get("protocol", {}).get("selected_step", metrics["best_step"])
             scores[lr] = next(e["eval_accuracy"] for e in log if e.get("step") == step and "eval_accuracy" in e)
+        assert len(set(scores.values())) == 2  # 1e-5 barely leaves the initial model: the choice means something
         assert search["chosen"] == max(sorted(scores), key=scores.get)
         assert [(v["seed"], v["state"]) for v in _reported(record, name)] == [(0, "finished"), (1, "finished")]
         assert [v["lr"] for v in record["variants"] if v["name"] == name and v["seed"] == 1] == [search["chosen"]]
@@ -138,10 +140,10 @@ def test_variants_must_share_the_task(tmp_path, tiny_bert):
     write_recipe(tmp_path / "a.py", tiny_bert, name="a")
     other = write_recipe(tmp_path / "b.py", tiny_bert, name="b")
     other.write_text(other.read_text().replace("max_length=32", "max_length=16"))
-    (tmp_path / "cmp.py").write_text("from peftlab.compare import Comparison\n"
+    (tmp_path / "cmp.py").write_text("from peftlab import Comparison\n"
                                      "comparison = Comparison(name='x', recipes=['a.py', 'b.py'], baseline='a')\n")
     with pytest.raises(PeftlabError, match="model or data differ"):
-        compare.load_comparison(tmp_path / "cmp.py")
+        load_comparison(tmp_path / "cmp.py")
 
 
 def test_parse_budget():
@@ -155,19 +157,19 @@ def test_variant_without_overrides_is_the_recipes_own_run(tmp_path, tiny_bert, d
                  train="epochs=1, lr=1e-2, batch_size=32, seed=3")
     text = (tmp_path / "lora.py").read_text().replace('max_length=32)', 'max_length=32, train_limit=64)')
     (tmp_path / "lora.py").write_text(text)
-    (tmp_path / "cmp.py").write_text("from peftlab.compare import Comparison\n"
+    (tmp_path / "cmp.py").write_text("from peftlab import Comparison\n"
                                      "comparison = Comparison(name='cmp', recipes=['lora.py'], baseline='lora', "
                                      "seeds=[3, 4])\n")
-    _, variants = compare.load_comparison(tmp_path / "cmp.py")
+    _, variants = load_comparison(tmp_path / "cmp.py")
     assert [(v.seed, v.is_recipe_run) for v in variants] == [(3, True), (4, False)]
     (tmp_path / "cmp2.py").write_text((tmp_path / "cmp.py").read_text().replace("seeds=[3, 4]", "seeds=[3], "
                                                                                  "overrides=['train.lr=1e-3']"))
-    assert [v.is_recipe_run for v in compare.load_comparison(tmp_path / "cmp2.py")[1]] == [False]
-    comparison = compare.Comparison(name="cmp", recipes=["lora.py"], baseline="lora", seeds=[3])
+    assert [v.is_recipe_run for v in load_comparison(tmp_path / "cmp2.py")[1]] == [False]
+    only_seed_3 = Comparison(name="cmp", recipes=["lora.py"], baseline="lora", seeds=[3])
     runs, reports = tmp_path / "runs", tmp_path / "reports"
     runs.mkdir()
     monkeypatch.setenv("PEFTLAB_DATA_DIR", str(data_dir))  # the variant's subprocess reads it
-    result = compare.run_variant(variants[0], comparison, runs, reports / "cmp")
+    result = run_variant(variants[0], only_seed_3, runs, reports / "cmp")
     assert result["state"] == "finished"
     assert (reports / "lora.md").read_text() == (reports / "cmp" / "lora.md").read_text()
     assert "python -m peftlab.run" in (reports / "lora.md").read_text()

@@ -146,7 +146,7 @@ METHODS = ["FullFineTuning()", "LoRA(r=4, target='all-linear')", "DoRA(r=4)", "I
                                                                         ("Pfeiffer()", "quant=Quant4bit(),")],
                          ids=[m.split("(")[0] for m in METHODS] + ["QLoRA", "Pfeiffer-4bit"])
 def test_mlp_head_is_saved_and_restored_with_every_method(tmp_path, bert64, method, quant):
-    from peftlab.run import build_base, build_model
+    from peftlab.building import build_base, build_model
     from peftlab.tasks import get_task
 
     path = write_recipe(tmp_path / "r.py", bert64, method=method, extra=quant)
@@ -180,8 +180,8 @@ def test_mlp_head_is_saved_and_restored_with_every_method(tmp_path, bert64, meth
 
 def test_run_with_mlp_head_and_focal_loss_reloads_and_evaluates_with_that_loss(tmp_path, tiny_bert, data_dir, capsys):
     """Trainer's eval loss is the focal loss of the reloaded model's logits: the loss was used and the head came back."""
-    from peftlab import merge, predict
-    from peftlab.loading import load_trained
+    from peftlab import evaluation, merge
+    from peftlab.artifacts import load_trained
 
     path = write_recipe(tmp_path / "r.py", tiny_bert, method="LoRA(r=8, alpha=16, target='all-linear')",
                         train="epochs=6, lr=1e-2, batch_size=16, loss=FocalLoss(gamma=2.0, alpha=0.5)")
@@ -192,7 +192,7 @@ def test_run_with_mlp_head_and_focal_loss_reloads_and_evaluates_with_that_loss(t
     run_dir = run_recipe(tmp_path, path, data_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     trained = load_trained(run_dir)
-    raw, features = predict.eval_inputs(trained, data_dir)
+    raw, features = evaluation.eval_inputs(trained, data_dir)
     batch = trained.task.collator(trained.tokenizer)(
         [{k: v for k, v in f.items() if k in ("input_ids", "attention_mask", "token_type_ids")} for f in features])
     with torch.no_grad():
@@ -213,7 +213,7 @@ def test_run_with_mlp_head_and_focal_loss_reloads_and_evaluates_with_that_loss(t
 
 def test_token_classification_takes_an_mlp_head_and_focal_loss(tmp_path, bert64):
     """Per-token logits through the MLP head; word pieces labelled -100 add nothing to the loss or its gradient."""
-    from peftlab.run import build_model
+    from peftlab.building import build_model
     from peftlab.tasks import get_task
 
     path = tmp_path / "ner.py"

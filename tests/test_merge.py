@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from peftlab import merge, predict
+from peftlab import artifacts, export, merge, predict
 
 from conftest import make_bert, run_recipe, write_recipe
 
@@ -27,7 +27,7 @@ def lora_run(tmp_path_factory, tiny_bert, data_dir):
 
 def _export(run_dir: Path, out: Path, data_dir: Path, *extra: str) -> dict:
     assert merge.main([str(run_dir), "--out", str(out), "--data-dir", str(data_dir), *extra]) == 0
-    return json.loads((out / merge.EXPORT_RECORD).read_text())
+    return json.loads((out / artifacts.EXPORT_RECORD).read_text())
 
 
 def test_lora_merge_is_exact_and_loads_without_peft(lora_run, data_dir, tmp_path):
@@ -49,7 +49,7 @@ def test_lora_merge_is_exact_and_loads_without_peft(lora_run, data_dir, tmp_path
     from safetensors.torch import load_file
 
     keys = load_file(out / "model.safetensors").keys()
-    assert not merge.peft_keys(keys) and "classifier.weight" in keys
+    assert not export.peft_keys(keys) and "classifier.weight" in keys
     card = (out / "README.md").read_text()
     assert "max_abs_logit_diff" not in card and f"{record['verification']['max_abs_logit_diff']:.3g}" in card
 

@@ -14,7 +14,7 @@ from peftlab import (IA3, DoRA, FullFineTuning, LoRA, PrefixTuning, PromptTuning
 from peftlab import models
 from peftlab.errors import PeftlabError
 from peftlab.measure import count_parameters, quantized_storage
-from peftlab.run import build_base, build_model
+from peftlab.building import build_base, build_model
 from peftlab.tasks import get_task
 
 from conftest import make_bert, make_tokenizer, sentiment_rows, write_recipe

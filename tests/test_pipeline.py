@@ -9,7 +9,7 @@ import torch
 
 from peftlab import predict, rundir
 from peftlab import run as run_cli
-from peftlab.loading import load_trained
+from peftlab.artifacts import load_trained
 
 from conftest import make_bert, run_recipe, write_recipe
 

@@ -11,7 +11,7 @@ from peftlab import run as run_cli
 from peftlab.measure import count_parameters
 from peftlab.plan import parse_size, predict
 from peftlab.recipe import validate
-from peftlab.run import build_model, prepare_inputs
+from peftlab.building import build_model, prepare_inputs
 
 from conftest import make_bert, write_recipe
 

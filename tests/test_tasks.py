@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from peftlab import Data, LoRA, Model, Recipe, load_recipe, models, predict
+from peftlab import Data, LoRA, Model, Recipe, artifacts, load_recipe, models, predict
 from peftlab import run as run_cli
 from peftlab.errors import PeftlabError
 from peftlab.metrics import Correlation, EntityF1, SquadScores, answer_f1, entity_spans, normalize_answer
@@ -355,7 +355,7 @@ def test_regression_target_errors(tmp_path, tiny_bert, capsys):
 
 @pytest.mark.parametrize("task", ["stsb", "wnut17", "squad"])
 def test_recipes_and_comparisons_load(task):
-    from peftlab.compare import load_comparison
+    from peftlab.comparison import load_comparison
 
     recipes = Path(__file__).resolve().parent.parent / "recipes"
     comparison, variants = load_comparison(recipes / f"compare_{task}.py")
@@ -382,7 +382,7 @@ QLORA = ("LoRA(r=4, target='all-linear')", "quant=Quant4bit(),")
 def test_every_method_trains_on_every_task(tmp_path, bert64, task_data, task, method, quant):
     from peftlab import data as data_stage
     from peftlab import plan
-    from peftlab.run import build_model
+    from peftlab.building import build_model
 
     path = task_recipe(tmp_path / "r.py", bert64, task, method=method, extra=quant)
     if method.startswith("PromptTuning") and task != "regression":  # refused at load, in one line
@@ -483,14 +483,14 @@ def test_qa_end_to_end(tmp_path, tiny_bert, task_data, capsys):
     from peftlab import merge
 
     assert merge.main([str(run_dir), "--out", str(tmp_path / "export"), "--data-dir", str(task_data)]) == 0
-    record = json.loads((tmp_path / "export" / merge.EXPORT_RECORD).read_text())
+    record = json.loads((tmp_path / "export" / artifacts.EXPORT_RECORD).read_text())
     assert record["verification"]["max_abs_logit_diff"] <= 1e-4 and record["verification"]["label_agreement"] == 1.0
     assert record["export_metrics"]["f1"] == pytest.approx(m["f1"])
 
 
 def test_regression_label_scale_trains_on_scaled_targets_and_predicts_on_the_data_scale(tmp_path, tiny_bert, task_data):
     from peftlab import data as data_stage
-    from peftlab.run import build_model
+    from peftlab.building import build_model
 
     path = task_recipe(tmp_path / "r.py", tiny_bert, "regression",
                        data=TASKS["regression"].replace("max_length=32", "max_length=32, label_scale=5.0"))

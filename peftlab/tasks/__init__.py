@@ -9,7 +9,7 @@ predict(model, tokenizer, texts, labels, max_length) (qa also takes context=, st
 Optional (causal_lm has them): GREATER_IS_BETTER (for BEST_METRIC, default True), UNQUANTIZED (modules besides
 the heads kept out of 4/8-bit quantization), COMPARE_METRIC (what comparisons rank by, default BEST_METRIC),
 RAW_METRICS (metrics that are not fractions), preprocess_logits (Trainer's preprocess_logits_for_metrics) and
-Evaluation(inputs, recipe) (extra figures before and after training, see run.execute).
+Evaluation(inputs, recipe) (extra figures before and after training, see pipeline.execute).
 """
 
 from importlib import import_module

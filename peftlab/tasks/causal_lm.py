@@ -36,8 +36,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
+from .. import rundir
 from ..data import require_columns
 from ..errors import PeftlabError, check
+from ..evaluation import evaluate
 
 MODEL_CLASS = AutoModelForCausalLM
 PEFT_TASK_TYPE = "CAUSAL_LM"
@@ -275,14 +277,13 @@ class Evaluation:
         self.before_metrics, self.before_gen, self.after_gen = {}, None, None
 
     def before(self, base) -> None:
-        from types import SimpleNamespace
-
-        from ..predict import evaluate_split
-
         inputs = self.inputs
-        trained = SimpleNamespace(recipe=self.recipe, task=inputs.task, model=base, tokenizer=inputs.tokenizer,
-                                  labels=inputs.labels)
-        self.before_metrics = evaluate_split(trained, None, (inputs.splits.eval, inputs.eval))
+        self.before_metrics = evaluate(base, self.recipe, inputs.task, inputs.tokenizer, inputs.labels,
+                                       inputs.splits.eval, inputs.eval)
+        # accelerate marks the model it prepared for that evaluation and will not prepare it again: the base (and
+        # peft's wrapper, which inherits the mark) would then train without DistributedDataParallel in a
+        # multi-process run, each process on its own gradients (tests/test_distributed.py guards this).
+        vars(base).pop("_is_accelerate_prepared", None)
         if self.rows:
             self.before_gen = generation_eval(base, inputs.tokenizer, self.recipe, self.rows)
             self.before_metrics["exact_match"] = self.before_gen["exact_match"]
@@ -296,8 +297,6 @@ class Evaluation:
 
     def record(self, run_dir: Path) -> dict:
         """Written to generations.json (every output); returned for metrics.json (figures and a few samples)."""
-        from .. import rundir
-
         out = {"before": self.before_metrics}
         if self.after_gen:
             before, after = self.before_gen, self.after_gen

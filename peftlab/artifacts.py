@@ -1,13 +1,20 @@
-"""Load a finished run back: the base model it was trained on (checked by fingerprint) plus its weights."""
+"""What a run or a merge leaves on disk, read back: a finished run (the base model it was trained on, checked by
+fingerprint, plus its weights) or a merged export (plain transformers weights plus the record of how it was made)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+from transformers import AutoTokenizer
+
 from . import models, rundir
+from .building import build_base
 from .errors import check
 from .recipe import recipe_from_dict
+from .tasks import get_task
+
+EXPORT_RECORD = "peftlab_export.json"  # in an export folder: how it was made and verified, its recipe and labels
 
 
 @dataclass
@@ -31,9 +38,6 @@ def check_base(run_dir: Path, resolved: models.Resolved) -> None:
 
 def load_trained(run_dir: Path, quantized: bool = True) -> Trained:
     """quantized=False loads the base in full precision even if the run trained on a 4/8-bit base."""
-    from .run import build_base
-    from .tasks import get_task
-
     run_dir = rundir.require_finished(run_dir)
     recipe = recipe_from_dict(rundir.read_json(run_dir / "recipe.json"))
     labels = rundir.read_json(run_dir / "metrics.json")["labels"]
@@ -49,11 +53,6 @@ def load_trained(run_dir: Path, quantized: bool = True) -> Trained:
 
 def load_export(export_dir: Path) -> Trained:
     """A merged export (peftlab.merge): plain transformers weights, plus the record of how it was made."""
-    from transformers import AutoTokenizer
-
-    from .merge import EXPORT_RECORD
-    from .tasks import get_task
-
     record = rundir.read_json(export_dir / EXPORT_RECORD)
     recipe = recipe_from_dict(record["recipe"])
     task = get_task(recipe.model.task)
@@ -63,7 +62,5 @@ def load_export(export_dir: Path) -> Trained:
 
 def load_any(path: Path) -> Trained:
     """A run directory or a merged export."""
-    from .merge import EXPORT_RECORD
-
     path = Path(path)
     return load_export(path) if (path / EXPORT_RECORD).is_file() else load_trained(path)

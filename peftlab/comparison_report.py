@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import comparison_stats, lr_search, rundir
 from .measure import human_bytes
-from .report import _per_type_keys, load_record, table
+from .run_report import _per_type_keys, load_record, table
 
 PLOT_MEMORY, PLOT_PARAMS = "memory_vs_score.png", "params_vs_score.png"
 

@@ -1,0 +1,69 @@
+"""Building the model a recipe describes: the base (quantized if asked, with its task head), wrapped with the
+recipe's method; and the inputs known before the model is loaded (task, tokenizer, tokenized splits)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from peft import prepare_model_for_kbit_training
+from transformers import set_seed
+
+from . import data as data_stage
+from . import heads, models, plan, speed
+from .methods.base import Context
+from .quant import keep_one_weight_layout
+from .tasks import get_task
+
+
+def build_base(recipe, task, resolved, label_names, quantized: bool = True):
+    """The base model with its task head: quantized if the recipe asks (head kept in full precision)."""
+    quant = recipe.quant if quantized else None
+    quant_config = quant.bnb_config(list(task.HEADS) + list(getattr(task, "UNQUANTIZED", ()))) if quant else None
+    set_seed(recipe.train.seed)  # the new task head is initialised from the seed
+    model = models.load_model(resolved, recipe.model, task.MODEL_CLASS, quant_config, **task.model_kwargs(label_names))
+    if recipe.model.head is not None:  # before any method wraps the model: the head trains and saves like the linear one
+        heads.attach(model, recipe.model.head, task.HEADS)
+    if quant is not None:
+        keep_one_weight_layout(model)  # else training after an evaluation gets wrong gradients on some CPUs
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return model
+
+
+def build_model(recipe, task, resolved, label_names, on_base=None):
+    """The base wrapped with the recipe's method, adapters initialised from the seed. on_base(base), if given, sees
+    the base before it is wrapped (causal_lm evaluates it there)."""
+    model = build_base(recipe, task, resolved, label_names)
+    if on_base is not None:
+        on_base(model)
+    present = tuple(h for h in task.HEADS if hasattr(model, h))
+    set_seed(recipe.train.seed)  # whatever loading consumed, adapters start from the same state
+    return recipe.method.wrap(model, Context(present, task.PEFT_TASK_TYPE, recipe.quant is not None, resolved.path))
+
+
+@dataclass
+class Inputs:
+    """Everything known before the model is loaded."""
+
+    task: object
+    resolved: models.Resolved
+    tokenizer: object
+    splits: data_stage.Splits
+    labels: list[str]
+    train: object  # tokenized datasets.Dataset
+    eval: object
+
+
+def prepare_inputs(recipe, data_root: Path | None) -> Inputs:
+    task = get_task(recipe.model.task)
+    resolved = models.resolve(recipe.model.name, recipe.model.revision)
+    tokenizer = models.load_tokenizer(resolved, recipe.model)
+    splits = data_stage.load_splits(recipe.data, data_root, recipe.train.seed)
+    labels = task.labels(recipe, splits.train)
+    train = task.prepare(splits.train, tokenizer, recipe, labels, "train")
+    evaluation = speed.evaluation_order(task.prepare(splits.eval, tokenizer, recipe, labels, recipe.data.eval_split))
+    return Inputs(task, resolved, tokenizer, splits, labels, train, evaluation)
+
+
+def predict_memory(recipe, inputs: Inputs) -> dict:
+    return plan.predict(recipe, inputs.task, inputs.resolved, inputs.labels, max(inputs.train["length"]))

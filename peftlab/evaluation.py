@@ -1,0 +1,52 @@
+"""Scoring a model on a recipe's evaluation split as training evaluates it (same collator, metrics and loss), and
+reading the evaluations Trainer logged."""
+
+from __future__ import annotations
+
+import torch
+from transformers import TrainingArguments
+
+from . import data as data_stage
+from .losses import compute_loss_func
+from .speed import evaluation_order
+from .training import make_trainer
+
+
+def eval_inputs(trained, data_root):
+    """The raw evaluation split and its tokenized features, as the run prepared them (trained: artifacts.Trained)."""
+    recipe = trained.recipe
+    splits = data_stage.load_splits(recipe.data, data_root, recipe.train.seed)
+    features = trained.task.prepare(splits.eval, trained.tokenizer, recipe, trained.labels, recipe.data.eval_split)
+    return splits.eval, evaluation_order(features)
+
+
+def evaluate(model, recipe, task, tokenizer, labels, raw_eval, eval_ds) -> dict:
+    """Task metrics and loss of `model` on the prepared evaluation split (eval_inputs)."""
+    args = TrainingArguments(output_dir="/tmp/peftlab-predict", per_device_eval_batch_size=recipe.train.eval_batch_size,
+                             report_to=[], disable_tqdm=True, use_cpu=not torch.cuda.is_available())
+    trainer = make_trainer(model, args=args, data_collator=task.collator(tokenizer),
+                           compute_metrics=task.metrics_for(eval_ds, raw_eval, labels, recipe),
+                           compute_loss_func=compute_loss_func(recipe.train.loss, labels),  # as in training
+                           preprocess_logits_for_metrics=getattr(task, "preprocess_logits", None))
+    return eval_metrics(trainer.evaluate(eval_ds))
+
+
+def evaluate_split(trained, data_root, prepared=None) -> dict:
+    """Score a loaded run or export (artifacts.Trained); `prepared` = its eval_inputs when the caller has them."""
+    raw_eval, eval_ds = prepared or eval_inputs(trained, data_root)
+    return evaluate(trained.model, trained.recipe, trained.task, trained.tokenizer, trained.labels, raw_eval, eval_ds)
+
+
+def eval_metrics(logs: dict) -> dict:
+    """Task metrics and loss from an evaluation log entry, without the "eval_" prefix and timing keys."""
+    timing = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "eval_model_preparation_time")
+    return {k[5:]: v for k, v in logs.items() if k.startswith("eval_") and k not in timing}
+
+
+def best_eval(log_history: list[dict], best_checkpoint: str | None) -> dict:
+    """The evaluation record of the checkpoint Trainer loaded as best (or the last one)."""
+    evals = [e for e in log_history if "eval_loss" in e]
+    if best_checkpoint:
+        step = int(best_checkpoint.rstrip("/").rsplit("-", 1)[-1])
+        evals = [e for e in evals if e["step"] == step] or evals
+    return evals[-1] if evals else {}

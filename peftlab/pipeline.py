@@ -1,0 +1,195 @@
+"""One run, end to end: recipe -> data -> model (+ quantization) -> method -> train -> evaluate -> save -> report,
+with the run directory's state kept honest on failure (python -m peftlab.run is the command)."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import transformers
+from rich.console import Console
+from rich.table import Table
+from transformers import set_seed
+
+from . import building, checkpoints, distributed, measure, models, plan, preflight, resume, rundir, run_report, speed
+from . import data as data_stage
+from .errors import PeftlabError
+from .evaluation import best_eval, eval_metrics
+from .recipe import load_recipe, recipe_to_dict
+from .tasks import get_task
+from .training import build_trainer, train_seconds
+
+
+@dataclass
+class Options:
+    """What `python -m peftlab.run` takes (its --help explains each)."""
+
+    recipe: Path
+    overrides: list[str] = field(default_factory=list)
+    data_dir: str | None = None
+    runs_dir: Path = Path("runs")
+    reports_dir: str = "reports"  # "" skips the copy
+    plan: bool = False
+    budget: int | None = None
+    resume: str | None = None
+
+
+def run(options: Options, argv: list[str], console: Console) -> int:
+    """The run end to end, as `python -m peftlab.run` makes it (argv: its arguments, for the record and for the
+    resume hint); returns the exit code: 0 done, 1 a --plan that does not fit, 2 an error, 130 interrupted.
+    Failures are recorded in the run directory before the code is returned."""
+    command = shlex.join(distributed.launch_command(argv))
+    run_dir = None
+    try:
+        recipe = load_recipe(options.recipe, options.overrides)  # every check before anything is created
+        data_root = data_stage.data_dir(options.data_dir)
+        data_stage.preflight(recipe.data, data_root, get_task(recipe.model.task).columns(recipe))
+        if options.plan:  # predict and exit: nothing is trained or written
+            predicted = building.predict_memory(recipe, building.prepare_inputs(recipe, data_root))
+            return 0 if plan.print_plan(predicted, options.budget) else 1
+        reports_dir = Path(options.reports_dir) if options.reports_dir else None
+        distributed.start()
+        resuming, run_dir = distributed.share_from_main(lambda: open_run_dir(options, recipe, data_root, reports_dir))
+        if not distributed.is_main():
+            console.quiet = True  # the main process reports for all
+        console.print(f"run directory: {run_dir}" + (f" ({resuming})" if resuming else ""))
+        metrics = execute(recipe, options.recipe, run_dir, data_root, command, resuming)
+        if not distributed.is_main():
+            return 0
+        rundir.set_status(run_dir, rundir.FINISHED)
+        report = run_report.write(run_dir, reports_dir)
+        console.print(summary_table(recipe, metrics, run_dir))
+        console.print(f"report: {report}" + (f" (copied to {reports_dir}/{recipe.name}.md)" if reports_dir else ""))
+        return 0
+    except PeftlabError as err:
+        record_failure(run_dir, "failed", str(err))
+        console.print(f"[bold red]error:[/] {err}", highlight=False)
+        return 2
+    except KeyboardInterrupt as err:  # Ctrl-C: after a checkpoint (TrainingStopped) unless pressed twice
+        record_failure(run_dir, "interrupted", str(err) or "interrupted by the user")
+        console.print(f"interrupted{': ' + str(err) if str(err) else ''}", highlight=False)
+        if run_dir is not None:
+            console.print(f"resume with: {resume.command_line(argv, options.resume, run_dir)}", highlight=False)
+        return 130
+    except Exception as err:
+        problem = preflight.storage_problem(err, run_dir)  # disk full, read-only: one line, resumable
+        record_failure(run_dir, "failed", problem or f"{type(err).__name__}: {err}")
+        if problem is None:
+            raise
+        console.print(f"[bold red]error:[/] {problem}", highlight=False)
+        if run_dir is not None:
+            console.print(f"resume with: {resume.command_line(argv, options.resume, run_dir)}", highlight=False)
+        return 2
+
+
+def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, command: str,
+            resuming: resume.Resume | None = None) -> dict:
+    started = time.perf_counter()
+    main_process = distributed.is_main()  # with several processes only the main one writes
+    set_seed(recipe.train.seed)
+    if main_process and resuming is None:  # a resumed run keeps the records it started with (recipe checked equal)
+        rundir.write_json(run_dir / "recipe.json", recipe_to_dict(recipe))
+        shutil.copyfile(recipe_path, run_dir / "recipe.py")
+    inputs = building.prepare_inputs(recipe, data_root)
+    task, resolved, tokenizer, splits = inputs.task, inputs.resolved, inputs.tokenizer, inputs.splits
+    label_names, train_ds, eval_ds = inputs.labels, inputs.train, inputs.eval
+
+    env = measure.environment() | {
+        "command": command,
+        "seed": recipe.train.seed,
+        "model": {"source": resolved.source, "path": resolved.path, "fingerprint": models.weights_fingerprint(resolved),
+                  "origin": resolved.origin},
+        "data": {"source": splits.source, "files": splits.files, "train_examples": len(train_ds),
+                 "eval_examples": len(eval_ds)},
+        "processes": distributed.world_size(),
+        "speed": speed.settings(recipe),
+    }
+    if main_process:
+        rundir.write_json(run_dir / "environment.json", resume.environment(resuming, env) if resuming else env)
+
+    memory_plan = building.predict_memory(recipe, inputs)
+    extra = task.Evaluation(inputs, recipe) if hasattr(task, "Evaluation") else None  # before/after figures
+    model = building.build_model(recipe, task, resolved, label_names, on_base=extra.before if extra else None)
+    params = measure.count_parameters(model)
+    quant_storage = measure.quantized_storage(model)
+    trainer = build_trainer(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir / "checkpoints",
+                            task.metrics_for(eval_ds, splits.eval, label_names, recipe), label_names)
+    checkpoints.train(trainer, resuming.checkpoint if resuming else None)
+    seconds = train_seconds(trainer)  # over all processes of a resumed run
+    state = trainer.state
+    peak_rss = distributed.gather(measure.peak_memory()["peak_rss_bytes"])
+    if not main_process:
+        return {}
+    rundir.write_json(run_dir / "log_history.json", state.log_history)
+    final = best_eval(state.log_history, state.best_model_checkpoint)
+    if extra:
+        extra.after(trainer.model)  # the best checkpoint, as Trainer reloaded it
+
+    recipe.method.save(trainer.model, run_dir)
+    tokenizer.save_pretrained(run_dir / "tokenizer")
+    rundir.remove_checkpoints(run_dir)
+    epochs_done = state.global_step / max(1, -(-len(train_ds) // recipe.train.batch_size))
+    samples = state.global_step * recipe.train.batch_size
+    tokens = sum(train_ds["length"]) * epochs_done
+    metrics = {
+        "task_metrics": eval_metrics(final) | (extra.task_metrics() if extra else {}),
+        "best_step": final.get("step"),
+        "labels": label_names,
+        **params,
+        "quantized_storage": quant_storage,
+        "steps": state.global_step,
+        "epochs": epochs_done,
+        "train_seconds": seconds,
+        "train_samples_per_second": min(samples, len(train_ds) * epochs_done) / max(seconds, 1e-9),
+        "train_tokens_per_second": tokens / max(seconds, 1e-9),
+        "wall_seconds": time.perf_counter() - started,  # of this process (the last one, if resumed)
+        "saved_bytes": measure.disk_bytes(run_dir / recipe.method.saves),
+        **measure.peak_memory(),
+        **({"peak_rss_bytes_per_process": peak_rss} if len(peak_rss) > 1 else {}),
+        "predicted_peak_bytes": memory_plan["predicted_peak_bytes"],
+        "memory_plan": memory_plan["parts"],
+    } | (extra.record(run_dir) if extra else {})
+    rundir.write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def summary_table(recipe, metrics: dict, run_dir: Path) -> Table:
+    table = Table(title=f"{recipe.name} — {run_dir}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in metrics["task_metrics"].items():
+        table.add_row(key, f"{value:.4f}")
+    table.add_row("trainable params", f"{metrics['trainable_params']:,} ({metrics['trainable_percent']:.2f} %)")
+    table.add_row("train time", f"{metrics['train_seconds']:.1f} s")
+    table.add_row("samples/s", f"{metrics['train_samples_per_second']:.1f}")
+    table.add_row("peak memory (RSS)", measure.human_bytes(metrics["peak_rss_bytes"]))
+    return table
+
+
+def quiet_libraries() -> None:
+    """Our own progress display replaces the libraries' bars; their load reports go to the log level."""
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def open_run_dir(options: Options, recipe, data_root, reports_dir) -> tuple[resume.Resume | None, Path]:
+    """Checks, then the run directory: a new one, or the interrupted run to resume (main process only)."""
+    preflight.run_checks(recipe, options.runs_dir, reports_dir)
+    resuming = resume.prepare(options.resume, options.runs_dir, recipe, data_root) if options.resume else None
+    return resuming, resuming.run_dir if resuming else rundir.create(options.runs_dir, recipe.name)
+
+
+def record_failure(run_dir: Path | None, state: str, message: str) -> None:
+    if run_dir is None or not distributed.is_main():
+        return
+    try:
+        rundir.write_atomic(run_dir / "traceback.txt", traceback.format_exc())
+        rundir.set_status(run_dir, state, message.splitlines()[0] if message else state)
+    except OSError:  # the disk is full or gone: the status stays "running", read as "interrupted" once we exit
+        pass
