@@ -174,3 +174,16 @@ def test_variant_without_overrides_is_the_recipes_own_run(tmp_path, tiny_bert, d
     assert (reports / "lora.md").read_text() == (reports / "cmp" / "lora.md").read_text()
     assert "python -m peftlab.run" in (reports / "lora.md").read_text()
     assert "--set" not in json.loads((Path(result["run"]) / "environment.json").read_text())["command"]
+
+
+def test_bad_learning_rate_grids_are_refused_before_anything_runs(tmp_path, tiny_bert):
+    write_recipe(tmp_path / "a.py", tiny_bert, name="a")
+    for lrs, overrides, message in [("{'b.py': [1e-3]}", "[]", "not among the recipes"),
+                                    ("'auto'", "['train.lr=1e-3']", "keep one"),
+                                    ("{'a.py': []}", "[]", "non-empty list"),
+                                    ("[1e-3]", "[]", "give None")]:
+        (tmp_path / "cmp.py").write_text("from peftlab import Comparison\n"
+                                         f"comparison = Comparison(name='x', recipes=['a.py'], baseline='a', "
+                                         f"lrs={lrs}, overrides={overrides})\n")
+        with pytest.raises(PeftlabError, match=message):
+            load_comparison(tmp_path / "cmp.py")
