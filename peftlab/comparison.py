@@ -2,6 +2,9 @@
 `python -m peftlab.run` subprocess, so that peak memory is measured cleanly per variant and a crash stops only that
 variant (python -m peftlab.compare is the command; peftlab/comparison_report.py renders the report).
 
+With `lrs`, each variant first runs a small learning-rate grid on the first seed, keeps the rate with the best
+selection-split score (lr_search) and runs its other seeds at that rate.
+
 A variant with no overrides at its recipe's own seed is exactly the recipe's run, so its report also goes to
 reports/<recipe>.md (no second run needed for the recipe's own report).
 """
@@ -14,12 +17,13 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from . import rundir, run_report
+from . import lr_search, rundir, run_report
 from .errors import PeftlabError, check
 from .recipe import load_recipe
 
@@ -31,6 +35,11 @@ class Comparison:
     baseline: str = "full_sst2"  # the recipe name every row is compared with (full fine-tuning)
     seeds: list[int] = field(default_factory=lambda: [0])
     overrides: list[str] = field(default_factory=list)  # `--set` items applied to every variant
+    # learning rates searched per variant on the first seed (chosen on the selection split, see lr_search):
+    # {recipe file: [lr, ...]}, "auto" (a grid per method family) or None (each recipe's own lr)
+    lrs: dict[str, list[float]] | str | None = None
+    bootstrap: int = 1000  # resamples behind the report's intervals and paired tests
+
 
 
 @dataclass(frozen=True)
@@ -39,10 +48,12 @@ class Variant:
     name: str
     seed: int
     is_recipe_run: bool = False  # no overrides, the recipe's own seed: the very run `peftlab.run RECIPE` makes
+    lr: float | None = None  # a learning-rate grid point or the chosen rate; None: the recipe's own
 
     @property
     def label(self) -> str:
-        return f"{self.name}-seed{self.seed}"
+        return f"{self.name}-seed{self.seed}" + ("" if self.lr is None else f"-lr{self.lr:g}")
+
 
 
 def load_comparison(path: Path) -> tuple[Comparison, list[Variant]]:
@@ -65,7 +76,37 @@ def load_comparison(path: Path) -> tuple[Comparison, list[Variant]]:
                      for seed in comparison.seeds]
     names = [v.name for v in variants]
     check(comparison.baseline in names, f"{path}: baseline {comparison.baseline!r} is not among the recipes {sorted(set(names))}")
+    lr_grids(comparison, path)  # a bad grid is an error before anything runs
     return comparison, variants
+
+
+def lr_grids(comparison: Comparison, path: Path) -> dict[str, list[float]]:
+    """Recipe name -> the learning rates to search, for the recipes that have a grid."""
+    lr_search.check_lrs(comparison.lrs, comparison.recipes, str(path))
+    grids = {}
+    for file in comparison.recipes:
+        recipe = load_recipe(path.parent / file, comparison.overrides)
+        grid = lr_search.grid_for(comparison.lrs, file, recipe.method.kind)
+        if grid:
+            check(not any(item.startswith("train.lr=") for item in comparison.overrides),
+                  f"{path}: overrides set train.lr while lrs searches it; keep one")
+            grids[recipe.name] = grid
+    return grids
+
+
+def search_lr(first: Variant, grid: list[float], run: Callable[[Variant], dict]) -> dict:
+    """Run every grid point on the first seed; choose on the selection split (lr_search.selection_score)."""
+    from .tasks import get_task
+
+    results = [run(replace(first, lr=lr, is_recipe_run=False)) for lr in grid]
+    scores, metric, greater = {}, None, True
+    for lr, result in zip(grid, results):
+        if result["state"] == "finished":
+            record = run_report.load_record(Path(result["run"]))
+            metric, scores[lr], greater = lr_search.selection_score(record, get_task(record["recipe"]["model"]["task"]))
+    return {"grid": grid, "chosen": lr_search.choose(scores, greater), "metric": metric,
+                     "greater_is_better": greater}
+
 
 
 def _last_error_line(stderr: str) -> str:
@@ -82,11 +123,12 @@ def run_variant(variant: Variant, comparison: Comparison, out_root: Path, report
     runs_dir = out_root / variant.label
     # a report is named after its recipe: with several seeds each seed's goes to its own folder, none overwritten
     own_reports = reports_dir / f"seed{variant.seed}" if len(comparison.seeds) > 1 else reports_dir
+    own_reports = own_reports if variant.lr is None else own_reports / f"lr{variant.lr:g}"  # one per grid point
     command = [sys.executable, "-m", "peftlab.run", str(variant.recipe), "--runs-dir", str(runs_dir),
                "--reports-dir", str(own_reports)]
     if not variant.is_recipe_run:
         command += ["--set", f"train.seed={variant.seed}"]
-    for item in comparison.overrides:
+    for item in comparison.overrides + ([] if variant.lr is None else [f"train.lr={variant.lr!r}"]):
         command += ["--set", item]
     if budget is not None:
         command += ["--budget", str(budget)]
@@ -103,7 +145,7 @@ def run_variant(variant: Variant, comparison: Comparison, out_root: Path, report
         error = f"does not fit (plan: {unfit.group(1)})"
     if finished and variant.is_recipe_run:  # the recipe's own report too, rather than running it a second time
         run_report.write(run, reports_dir.parent)
-    return {"name": variant.name, "seed": variant.seed, "recipe": str(variant.recipe),
+    return {"name": variant.name, "seed": variant.seed, "lr": variant.lr, "recipe": str(variant.recipe),
             "run": str(run) if run else None,
             "state": "finished" if finished else "does not fit" if unfit else "failed",
             "error": error, "seconds": time.perf_counter() - started}
@@ -111,17 +153,19 @@ def run_variant(variant: Variant, comparison: Comparison, out_root: Path, report
 
 def run_all(args, argv: list[str], console) -> dict:
     comparison, variants = load_comparison(args.comparison)
+    grids = lr_grids(comparison, args.comparison)
     out_root = rundir.create(args.runs_dir, comparison.name)
     record = {"name": comparison.name, "baseline": comparison.baseline, "seeds": comparison.seeds,
-              "overrides": comparison.overrides, "budget": getattr(args, "budget", None), "dir": str(out_root),
-              "variants": [],
+              "overrides": comparison.overrides, "budget": getattr(args, "budget", None),
+              "bootstrap": comparison.bootstrap, "dir": str(out_root), "variants": [], "lr_search": {},
               "command": shlex.join(["python", "-m", "peftlab.compare", *argv])}
     started = time.perf_counter()
     reports_dir = args.reports_dir / comparison.name
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
-        task = progress.add_task("comparison", total=len(variants))
-        for variant in variants:
+        task = progress.add_task("comparison", total=len(variants) + sum(len(g) - 1 for g in grids.values()))
+
+        def run(variant: Variant) -> dict:
             progress.update(task, description=f"{comparison.name}: {variant.label}")
             result = run_variant(variant, comparison, out_root, reports_dir, getattr(args, "budget", None))
             record["variants"].append(result)
@@ -129,7 +173,17 @@ def run_all(args, argv: list[str], console) -> dict:
                 f"[yellow]{result['error']}" if result["state"] == "does not fit" else f"[red]failed: {result['error']}"
             progress.console.print(f"{variant.label}: {state} ({result['seconds']:.0f} s)", highlight=False)
             progress.advance(task)
+            return result
+
+        for name in dict.fromkeys(v.name for v in variants):
+            first, *rest = todo = [v for v in variants if v.name == name]
+            if name in grids:  # the first seed's run at the chosen rate is one of the grid's
+                search = record["lr_search"][name] = search_lr(first, grids[name], run)
+                todo = [replace(v, lr=search["chosen"], is_recipe_run=False) for v in rest] if search["chosen"] is not None else []
+            for variant in todo:
+                run(variant)
     record["wall_seconds"] = time.perf_counter() - started
     rundir.write_json(out_root / "comparison.json", record)
     rundir.set_status(out_root, rundir.FINISHED)
     return record
+

@@ -1,41 +1,50 @@
-"""The comparison report: one table (+ two plots) built only from the variants' run records."""
+"""The comparison report: tables (+ two plots) built only from the variants' run records.
+
+Scores are recomputed from every run's predictions.jsonl (comparison_stats): per variant the mean over seeds with
+a 95 % interval that resamples examples and seeds, the paired test against the baseline on the same examples,
+and a Pareto front drawn from significant differences only.
+"""
 
 from __future__ import annotations
 
+import math
 import statistics
 from pathlib import Path
 
-from . import rundir
+from . import comparison_stats, lr_search, rundir
 from .measure import human_bytes
 from .run_report import _per_type_keys, load_record, table
 
 PLOT_MEMORY, PLOT_PARAMS = "memory_vs_score.png", "params_vs_score.png"
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+def _task(first: dict):
+    from .tasks import get_task
 
-
-def _fmt_score(values: list[float], scale: float = 100) -> str:
-    mean, std = _mean_std(values)
-    return f"{scale * mean:.2f}" + (f" ± {scale * std:.2f}" if len(values) > 1 else "")
+    return get_task(first["recipe"]["model"]["task"])
 
 
 def _raw_metrics(first: dict) -> tuple[str, ...]:
     """Metrics that are not fractions (e.g. perplexity): shown as they are, not as percentages."""
-    from .tasks import get_task
-
-    return getattr(get_task(first["recipe"]["model"]["task"]), "RAW_METRICS", ())
+    return getattr(_task(first), "RAW_METRICS", ())
 
 
 def _header(name: str, raw: tuple[str, ...]) -> str:
     return name if name in raw else f"{name} (%)"
 
 
+def _reported_runs(record: dict) -> list[dict]:
+    """The runs the tables report: for a variant with a learning-rate search, those at its chosen rate (the other
+    grid points are shown in the learning-rate table only)."""
+    search = record.get("lr_search", {})
+    return [v for v in record["variants"]
+            if v["name"] not in search or search[v["name"]]["chosen"] in (None, v.get("lr"))]
+
+
 def summarise(record: dict) -> tuple[list[dict], dict]:
     """One row per variant name: its finished runs' records, or the failure reasons."""
     rows: dict[str, dict] = {}
-    for v in record["variants"]:
+    for v in _reported_runs(record):
         row = rows.setdefault(v["name"], {"name": v["name"], "runs": [], "errors": []})
         if v["state"] == "finished":
             row["runs"].append(load_record(Path(v["run"])))
@@ -45,23 +54,17 @@ def summarise(record: dict) -> tuple[list[dict], dict]:
     return list(rows.values()), first
 
 
-def _metric_names(first: dict) -> tuple[str, list[str]]:
-    from .tasks import get_task
-
-    task = get_task(first["recipe"]["model"]["task"])
-    main = getattr(task, "COMPARE_METRIC", task.BEST_METRIC)  # a fraction, higher is better
+def _metric_names(first: dict, figs: dict) -> tuple[str, list[str]]:
+    """The ranking metric (comparison_stats.ranking_metric) and the other task metrics, as the runs recorded them."""
+    main, _ = comparison_stats.ranking_metric(_task(first))
     metrics = first["metrics"]["task_metrics"]
     per_type = _per_type_keys(metrics)  # entity recognition's per-type scores stay in each run's report
-    others = [k for k in metrics if k not in (main, "loss") and k not in per_type]
-    return main, others
+    scored = next(iter(figs.values())).intervals
+    return main, [k for k in metrics if k not in (main, "loss") and k not in per_type and k in scored]
 
 
 def _values(row: dict, key: str) -> list[float]:
     return [r["metrics"][key] for r in row["runs"]]
-
-
-def _scores(row: dict, metric: str) -> list[float]:
-    return [r["metrics"]["task_metrics"][metric] for r in row["runs"]]
 
 
 def _method(run: dict) -> str:
@@ -69,21 +72,36 @@ def _method(run: dict) -> str:
     return run["recipe"]["method"]["kind"] + (f" + {quant['kind']} base" if quant else "")
 
 
-def _row_cells(row: dict, main: str, others: list[str], baseline: float | None, raw: tuple[str, ...] = ()) -> list[str]:
+def _scale(metric: str, raw: tuple[str, ...]) -> float:
+    return 1.0 if metric in raw else 100.0
+
+
+def _interval_cell(interval, scale: float) -> str:
+    return f"{scale * interval.point:.2f} [{scale * interval.low:.2f}, {scale * interval.high:.2f}]"
+
+
+def _difference_cell(difference, scale: float) -> str:
+    """Δ [95 % interval] and the paired p-value; bold with * when p < ALPHA."""
+    cell = (f"{scale * difference.difference:+.2f} [{scale * difference.low:+.2f}, {scale * difference.high:+.2f}] "
+            f"p={difference.p_value:.3f}")
+    return f"**{cell} \\***" if difference.p_value < comparison_stats.ALPHA else cell
+
+
+def _row_cells(row: dict, main: str, others: list[str], fig, raw: tuple[str, ...]) -> list[str]:
     if not row["runs"]:  # a variant over --budget stopped before training: "does not fit (plan: X)"
         unfit = all(e and e.startswith("does not fit") for e in row["errors"])
         cells = row["errors"][:1] + [""] if unfit else ["**failed**", "; ".join(row["errors"])]
         return [row["name"], *cells] + [""] * (5 + len(MEMORY_HEADER) + len(others))
     m0 = row["runs"][0]["metrics"]
-    delta = "" if baseline is None else f"{100 * (statistics.fmean(_scores(row, main)) - baseline):+.2f}"
+    delta = fig.vs_baseline.get(main)
     failed = f" (some seeds failed: {'; '.join(row['errors'])})" if row["errors"] else ""
     return [row["name"] + failed, _method(row["runs"][0]),
             f"{m0['trainable_params']:,} ({m0['trainable_percent']:.2f} %)",
             human_bytes(m0["saved_bytes"]), *memory_cells(row),
             f"{statistics.fmean(_values(row, 'train_seconds')):.1f} s",
-            f"{statistics.fmean(_values(row, 'train_samples_per_second')):.1f}",
-            _fmt_score(_scores(row, main))] + [_fmt_score(_scores(row, k), 1 if k in raw else 100) for k in others] \
-        + [delta]
+            f"{statistics.fmean(_values(row, 'train_samples_per_second')):.1f}"] \
+        + [_interval_cell(fig.intervals[k], _scale(k, raw)) for k in [main, *others]] \
+        + [_difference_cell(delta, _scale(main, raw)) if delta else "no shared seed"]
 
 
 MEMORY_HEADER = ["model state", "training peak (live tensors)", "plan (error)", "training RSS", "evaluation RSS"]
@@ -116,65 +134,149 @@ def pareto(points: list[tuple[float, float, str]]) -> list[str]:
             if not any(c <= cost and s >= score and (c, s) != (cost, score) for c, s, _ in points)]
 
 
-def _plot(rows: list[dict], main: str, key, xlabel: str, path: Path, log_x: bool, front: bool) -> None:
+def _plot(rows: list[dict], figs: dict, main: str, key, xlabel: str, path: Path, log_x: bool,
+          on_front: set[str], raw: tuple[str, ...]) -> None:
+    """Each variant's mean with its 95 % interval as an error bar; the front in red."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = [(key(r), 100 * statistics.fmean(_scores(r, main)), r["name"]) for r in rows if r["runs"]]
-    on_front = set(pareto(points)) if front else set()
+    scale = _scale(main, raw)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for x, y, name in points:
-        ax.scatter(x, y, color="tab:red" if name in on_front else "tab:blue", zorder=3)
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    if on_front:
-        xs, ys = zip(*sorted((x, y) for x, y, n in points if n in on_front))
-        ax.step(xs, ys, where="post", color="tab:red", alpha=0.6, label="Pareto front")
-        ax.legend(loc="lower right")
+    for row in (r for r in rows if r["name"] in figs):
+        x, ci = key(row), figs[row["name"]].intervals[main]
+        ax.errorbar(x, scale * ci.point, yerr=[[scale * (ci.point - ci.low)], [scale * (ci.high - ci.point)]],
+                    fmt="o", capsize=3, color="tab:red" if row["name"] in on_front else "tab:blue", zorder=3)
+        ax.annotate(row["name"], (x, scale * ci.point), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xscale("log" if log_x else "linear")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(f"{main} (%)")  # validation, or generation prompts for causal_lm
+    ax.set_ylabel(f"{_header(main, raw)}, mean and 95 % interval")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def render(record: dict, rows: list[dict], first: dict, plot_dir: str) -> str:
-    main, others = _metric_names(first)
+def _front(rows: list[dict], figs: dict, main: str, greater: bool) -> list[str]:
+    costs = {r["name"]: training_peak(r) for r in rows if r["runs"]}
+    return comparison_stats.significant_front(costs, figs, main, greater)
+
+
+def _paired_section(record: dict, rows: list[dict], figs: dict, metrics: list[str], raw: tuple[str, ...]) -> str:
+    header = ["variant"] + [f"Δ {_header(k, raw)}" for k in metrics]
+    body = [[r["name"]] + [_difference_cell(figs[r["name"]].vs_baseline[k], _scale(k, raw))
+                           if k in figs[r["name"]].vs_baseline else "no shared seed" for k in metrics]
+            for r in rows if r["name"] in figs and r["name"] != record["baseline"]]
+    return (f"## Paired tests against {record['baseline']}\n\nEach variant minus {record['baseline']} on the same "
+            f"examples, pooled over the seeds both ran: Δ [95 % interval] and the two-sided p-value of a paired "
+            f"bootstrap; **bold \\*** marks p < {comparison_stats.ALPHA}.\n\n" + table(header, body))
+
+
+def _separation_notes(figs: dict, metrics: list[str], raw: tuple[str, ...]) -> str:
+    notes = []
+    for k in metrics:
+        separated, width, spread = comparison_stats.separates(figs, k)
+        if not separated:
+            notes.append(f"{k}: its 95 % intervals (median width {_scale(k, raw) * width:.2f}) are wider than the "
+                         f"spread of the variants' means ({_scale(k, raw) * spread:.2f}): it does not rank them.")
+    return "\n".join(f"- {n}" for n in notes)
+
+
+def lr_grid_scores(record: dict) -> dict[str, dict[float, float]]:
+    """Per searched variant, each grid point's selection-split score, read again from the grid runs' records."""
+    scores: dict[str, dict[float, float]] = {}
+    for v in record["variants"]:
+        if v["name"] in record.get("lr_search", {}) and v["seed"] == record["seeds"][0]:
+            run = load_record(Path(v["run"])) if v["state"] == "finished" else None
+            value = lr_search.selection_score(run, _task(run))[1] if run else math.nan
+            scores.setdefault(v["name"], {})[v["lr"]] = value
+    return scores
+
+
+def _lr_section(record: dict, raw: tuple[str, ...]) -> str:
+    search = record.get("lr_search", {})
+    if not search:
+        return ""
+    rows = []
+    for name, scores in lr_grid_scores(record).items():
+        s = search[name]
+        scale = _scale(s["metric"], raw) if s["metric"] else 100
+        cells = [("**" if lr == s["chosen"] else "") + f"{lr:g}: " + ("failed" if math.isnan(v) else f"{scale * v:.2f}")
+                 + ("**" if lr == s["chosen"] else "") for lr, v in scores.items()]
+        rows.append([name, s["metric"] or "", ", ".join(cells), "none (every grid point failed)"
+                     if s["chosen"] is None else f"{s['chosen']:g}"])
+    return (f"## Learning rates\n\nEach variant's grid ran on seed {record['seeds'][0]}; the rate with the best "
+            "selection-split score (its best checkpoint's, on examples held out of train) was kept and the other "
+            "seeds ran at it.\n\n" + table(["variant", "selection metric", "grid: score", "chosen"], rows))
+
+
+def _protocol_line(first: dict) -> str:
+    protocol = first["metrics"].get("protocol")
+    if not protocol:
+        return ""
+    parts = protocol.get("parts", {})
+    return "Protocol: " + "; ".join(f"{part} {p['split']} ({p['examples']:,} of {p['of']:,})"
+                                    for part, p in parts.items()) + \
+        f". Checkpoints and learning rates are chosen on the selection part by {protocol.get('selection_metric')}."
+
+
+def render(record: dict, rows: list[dict], first: dict, figs: dict, plot_dir: str) -> str:
+    main, others = _metric_names(first, figs)
     raw = _raw_metrics(first)
-    base_row = next((r for r in rows if r["name"] == record["baseline"] and r["runs"]), None)
-    baseline = statistics.fmean(_scores(base_row, main)) if base_row else None
-    header = (["variant", "method", "trainable params", "adapter on disk", *MEMORY_HEADER, "train time", "samples/s", f"{main} (%)"] + [_header(k, raw) for k in others]
-              + [f"Δ {main} vs {record['baseline']} (pt)"])
+    greater = comparison_stats.ranking_metric(_task(first))[1]
+    header = (["variant", "method", "trainable params", "adapter on disk", *MEMORY_HEADER, "train time", "samples/s"]
+              + [_header(k, raw) for k in [main, *others]] + [f"Δ {main} vs {record['baseline']}"])
     env, data = first["environment"], first["environment"]["data"]
     seeds = ", ".join(map(str, record["seeds"]))
-    front = pareto([(training_peak(r), statistics.fmean(_scores(r, main)), r["name"])
-                    for r in rows if r["runs"]])
-    return "\n\n".join([
+    n_boot = record.get("bootstrap", 1000)
+    return "\n\n".join(part for part in [
         f"# {record['name']}: methods compared on {first['recipe']['data']['name']} "
         f"with {first['recipe']['model']['name']}",
         f"Generated by peftlab from the run records in `{record['dir']}`. Command:\n\n```\n{record['command']}\n```",
         f"Every variant: same model, same data ({data['train_examples']:,} training examples, "
-        f"{data['eval_examples']:,} validation), seeds {seeds}, overrides {record['overrides'] or 'none'}, "
-        f"each in its own process. Scores are mean ± std over seeds. Memory: model state = weights as stored + "
-        f"gradients + optimizer state; training peak = peak of live tensors during training steps; plan = its "
-        f"prediction before the run; training / evaluation RSS = the process's peak resident memory in each phase "
-        f"(README, section Memory). Wall time of the whole comparison: {record['wall_seconds'] / 60:.1f} min.",
-        "## Results\n\n" + table(header, [_row_cells(r, main, others, baseline, raw) for r in rows]),
-        f"Pareto front (lowest training peak for its {main}): {', '.join(front)}.",
+        f"{data['eval_examples']:,} evaluated), seeds {seeds}, overrides {record['overrides'] or 'none'}, "
+        f"each in its own process. Scores are recomputed from each run's per-example predictions: mean over seeds "
+        f"[95 % interval] from a {n_boot}-resample bootstrap that draws examples (the same for every seed and "
+        f"variant) and seeds ({'higher' if greater else 'lower'} {main} is better; variants are ranked by it). "
+        f"With {len(record['seeds'])} seed(s) the seed part of the interval is coarse. Memory: model state = weights "
+        f"as stored + gradients + optimizer state; training peak = peak of live tensors during training steps; plan "
+        f"= its prediction before the run; training / evaluation RSS = the process's peak resident memory in each "
+        f"phase (README, section Memory). Wall time of the whole comparison: {record['wall_seconds'] / 60:.1f} min.",
+        _protocol_line(first),
+        "## Results\n\n" + table(header, [_row_cells(r, main, others, figs.get(r["name"]), raw) for r in rows]),
+        _separation_notes(figs, others, raw),
+        f"Pareto front (lowest training peak for its {main}; a variant leaves it only for one significantly "
+        f"better, p < {comparison_stats.ALPHA}, or clearly cheaper, under {comparison_stats.CLEARLY_CHEAPER:.0%} "
+        f"of its memory): {', '.join(_front(rows, figs, main, greater))}.",
         f"![peak memory vs {main}]({plot_dir}/{PLOT_MEMORY})\n\n![trainable parameters vs {main}]({plot_dir}/{PLOT_PARAMS})",
+        _paired_section(record, rows, figs, [main, *others], raw),
+        _lr_section(record, raw),
         "## Environment\n\n" + table(["item", "value"], [
             ["hardware", f"{env['cpu']} ({env['cpu_count']} cores), GPU: {env['gpu'] or 'none'}"],
             ["versions", ", ".join(f"{k} {v}" for k, v in env["versions"].items())],
             ["peftlab commit", env.get("peftlab_commit")],
             ["seeds", seeds],
         ] + [[f"data md5 `{name}`", digest] for name, digest in data.get("files", {}).items()]),
-        "## Runs\n\n" + table(["variant", "seed", "state", "run directory"],
-                              [[v["name"], v["seed"], v["state"] + (f": {v['error']}" if v["error"] else ""),
-                                f"`{v['run']}`"] for v in record["variants"]]),
-    ]) + "\n"
+        "## Runs\n\n" + table(["variant", "seed", "learning rate", "state", "run directory"],
+                              [[v["name"], v["seed"], "recipe's" if v.get("lr") is None else f"{v['lr']:g}",
+                                v["state"] + (f": {v['error']}" if v["error"] else ""), f"`{v['run']}`"]
+                               for v in record["variants"]]),
+    ] if part) + "\n"
+
+
+def results_json(figs: dict, record: dict) -> dict:
+    """Per variant and metric: mean, `ci95`, and the paired difference to the baseline with its `p_value`."""
+    search = record.get("lr_search", {})
+    grids = lr_grid_scores(record)
+    return {name: {"lr": search.get(name, {}).get("chosen"), "lr_grid": {f"{lr:g}": s for lr, s in
+                                                                         grids.get(name, {}).items()},
+                   "seeds": sorted(fig.replicates),
+                   "metrics": {k: {"mean": ci.point, "ci95": [ci.low, ci.high]}
+                               | ({"delta": d.difference, "delta_ci95": [d.low, d.high], "p_value": d.p_value}
+                                  if (d := fig.vs_baseline.get(k)) else {})
+                               for k, ci in fig.intervals.items()}}
+            for name, fig in figs.items()}
 
 
 def write(record: dict, reports_dir: Path) -> Path:
@@ -183,14 +285,18 @@ def write(record: dict, reports_dir: Path) -> Path:
         from .errors import PeftlabError
 
         raise PeftlabError(f"comparison {record['name']}: no variant finished; see the logs in {record['dir']}")
-    main, _ = _metric_names(first)
+    figs = comparison_stats.figures({r["name"]: r["runs"] for r in rows}, record["baseline"], _task(first),
+                                    record.get("bootstrap", 1000))
+    main, _ = _metric_names(first, figs)
+    raw, greater = _raw_metrics(first), comparison_stats.ranking_metric(_task(first))[1]
+    on_front = set(_front(rows, figs, main, greater))
     plot_dir = reports_dir / record["name"]
     plot_dir.mkdir(parents=True, exist_ok=True)
-    _plot(rows, main, lambda r: training_peak(r) / 2**20, "training peak, live tensors (MiB)",
-          plot_dir / PLOT_MEMORY, log_x=False, front=True)
-    _plot(rows, main, lambda r: r["runs"][0]["metrics"]["trainable_params"], "trainable parameters",
-          plot_dir / PLOT_PARAMS, log_x=True, front=False)
+    _plot(rows, figs, main, lambda r: training_peak(r) / 2**20, "training peak, live tensors (MiB)",
+          plot_dir / PLOT_MEMORY, False, on_front, raw)
+    _plot(rows, figs, main, lambda r: r["runs"][0]["metrics"]["trainable_params"], "trainable parameters",
+          plot_dir / PLOT_PARAMS, True, set(), raw)
     path = reports_dir / f"{record['name']}.md"
-    rundir.write_atomic(path, render(record, rows, first, record["name"]))
-    rundir.write_json(reports_dir / f"{record['name']}.json", record)
+    rundir.write_atomic(path, render(record, rows, first, figs, record["name"]))
+    rundir.write_json(reports_dir / f"{record['name']}.json", record | {"results": results_json(figs, record)})
     return path

@@ -1,4 +1,6 @@
-"""The comparison harness on a tiny BERT: subprocess per variant, failed rows kept, report = run records."""
+"""The comparison harness on a tiny BERT: subprocess per variant, failed rows kept, a learning rate chosen per
+variant on the selection split, intervals and paired tests recomputed from the runs' predictions, report = run
+records."""
 
 from __future__ import annotations
 
@@ -10,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from peftlab import compare
+from peftlab import compare, comparison_stats, stats
 from peftlab.comparison import Comparison, load_comparison, run_variant
 from peftlab.errors import PeftlabError
 from peftlab.measure import human_bytes
-from peftlab.comparison_report import pareto
 from peftlab.plan import parse_size
+from peftlab.tasks import get_task
 
 
 from conftest import write_recipe
@@ -32,7 +34,8 @@ def comparison(tmp_path_factory, tiny_bert, data_dir):
     (tmp / "cmp.py").write_text(
         "from peftlab import Comparison\n"
         "comparison = Comparison(name='cmp', recipes=['full.py', 'lora.py', 'broken.py'], baseline='full',\n"
-        "                        seeds=[0, 1], overrides=['data.train_limit=128'])\n")
+        "                        seeds=[0, 1], overrides=['data.train_limit=128'], bootstrap=200,\n"
+        "                        lrs={'full.py': [1e-5, 1e-3], 'lora.py': [1e-5, 1e-3]})\n")
     # through `python -m`, as a user runs it (the comparison file imports peftlab.Comparison)
     done = subprocess.run([sys.executable, "-m", "peftlab.compare", str(tmp / "cmp.py"), "--runs-dir", str(tmp / "runs"),
                            "--reports-dir", str(tmp / "reports")], env=os.environ | {"PEFTLAB_DATA_DIR": str(data_dir)},
@@ -46,13 +49,67 @@ def _table_rows(report: str) -> dict[str, list[str]]:
     return {cells[0].strip(): [c.strip() for c in cells] for cells in rows[1:]}
 
 
+def _reported(record: dict, name: str) -> list[dict]:
+    """The variant's runs at its chosen learning rate, one per seed."""
+    chosen = record["lr_search"][name]["chosen"]
+    return [v for v in record["variants"] if v["name"] == name and v["lr"] == chosen]
+
+
+def test_learning_rate_chosen_on_the_selection_split(comparison):
+    """Both grid points ran on seed 0; the one with the better selection-split accuracy (the selected checkpoint's
+    evaluation in its log, never the reported score) was kept, and seed 1 ran at it only."""
+    record = json.loads((comparison / "reports" / "cmp.json").read_text())
+    report = (comparison / "reports" / "cmp.md").read_text()
+    for name in ("full", "lora"):
+        search = record["lr_search"][name]
+        grid = {v["lr"]: v for v in record["variants"] if v["name"] == name and v["seed"] == 0}
+        assert sorted(grid) == [1e-5, 1e-3] and search["grid"] == [1e-5, 1e-3]
+        scores = {}
+        for lr, v in grid.items():
+            metrics = json.loads((Path(v["run"]) / "metrics.json").read_text())
+            log = json.loads((Path(v["run"]) / "log_history.json").read_text())
+            step = metrics.get("protocol", {}).get("selected_step", metrics["best_step"])
+            scores[lr] = next(e["eval_accuracy"] for e in log if e.get("step") == step and "eval_accuracy" in e)
+        assert len(set(scores.values())) == 2  # 1e-5 barely leaves the initial model: the choice means something
+        assert search["chosen"] == max(sorted(scores), key=scores.get)
+        assert [(v["seed"], v["state"]) for v in _reported(record, name)] == [(0, "finished"), (1, "finished")]
+        assert [v["lr"] for v in record["variants"] if v["name"] == name and v["seed"] == 1] == [search["chosen"]]
+        assert record["results"][name]["lr"] == search["chosen"]
+        cells = _table_rows(report.split("## Learning rates")[1].split("##")[0])[name]
+        assert cells[-1] == f"{search['chosen']:g}" and f"**{search['chosen']:g}: {100 * scores[search['chosen']]:.2f}**" in cells[2]
+
+
+def test_intervals_and_paired_tests_come_from_the_predictions(comparison):
+    """Recomputed here from each run's predictions.jsonl with the same resamples: the JSON's mean, ci95 and
+    p_value, and the markdown cells."""
+    record = json.loads((comparison / "reports" / "cmp.json").read_text())
+    rows = _table_rows((comparison / "reports" / "cmp.md").read_text().split("## Results")[1].split("Pareto")[0])
+    task = get_task("classification")
+    records = {name: [comparison_stats.read_predictions(v["run"]) for v in _reported(record, name)]
+               for name in ("full", "lora")}
+    for name, runs in records.items():
+        accuracy = record["results"][name]["metrics"]["accuracy"]
+        ci = stats.pooled_ci(runs, task.score_predictions, n=200)["accuracy"]
+        assert accuracy["mean"] == pytest.approx(ci.point) and accuracy["ci95"] == pytest.approx([ci.low, ci.high])
+        metrics = [json.loads((Path(v["run"]) / "metrics.json").read_text()) for v in _reported(record, name)]
+        assert ci.point == pytest.approx(sum(m["task_metrics"]["accuracy"] for m in metrics) / 2)  # records = metrics
+        assert ci.low <= ci.point <= ci.high and ci.high > ci.low
+        assert rows[name][11] == f"{100 * ci.point:.2f} [{100 * ci.low:.2f}, {100 * ci.high:.2f}]"
+    diff = stats.pooled_paired(records["lora"], records["full"], task.score_predictions, n=200)["accuracy"]
+    lora = record["results"]["lora"]["metrics"]["accuracy"]
+    assert lora["p_value"] == pytest.approx(diff.p_value) and lora["delta_ci95"] == pytest.approx([diff.low, diff.high])
+    assert rows["lora"][-1].strip("*\\ ").startswith(f"{100 * diff.difference:+.2f} [")
+    assert record["results"]["full"]["metrics"]["accuracy"]["p_value"] == 1.0  # the baseline against itself
+    assert rows["full"][-1] == "+0.00 [+0.00, +0.00] p=1.000"
+    assert "## Paired tests against full" in (comparison / "reports" / "cmp.md").read_text()
+
+
 def test_report_matches_run_records(comparison):
     record = json.loads((comparison / "reports" / "cmp.json").read_text())
     report = (comparison / "reports" / "cmp.md").read_text()
     rows = _table_rows(report.split("## Results")[1].split("Pareto")[0])
     for name in ("full", "lora"):
-        runs = [v for v in record["variants"] if v["name"] == name]
-        assert [v["state"] for v in runs] == ["finished", "finished"]
+        runs = _reported(record, name)
         metrics = [json.loads((Path(v["run"]) / "metrics.json").read_text()) for v in runs]
         row = rows[name]
         assert row[2].startswith(f"{metrics[0]['trainable_params']:,}")
@@ -62,13 +119,10 @@ def test_report_matches_run_records(comparison):
         assert row[6].startswith(human_bytes(sum(m["predicted_train_peak_bytes"] for m in memory) / 2) + " (")
         assert row[7] == human_bytes(sum(m["train_peak_rss_bytes"] for m in memory) / 2)
         assert row[8] == human_bytes(sum(m["eval_peak_rss_bytes"] for m in memory) / 2)
-        accs = [100 * m["task_metrics"]["accuracy"] for m in metrics]
-        mean = sum(accs) / 2
-        assert row[11].startswith(f"{mean:.2f} ± ")
-    assert rows["full"][-1] == "+0.00"
     # each seed's own run report, none overwritten by another seed's
-    for seed in (0, 1):
-        assert f"| seed | {seed} |" in (comparison / "reports" / "cmp" / f"seed{seed}" / "full.md").read_text()
+    for seed in (0, 1):  # and per grid point: reports/<comparison>/seed<seed>/lr<lr>/
+        own = comparison / "reports" / "cmp" / f"seed{seed}" / f"lr{record['lr_search']['full']['chosen']:g}"
+        assert f"| seed | {seed} |" in (own / "full.md").read_text()
     assert (comparison / "reports" / "cmp" / "memory_vs_score.png").stat().st_size > 1000
     assert "(cmp/memory_vs_score.png)" in report and "python -m peftlab.compare" in report
 
@@ -93,11 +147,6 @@ def test_variants_must_share_the_task(tmp_path, tiny_bert):
                                      "comparison = Comparison(name='x', recipes=['a.py', 'b.py'], baseline='a')\n")
     with pytest.raises(PeftlabError, match="model or data differ"):
         load_comparison(tmp_path / "cmp.py")
-
-
-def test_pareto_front():
-    points = [(100, 0.90, "full"), (50, 0.89, "lora"), (60, 0.85, "ia3"), (40, 0.80, "prompt")]
-    assert pareto(points) == ["full", "lora", "prompt"]
 
 
 def test_parse_budget():
@@ -128,3 +177,16 @@ def test_variant_without_overrides_is_the_recipes_own_run(tmp_path, tiny_bert, d
     assert (reports / "lora.md").read_text() == (reports / "cmp" / "lora.md").read_text()
     assert "python -m peftlab.run" in (reports / "lora.md").read_text()
     assert "--set" not in json.loads((Path(result["run"]) / "environment.json").read_text())["command"]
+
+
+def test_bad_learning_rate_grids_are_refused_before_anything_runs(tmp_path, tiny_bert):
+    write_recipe(tmp_path / "a.py", tiny_bert, name="a")
+    for lrs, overrides, message in [("{'b.py': [1e-3]}", "[]", "not among the recipes"),
+                                    ("'auto'", "['train.lr=1e-3']", "keep one"),
+                                    ("{'a.py': []}", "[]", "non-empty list"),
+                                    ("[1e-3]", "[]", "give None")]:
+        (tmp_path / "cmp.py").write_text("from peftlab import Comparison\n"
+                                         f"comparison = Comparison(name='x', recipes=['a.py'], baseline='a', "
+                                         f"lrs={lrs}, overrides={overrides})\n")
+        with pytest.raises(PeftlabError, match=message):
+            load_comparison(tmp_path / "cmp.py")
