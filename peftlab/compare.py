@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=parse_size, default=None,
                         help="memory budget passed to every variant's run (e.g. 2GiB); a variant that cannot fit is "
                              "shown as 'does not fit (plan: X)'")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="run these seeds instead of the file's")
+    parser.add_argument("--recipe-lrs", action="store_true",
+                        help="each recipe's own learning rate instead of the file's grid (lrs)")
     args = parser.parse_args(argv)
     console = Console(stderr=True, soft_wrap=True)
     try:

@@ -56,14 +56,17 @@ class Variant:
 
 
 
-def load_comparison(path: Path) -> tuple[Comparison, list[Variant]]:
-    """Load and validate every variant before anything runs; all must train the same model on the same data."""
+def load_comparison(path: Path, seeds: list[int] | None = None,
+                    recipe_lrs: bool = False) -> tuple[Comparison, list[Variant]]:
+    """Load and validate every variant before anything runs; all must train the same model on the same data.
+    `seeds` and `recipe_lrs` (each recipe's own learning rate, no grid) override the file, for a cheaper run."""
     check(path.is_file(), f"comparison file {path} not found: pass a recipes/compare_*.py file")
     try:
         comparison = runpy.run_path(str(path)).get("comparison")
     except Exception as err:  # user code: one line, with where it failed
         raise PeftlabError(f"{path}: {type(err).__name__}: {err}") from None
     check(isinstance(comparison, Comparison), f"{path}: define a top-level `comparison = Comparison(...)`")
+    comparison = replace(comparison, seeds=seeds or comparison.seeds, lrs=None if recipe_lrs else comparison.lrs)
     check(bool(comparison.recipes) and bool(comparison.seeds), f"{path}: name at least one recipe and one seed")
     variants, first = [], None
     for name in comparison.recipes:
@@ -152,7 +155,7 @@ def run_variant(variant: Variant, comparison: Comparison, out_root: Path, report
 
 
 def run_all(args, argv: list[str], console) -> dict:
-    comparison, variants = load_comparison(args.comparison)
+    comparison, variants = load_comparison(args.comparison, args.seeds, args.recipe_lrs)
     grids = lr_grids(comparison, args.comparison)
     out_root = rundir.create(args.runs_dir, comparison.name)
     record = {"name": comparison.name, "baseline": comparison.baseline, "seeds": comparison.seeds,
