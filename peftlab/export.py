@@ -33,6 +33,8 @@ def merged_model(run_dir: Path, dtype: torch.dtype):
     try:  # safe_merge: peft checks the merged weights for NaN before they replace the base's
         model = trained.model.merge_and_unload(safe_merge=True)
     except ValueError as err:
+        if "NaN" not in str(err):
+            raise
         raise PeftlabError(f"run {run_dir}: {str(err).strip().splitlines()[0]}; the adapter cannot be exported, "
                            "rerun the recipe (a lower train.lr keeps the weights finite)") from None
     return trained, model.to(dtype)

@@ -69,6 +69,7 @@ field variants at the API level; this table is the end-to-end list.)
 | model config.json garbled | model folder …: config.json is not valid JSON (…); restore it … |
 | comparison record garbled | …/comparison.json: not readable JSON (…); restore the file … |
 | JSON data file broken | train.json: not readable as JSON or JSON lines (…); fix the file |
+| merge --out under a missing folder | --out …: the folder … does not exist; create it first or choose another --out |
 """
 
 from __future__ import annotations
@@ -407,6 +408,9 @@ CASES = [
     Case("comparison record garbled", garbled_comparison, "comparison.json: not readable JSON", "restore the file"),
     Case("JSON data file broken", lambda b: b.run(b.recipe([('"glue/sst2"', '"reviews"')]), data=_json_data(b)),
          "train.json: not readable as JSON or JSON lines (", "fix the file"),
+    Case("merge --out under a missing folder", lambda b: ("merge", [str(b.finished_run()), "--out",
+                                                                     str(b.tmp / "no" / "such" / "export")]),
+         "does not exist", "create it first or choose another --out"),
 ]
 
 

@@ -174,15 +174,6 @@ def test_an_adapter_with_nan_weights_is_not_merged(lora_run, data_dir, tmp_path,
     assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".x.tmp-*"))
 
 
-def test_merge_out_under_a_missing_folder(lora_run, data_dir, tmp_path, capsys):
-    out = tmp_path / "no" / "such" / "export"
-    capsys.readouterr()
-    assert merge.main([str(lora_run), "--out", str(out), "--data-dir", str(data_dir)]) == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and f"--out {out}" in errors[0] and "create" in errors[0], errors
-    assert not (tmp_path / "no").exists()
-
-
 @pytest.mark.parametrize("head", ["token", "qa"])
 def test_verification_leaves_padded_positions_out(head):
     """Token, causal-LM and QA heads give outputs at padded positions too: they mean nothing (and may differ between
