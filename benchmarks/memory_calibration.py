@@ -66,7 +66,7 @@ def evaluate_plan(row: dict) -> dict:
                               batch=batch["tokens"] // batch["sequence"])
     if "runtime_rss_bytes" in row:  # the variant's own process before its model loaded, not this one
         prediction["predicted_train_peak_rss_bytes"] = plan.resident(
-            row["runtime_rss_bytes"], prediction["predicted_train_peak_bytes"], prediction["parts"]["transient"])
+            row["runtime_rss_bytes"], prediction["predicted_train_peak_bytes"], prediction["parts"])
     return prediction
 
 

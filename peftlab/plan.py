@@ -8,7 +8,7 @@ parameter counts per dtype and trainability. For the longest batch (micro-batch 
   optimizer          AdamW: two float32 moments per trainable parameter and a step count per trainable tensor
   gradients          4 B per trainable parameter (at the optimizer step, when the activations are gone)
   activations: ...   what the transformer layers keep for backward, by kind of module (attention, feed-forward,
-                     norms, the method's adapter inputs). Traced, not counted by hand: `traced_layer` runs a one-layer
+                     norms, the method's adapter inputs). Traced, not counted by hand: `traced_layer` runs a two-layer
                      copy of the model with the recipe's method and precision under saved-tensor hooks, which sees
                      exactly which tensors autograd keeps (a frozen linear layer keeps no input, a trained one its
                      input or its bf16 copy; SDPA's path and its float32 probabilities; LoRA's dropped-out inputs;
@@ -88,11 +88,11 @@ def parameter_bytes(model, quant, heads: tuple[str, ...]) -> tuple[int, int, int
     return int(weight_bytes), trainable, total
 
 
-def _first_layer(model) -> torch.nn.Module:
-    """The first transformer block: the first entry of the model's stack of layers."""
+def _layer(model, index: int) -> torch.nn.Module:
+    """A transformer block: an entry of the model's stack of layers."""
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.ModuleList) and name.rsplit(".", 1)[-1] in ("layer", "layers", "h"):
-            return module[0]
+            return module[index]
     raise ValueError(f"no stack of transformer layers found in {type(model).__name__}")
 
 
@@ -106,16 +106,17 @@ def _category(name: str) -> str:
 
 
 def _saved_by_layer(model, batch: int, seq: int, autocast: bool, vocab: int) -> dict[str, int]:
-    """Bytes the first layer saves for backward in one forward pass of `batch` rows (the last one padded by a token,
-    so attention takes the masked path training batches take), by the kind of module that saved them."""
-    layer = _first_layer(model)
+    """Bytes the second layer saves for backward in one forward pass of `batch` rows (the last one padded by a token,
+    so attention takes the masked path training batches take), by the kind of module that saved them. The second:
+    its input needs a gradient whenever anything below it trains, as in every layer of the real stack but the first."""
+    layer = _layer(model, 1)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     active: list[str] = []
     saved: dict[int, tuple[str, int]] = {}
     hooks = []
     for name, module in layer.named_modules():
         hooks.append(module.register_forward_pre_hook(lambda m, a, n=name or "layer": active.append(n)))
-        hooks.append(module.register_forward_hook(lambda m, a, o: active.pop()))
+        hooks.append(module.register_forward_hook(lambda m, a, o: active.pop() and None))  # None: output kept
 
     def pack(tensor):
         storage = tensor.untyped_storage()
@@ -141,8 +142,8 @@ def _saved_by_layer(model, batch: int, seq: int, autocast: bool, vocab: int) -> 
 
 def traced_layer(recipe, task, resolved, label_names: list[str], seq: int, autocast: bool) -> tuple[dict, dict]:
     """What one transformer layer of this recipe keeps for backward: (bytes per batch row, bytes per layer whatever
-    the batch: bf16 weight copies), by kind of module. Measured, not counted by hand: a one-layer copy of the model
-    (random weights, same dimensions) wrapped with the recipe's method runs forward on 2 and 4 rows of `seq` tokens
+    the batch: bf16 weight copies), by kind of module. Measured, not counted by hand: a copy of the model
+    (two layers, random weights, same dimensions) wrapped with the recipe's method runs forward on 2 and 4 rows of `seq` tokens
     under saved-tensor hooks; the difference is per row, the rest per layer. A quantized base is traced in full
     precision: bitsandbytes' layers keep no input for backward either (their weight is frozen)."""
     import copy
@@ -152,10 +153,11 @@ def traced_layer(recipe, task, resolved, label_names: list[str], seq: int, autoc
     from .models import load_config
 
     config = copy.deepcopy(load_config(resolved, recipe.model, **task.model_kwargs(label_names)))
-    config.num_hidden_layers = 1
-    config.vocab_size = min(config.vocab_size, 1024)  # the output layer is planned apart (`logits`); keep it small
+    config.num_hidden_layers = 2
+    if recipe.method.kind != "prompt":  # (prompt tuning initialises from the tokenizer's ids)
+        config.vocab_size = min(config.vocab_size, 1024)  # the output layer is planned apart (`logits`)
     if hasattr(config, "layer_types"):
-        config.layer_types = config.layer_types[:1]
+        config.layer_types = config.layer_types[:2]
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = task.MODEL_CLASS.from_config(config)
@@ -185,9 +187,11 @@ def logits_bytes(config, task: str, tokens: int, labelled: int, chunked: bool) -
     return 3 * 4 * tokens * config.vocab_size  # in backward: log-softmax output, its gradient, the logits' gradient
 
 
-def resident(runtime: int, live_peak: int, transient: int) -> int:
-    """Plan of the process's peak RSS: the process before the model, the live peak, and the allocator's slack."""
-    return int(runtime + live_peak + ALLOCATOR_SLACK * transient)
+def resident(runtime: int, live_peak: int, parts: dict) -> int:
+    """Plan of the process's peak RSS: the process before the model, the live peak, and the allocator's slack on the
+    step's transient tensors. The vocabulary-sized logits are left out of the slack: glibc serves blocks above its
+    mmap threshold (at most 32 MiB) with mmap and returns them to the system when they are freed."""
+    return int(runtime + live_peak + ALLOCATOR_SLACK * (parts["transient"] - parts["logits"]))
 
 
 def predict(recipe, task, resolved, label_names: list[str], longest: int, batch: int | None = None) -> dict:
@@ -241,7 +245,7 @@ def predict(recipe, task, resolved, label_names: list[str], longest: int, batch:
     on_gpu = torch.cuda.is_available()
     runtime = 0 if on_gpu else runtime_rss(recipe)
     return {"predicted_train_peak_bytes": peak,
-            "predicted_train_peak_rss_bytes": None if on_gpu else resident(runtime, peak, transient),
+            "predicted_train_peak_rss_bytes": None if on_gpu else resident(runtime, peak, parts | {"transient": transient}),
             "parts": parts | {"runtime": runtime, "transient": transient}, "device": "cuda" if on_gpu else "cpu",
             "batch": batch, "sequence": seq, "trainable_params": trainable, "total_params": total}
 
