@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from transformers import set_seed
 
-from . import building, checkpoints, distributed, measure, models, plan, preflight, resume, rundir, run_report, speed
+from . import building, checkpoints, distributed, measure, models, plan, preflight, resume, run_report, rundir, speed
 from . import data as data_stage
 from .errors import PeftlabError
 from .evaluation import best_eval, eval_metrics

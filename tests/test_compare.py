@@ -12,11 +12,10 @@ import pytest
 
 from peftlab import compare
 from peftlab.comparison import Comparison, load_comparison, run_variant
+from peftlab.comparison_report import pareto
 from peftlab.errors import PeftlabError
 from peftlab.measure import human_bytes
-from peftlab.comparison_report import pareto
 from peftlab.plan import parse_size
-
 
 from conftest import write_recipe
 
