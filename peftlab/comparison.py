@@ -23,7 +23,7 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from . import lr_search, rundir, run_report
+from . import lr_search, run_report, rundir
 from .errors import PeftlabError, check
 from .recipe import load_recipe
 
@@ -136,7 +136,7 @@ def run_variant(variant: Variant, comparison: Comparison, out_root: Path, report
     if budget is not None:
         command += ["--budget", str(budget)]
     started = time.perf_counter()
-    proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(command, capture_output=True, text=True)
     run_dirs = sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []
     run = run_dirs[-1] if run_dirs else None
     status = rundir.read_status(run) if run is not None else {"state": "failed", "error": None}

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Optional, Union
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -28,14 +28,14 @@ LOSS_TASKS = ("classification", "token_classification")
 IGNORE = -100  # transformers' label for positions without a target (padding, later word pieces)
 
 
-def _check_weights(weights: Optional[list[float]], where: str) -> None:
+def _check_weights(weights: list[float] | None, where: str) -> None:
     check(weights is None or (len(weights) >= 2 and all(math.isfinite(w) and w > 0 for w in weights)),
           f"{where}.class_weights={weights}: give one positive weight per label (in label order), or None")
 
 
 @dataclass(frozen=True)
 class CrossEntropy:
-    class_weights: Optional[list[float]] = None  # one per label, in label order
+    class_weights: list[float] | None = None  # one per label, in label order
     label_smoothing: float = 0.0  # share of the target spread evenly over all classes
     kind: ClassVar[str] = "cross_entropy"
 
@@ -52,8 +52,8 @@ class CrossEntropy:
 @dataclass(frozen=True)
 class FocalLoss:
     gamma: float = 2.0  # (1 - p_t)^gamma: how much confident, correct predictions are down-weighted; 0 = cross-entropy
-    alpha: Optional[float] = None  # two classes only: weight alpha for label 1, 1 - alpha for label 0 (Lin et al.)
-    class_weights: Optional[list[float]] = None  # any number of classes: alpha per label, in label order
+    alpha: float | None = None  # two classes only: weight alpha for label 1, 1 - alpha for label 0 (Lin et al.)
+    class_weights: list[float] | None = None  # any number of classes: alpha per label, in label order
     kind: ClassVar[str] = "focal"
     is_default: ClassVar[bool] = False
 
@@ -66,7 +66,7 @@ class FocalLoss:
               f"{where}: alpha and class_weights both weight the classes; set one of them")
 
 
-Loss = Union[CrossEntropy, FocalLoss]
+Loss = CrossEntropy | FocalLoss
 LOSSES = {cls.kind: cls for cls in (CrossEntropy, FocalLoss)}
 
 
@@ -80,7 +80,7 @@ def check_labels(loss: Loss, labels: list[str], where: str = "recipe.train.loss"
           f"{where}.alpha: alpha is for two classes, this task has {len(labels)}; use class_weights instead")
 
 
-def class_weight_tensor(loss: Loss) -> Optional[torch.Tensor]:
+def class_weight_tensor(loss: Loss) -> torch.Tensor | None:
     if getattr(loss, "alpha", None) is not None:
         return torch.tensor([1 - loss.alpha, loss.alpha])
     return None if loss.class_weights is None else torch.tensor(loss.class_weights, dtype=torch.float32)

@@ -39,7 +39,7 @@ def _package_dir(module: str) -> Path | None:
     return Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
 
 
-@functools.lru_cache(maxsize=None)  # asked before the run directory exists and again when loading
+@functools.cache  # asked before the run directory exists and again when loading
 def _hub_reachable(name: str, revision: str | None) -> bool:
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return False

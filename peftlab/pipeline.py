@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.table import Table
 from transformers import set_seed
 
-from . import building, checkpoints, distributed, levers, measure, memory, models, plan, preflight, resume, rundir
-from . import run_report, speed
+from . import building, checkpoints, distributed, levers, measure, memory, models, plan, preflight, resume
+from . import run_report, rundir, speed
 from . import data as data_stage
 from .errors import PeftlabError
 from .evaluation import best_eval, eval_metrics

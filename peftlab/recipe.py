@@ -3,6 +3,14 @@
 A recipe module defines a top-level `recipe = Recipe(...)`. `load_recipe(path, overrides)` executes it,
 applies `--set a.b=value` overrides with type checking, and validates every field, so a bad recipe fails
 with one line naming the field and the fix before any model or data is touched.
+
+Why the type checks are hand-written (_matches, _describe, _parse_value) rather than pydantic's TypeAdapter: tried
+with pydantic 2.14 in strict mode, it would replace only _matches (about 20 lines). Its errors say "Input should be
+a valid integer" over three or more lines (a union gives one error per member), so the one-line "field=value:
+expected int" messages would still be built here from the field's type, i.e. _describe stays; strict mode cannot
+read `--set` text ("none", "a,b" as a list) and lax mode would also accept "32" for an int in a recipe, so
+_parse_value stays; and a TypeAdapter takes about 50 ms to build per type, seconds for every command's start-up
+over a recipe's fields unless cached. A new dependency for ~20 lines is not worth it.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from .errors import PeftlabError, check
 from .heads import HEAD_TASKS, MLPHead
@@ -31,11 +39,11 @@ Task = Literal["classification", "regression", "token_classification", "qa", "ca
 class Model:
     name: str  # Hub id, local folder, or a name with a packaged offline copy (see models.py)
     task: Task = "classification"
-    labels: Optional[list[str]] = None  # label names, index = class id (classification)
+    labels: list[str] | None = None  # label names, index = class id (classification)
     trust_remote_code: bool = False  # executes code from the model repo: off unless asked for
-    revision: Optional[str] = None
-    dropout: Optional[float] = None  # override every dropout probability of the base (None: keep the model's)
-    head: Optional[MLPHead] = None  # replace the linear task head by a small MLP (None: the model's own head)
+    revision: str | None = None
+    dropout: float | None = None  # override every dropout probability of the base (None: keep the model's)
+    head: MLPHead | None = None  # replace the linear task head by a small MLP (None: the model's own head)
 
     def check(self, where: str) -> None:
         check(self.dropout is None or 0 <= self.dropout < 1, f"{where}.dropout={self.dropout}: use [0, 1) or None")
@@ -48,13 +56,13 @@ class Model:
 class Data:
     name: str  # Hub dataset ("glue/sst2", "user/ds") or local folder; offline: <data_dir>/<last part of name>
     text: str = "text"  # input column
-    text_pair: Optional[str] = None  # second input column for sentence-pair tasks
+    text_pair: str | None = None  # second input column for sentence-pair tasks
     label: str = "label"
     max_length: int = 128  # truncation length; batches are padded dynamically, never to this length
     train_split: str = "train"
     eval_split: str = "validation"
-    train_limit: Optional[int] = None  # use a seeded random subset of this many training examples
-    eval_limit: Optional[int] = None
+    train_limit: int | None = None  # use a seeded random subset of this many training examples
+    eval_limit: int | None = None
     # extractive QA (model.task="qa") only: long contexts are read in windows of max_length tokens
     stride: int = 128  # tokens shared by consecutive windows over one context
     max_answer_length: int = 30  # longest answer span considered when decoding, in tokens
@@ -64,13 +72,13 @@ class Data:
     label_scale: float = 1.0
     # data without a validation split: hold out this many training examples (fixed seed 0, the same for every
     # training seed) as the evaluation split; set eval_split to the train split's name to say so
-    holdout: Optional[int] = None
+    holdout: int | None = None
     # causal language modelling (model.task="causal_lm") only, see peftlab/tasks/causal_lm.py
-    prompt_template: Optional[str] = None  # e.g. "Question: {question}\nAnswer: "; None: the tokenizer's chat template
-    strip_regex: Optional[str] = None  # removed from responses before training, e.g. GSM8K's r"<<[^>]*>>"
+    prompt_template: str | None = None  # e.g. "Question: {question}\nAnswer: "; None: the tokenizer's chat template
+    strip_regex: str | None = None  # removed from responses before training, e.g. GSM8K's r"<<[^>]*>>"
     packing: bool = False  # pack several short training examples into one row (kept apart by position ids)
-    generate_split: Optional[str] = None  # split whose first generate_limit prompts are answered by greedy decoding
-    generate_limit: Optional[int] = None
+    generate_split: str | None = None  # split whose first generate_limit prompts are answered by greedy decoding
+    generate_limit: int | None = None
     max_new_tokens: int = 256
 
     def check(self, where: str) -> None:
@@ -110,13 +118,13 @@ class Train:
     max_grad_norm: float = 1.0
     scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear"
     seed: int = 0
-    max_steps: Optional[int] = None  # stop after this many optimizer steps (overrides epochs)
-    early_stopping_patience: Optional[int] = None  # evaluations without improvement before stopping
+    max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs)
+    early_stopping_patience: int | None = None  # evaluations without improvement before stopping
     evals_per_epoch: int = 1
     logging_steps: int = 50
     group_by_length: bool = True  # batches of similar length: far less padding, same data
     loss: Loss = field(default_factory=CrossEntropy)  # CrossEntropy() as is: the model's own loss
-    checkpoint_steps: Optional[int] = None  # also checkpoint every this many steps (None: at evaluations only)
+    checkpoint_steps: int | None = None  # also checkpoint every this many steps (None: at evaluations only)
     keep_checkpoints: int = 2  # newest checkpoints kept for --resume (the best one is kept in addition)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: the GPU when torch sees one, else the CPU
     # "auto": bf16 autocast on a CPU with native bf16 (not on a quantized base), else float32 (peftlab/speed.py)

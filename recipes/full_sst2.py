@@ -2,7 +2,7 @@
 
 from dataclasses import replace
 
-from peftlab import FullFineTuning, Train
+from peftlab import FullFineTuning
 from sst2_base import recipe as base
 
 recipe = replace(base, name="full_sst2", method=FullFineTuning(),

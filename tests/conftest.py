@@ -95,8 +95,8 @@ def write_recipe(path: Path, model_dir: Path, method: str = "LoRA(r=4, alpha=8, 
 
 def run_recipe(tmp_path: Path, recipe: Path, data_dir: Path, *extra: str) -> Path:
     """Run a recipe through the real CLI; return its (newest) finished run directory."""
-    from peftlab import rundir
     from peftlab import run as run_cli
+    from peftlab import rundir
 
     runs = tmp_path / "runs"
     assert run_cli.main([str(recipe), "--data-dir", str(data_dir), "--runs-dir", str(runs),

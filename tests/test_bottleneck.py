@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from peftlab import predict
-from peftlab.errors import PeftlabError
 from peftlab.artifacts import load_trained
+from peftlab.errors import PeftlabError
 from peftlab.methods import Houlsby, Pfeiffer
 from peftlab.methods.base import Context
 from peftlab.recipe import load_recipe
 
-from conftest import run_recipe, make_bert, make_tokenizer, sentiment_rows, write_recipe
+from conftest import make_bert, make_tokenizer, run_recipe, sentiment_rows, write_recipe
 
 BERT_CTX = Context(("classifier",), "SEQ_CLS", False)
 

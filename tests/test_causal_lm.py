@@ -218,7 +218,7 @@ def test_batched_left_padded_generation_matches_one_by_one(llama, method):
     from peftlab import LoRA, PrefixTuning
 
     model = _wrapped(llama, LoRA(r=4, target="all-linear") if method == "LoRA" else PrefixTuning(num_virtual_tokens=4))
-    for name, param in model.named_parameters():  # make the adapter matter (LoRA B and prefixes)
+    for param in model.parameters():  # make the adapter matter (LoRA B and prefixes)
         if param.requires_grad:
             torch.nn.init.normal_(param, std=0.5)
     tokenizer = make_chat_tokenizer()
@@ -334,8 +334,8 @@ def test_4bit_gradients_survive_an_evaluation(llama):
     autograd; peftlab turns that off, so training after an evaluation (or after the base-model evaluation that
     causal_lm runs first) gets the same gradients as before it."""
     from peftlab import Data, LoRA, Model, Quant4bit, Recipe
-    from peftlab.models import Resolved
     from peftlab.building import build_model
+    from peftlab.models import Resolved
 
     recipe = Recipe("t", Model(str(llama), task="causal_lm"), Data("sums", text="question", label="answer"),
                     LoRA(r=4, dropout=0.0, target="all-linear"), quant=Quant4bit())

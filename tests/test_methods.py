@@ -9,12 +9,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from peftlab import (IA3, DoRA, FullFineTuning, LoRA, PrefixTuning, PromptTuning, Quant4bit, Quant8bit,
-                     load_recipe)
-from peftlab import models
+from peftlab import (
+    IA3,
+    DoRA,
+    FullFineTuning,
+    LoRA,
+    PrefixTuning,
+    PromptTuning,
+    Quant4bit,
+    Quant8bit,
+    load_recipe,
+    models,
+)
+from peftlab.building import build_base, build_model
 from peftlab.errors import PeftlabError
 from peftlab.measure import count_parameters, quantized_storage
-from peftlab.building import build_base, build_model
 from peftlab.tasks import get_task
 
 from conftest import make_bert, make_tokenizer, sentiment_rows, write_recipe

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 
 import pytest
 
 from peftlab import LoRA, PromptTuning, Quant4bit, load_recipe
 from peftlab import run as run_cli
+from peftlab.building import build_model, prepare_inputs
 from peftlab.measure import count_parameters
 from peftlab.plan import parse_size, predict
 from peftlab.recipe import validate
-from peftlab.building import build_model, prepare_inputs
 
 from conftest import make_bert, write_recipe
 
@@ -66,5 +67,5 @@ def test_plan_flag_prints_and_exits_without_a_run(tmp_path, tiny_bert, data_dir,
 
 def test_parse_size():
     assert parse_size("16GiB") == 16 * 2**30 and parse_size("512MiB") == 512 * 2**20 and parse_size("8GB") == 8 * 2**30
-    with pytest.raises(Exception):
+    with pytest.raises(argparse.ArgumentTypeError):
         parse_size("lots")

@@ -9,8 +9,8 @@ import torch
 
 from peftlab import speed
 from peftlab.errors import PeftlabError
-from peftlab.recipe import Data, Model, Recipe, Train
 from peftlab.methods import METHODS
+from peftlab.recipe import Data, Model, Recipe, Train
 
 
 def padding_share(order: list[int], lengths: list[int], batch: int) -> float:

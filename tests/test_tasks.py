@@ -205,7 +205,7 @@ def test_first_word_piece_gets_the_label():
                                       labels, "train")
     pieces = tokenizer.convert_ids_to_tokens(ds[0]["input_ids"])
     assert pieces == ["[CLS]", "the", "un", "##believ", "##able", "film", "in", "new", "##york", "[UNK]", "[SEP]"]
-    O, WORK, IWORK, LOC, MISC, X = 0, 1, 2, 3, 4, -100
+    O, WORK, IWORK, LOC, MISC, X = 0, 1, 2, 3, 4, -100  # noqa: E741 — O is the tag's own name
     assert ds[0]["labels"] == [X, O, WORK, X, X, IWORK, O, LOC, X, MISC, X]
     # truncation keeps the alignment of what is left: "[CLS] the un ##believ [SEP]"
     short = token_classification.align([None, 0, 1, 1, None], [O, WORK])

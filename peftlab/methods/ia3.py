@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from ..errors import check
 from .base import Context, PeftMethod
@@ -11,8 +10,8 @@ from .base import Context, PeftMethod
 
 @dataclass(frozen=True)
 class IA3(PeftMethod):
-    target: Optional[list[str]] = None  # None: peft's default for the architecture (BERT: key, value, output.dense)
-    feedforward: Optional[list[str]] = None  # the subset of target scaled on the input side (feed-forward layers)
+    target: list[str] | None = None  # None: peft's default for the architecture (BERT: key, value, output.dense)
+    feedforward: list[str] | None = None  # the subset of target scaled on the input side (feed-forward layers)
     kind = "ia3"
     mergeable = True
     quantizable = True

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Union
+from typing import ClassVar
 
 from ..errors import check
 from .base import Context, PeftMethod
@@ -15,7 +15,7 @@ class LoRA(PeftMethod):
     alpha: float = 16
     dropout: float = 0.1
     # module names (a name matches any module ending in it), or "all-linear" for every linear layer but the head
-    target: Union[str, list[str]] = field(default_factory=lambda: ["query", "value"])
+    target: str | list[str] = field(default_factory=lambda: ["query", "value"])
     rslora: bool = False  # scale by alpha/sqrt(r) instead of alpha/r (Kalajdzievski 2023)
     bias: str = "none"
     # modules trained in full beside the low-rank updates and saved with the adapter (peft's modules_to_save),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from ..errors import check
 from .base import Context, PeftMethod
@@ -12,7 +11,7 @@ from .base import Context, PeftMethod
 @dataclass(frozen=True)
 class PromptTuning(PeftMethod):
     num_virtual_tokens: int = 20
-    init_text: Optional[str] = None  # initialise from the embeddings of this text instead of at random
+    init_text: str | None = None  # initialise from the embeddings of this text instead of at random
     kind = "prompt"
 
     def check(self, where: str) -> None:
