@@ -27,8 +27,8 @@ def measure_one(recipe_path: str, overrides: list[str], steps: int) -> dict:
     """Train a few steps of one variant in this process; its measured memory and the recipe's plan inputs."""
     from peftlab import memory, plan
     from peftlab import recipe as recipe_mod
-    from peftlab.data import data_dir
     from peftlab.building import build_model, prepare_inputs
+    from peftlab.data import data_dir
     from peftlab.pipeline import quiet_libraries
     from peftlab.training import build_trainer
 
@@ -56,8 +56,8 @@ def measure_one(recipe_path: str, overrides: list[str], steps: int) -> dict:
 def evaluate_plan(row: dict) -> dict:
     from peftlab import plan
     from peftlab import recipe as recipe_mod
-    from peftlab.data import data_dir
     from peftlab.building import prepare_inputs
+    from peftlab.data import data_dir
 
     recipe = recipe_mod.load_recipe(row["recipe"], row["overrides"])
     inputs = prepare_inputs(recipe, data_dir(None))

@@ -16,8 +16,21 @@ from rich.console import Console
 from rich.table import Table
 from transformers import set_seed
 
-from . import building, checkpoints, distributed, levers, measure, memory, models, plan, preflight, resume
-from . import run_report, rundir, speed
+from . import (
+    building,
+    checkpoints,
+    distributed,
+    levers,
+    measure,
+    memory,
+    models,
+    plan,
+    preflight,
+    resume,
+    run_report,
+    rundir,
+    speed,
+)
 from . import data as data_stage
 from .errors import PeftlabError
 from .evaluation import best_eval, eval_metrics

@@ -112,7 +112,7 @@ class Train:
     eval_batch_size: int = 128  # at most this many per evaluation/generation batch (peftlab/levers.py may use fewer)
     # memory levers (peftlab/levers.py): "auto" checkpoints the causal LM's layers, not the short-sequence encoders
     gradient_checkpointing: bool | Literal["auto"] = "auto"
-    micro_batch_size: Optional[int] = None  # examples per forward pass (over all processes); None: batch_size
+    micro_batch_size: int | None = None  # examples per forward pass (over all processes); None: batch_size
     warmup_ratio: float = 0.06
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0

@@ -14,7 +14,6 @@ import pytest
 
 from peftlab import compare, comparison_stats, stats
 from peftlab.comparison import Comparison, load_comparison, run_variant
-from peftlab.comparison_report import pareto
 from peftlab.errors import PeftlabError
 from peftlab.measure import human_bytes
 from peftlab.plan import parse_size

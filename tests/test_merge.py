@@ -183,8 +183,9 @@ def test_verification_leaves_padded_positions_out(head):
     from datasets import Dataset
     from transformers import DataCollatorWithPadding
 
-    from conftest import make_tokenizer
     from peftlab.export import compare_logits
+
+    from conftest import make_tokenizer
 
     tokenizer = make_tokenizer()
     examples = Dataset.from_list([dict(tokenizer(text)) for text in ("a good film", "the plot was very dull and bad")])
