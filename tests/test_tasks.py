@@ -265,7 +265,7 @@ def test_answer_only_in_the_second_window_is_labelled_and_decoded():
     start_logits[w1, 8], end_logits[w1, 16] = 9.0, 9.0  # 9 tokens: longer than max_answer_length
     start_logits[w2, s], end_logits[w2, e] = 8.0, 8.0
     start_logits[w2, 20:], end_logits[w2, 20:] = 30.0, 30.0  # padding past the end of window 2: never chosen
-    compute = qa.metrics_for(features, raw, [], recipe)
+    compute = metrics_for(qa, features, raw, [], recipe)
     from transformers import EvalPrediction
 
     scores = compute(EvalPrediction(predictions=(start_logits, end_logits), label_ids=None))
@@ -394,7 +394,7 @@ def test_every_method_trains_on_every_task(tmp_path, bert64, task_data, task, me
     task_mod = get_task(task)
     resolved = models.resolve(recipe.model.name)
     tokenizer = make_tokenizer()
-    splits = data_stage.load_splits(recipe.data, task_data, 0)
+    splits = data_stage.load_splits(recipe.data, task_data)
     labels = task_mod.labels(recipe, splits.train)
     features = task_mod.prepare(splits.train.select(range(8)), tokenizer, recipe, labels, "train")
     # the memory planner builds the same model on the meta device from model_kwargs
@@ -496,7 +496,7 @@ def test_regression_label_scale_trains_on_scaled_targets_and_predicts_on_the_dat
                        data=TASKS["regression"].replace("max_length=32", "max_length=32, label_scale=5.0"))
     recipe = load_recipe(path)
     task = get_task("regression")
-    splits = data_stage.load_splits(recipe.data, task_data, 0)
+    splits = data_stage.load_splits(recipe.data, task_data)
     features = task.prepare(splits.train, make_tokenizer(), recipe, ["score"], "train")
     assert sorted(features["labels"]) == pytest.approx(sorted(float(s) / 5 for s in splits.train["score"]))
     model = build_model(recipe, task, models.resolve(recipe.model.name), ["score"])
