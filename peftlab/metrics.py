@@ -1,62 +1,34 @@
-"""Task metrics through the `evaluate` API, computed locally.
+"""Task metrics as plain functions of predictions and references, computed locally with scikit-learn / scipy.
 
-`evaluate.load("accuracy")` downloads its metric script from the Hub and fails offline, so peftlab
-defines the metrics it needs as `evaluate.Metric` subclasses backed by scikit-learn / scipy: same API
-(`compute`, `add_batch`), no network, identical numbers online and offline.
+Not `evaluate.load("accuracy")`: it downloads its metric script from the Hub and fails offline. Not
+`evaluate.Metric` subclasses either (what this module held before): every call builds Arrow tables and a cache
+file, ~40 ms of overhead, and a bootstrap interval scores 1,000 resamples of a run's records (peftlab/stats.py),
+which made one SST-2 interval take 80 s instead of about 2 s.
 """
 
 from __future__ import annotations
 
-import datasets
-import evaluate
+import math
 
 
-def _features(value_type: str) -> datasets.Features:
-    return datasets.Features({"predictions": datasets.Value(value_type), "references": datasets.Value(value_type)})
+def classification_scores(predictions, references) -> dict:
+    """Accuracy and macro-F1 (the unweighted mean of per-class F1 over the classes present) of class ids."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    return {"accuracy": float(accuracy_score(references, predictions)),
+            "macro_f1": float(f1_score(references, predictions, average="macro", zero_division=0))}
 
 
-class Accuracy(evaluate.Metric):
-    def _info(self):
-        return evaluate.MetricInfo(description="Fraction of exact label matches.", citation="",
-                                   inputs_description="integer class ids", features=_features("int64"))
-
-    def _compute(self, predictions, references):
-        from sklearn.metrics import accuracy_score
-
-        return {"accuracy": float(accuracy_score(references, predictions))}
-
-
-class MacroF1(evaluate.Metric):
-    def _info(self):
-        return evaluate.MetricInfo(description="Unweighted mean of per-class F1.", citation="",
-                                   inputs_description="integer class ids", features=_features("int64"))
-
-    def _compute(self, predictions, references):
-        from sklearn.metrics import f1_score
-
-        return {"macro_f1": float(f1_score(references, predictions, average="macro", zero_division=0))}
-
-
-# ------------------------------------------------------------------ regression, entity recognition, extractive QA
-
-class Correlation(evaluate.Metric):
+def correlation(predictions, references) -> dict:
     """Pearson and Spearman correlation of predicted and reference scores (STS-B's official metrics)."""
+    from scipy.stats import pearsonr, spearmanr
 
-    def _info(self):
-        return evaluate.MetricInfo(description="Pearson and Spearman correlation.", citation="",
-                                   inputs_description="real-valued scores", features=_features("float64"))
-
-    def _compute(self, predictions, references):
-        import math
-
-        from scipy.stats import pearsonr, spearmanr
-
-        # constant predictions (an untrained head can give them) have no correlation: scipy says nan; report 0,
-        # so best-model selection still compares numbers
-        if len(set(predictions)) < 2 or len(set(references)) < 2:
-            return {"pearson": 0.0, "spearman": 0.0}
-        pearson, spearman = float(pearsonr(predictions, references)[0]), float(spearmanr(predictions, references)[0])
-        return {"pearson": 0.0 if math.isnan(pearson) else pearson, "spearman": 0.0 if math.isnan(spearman) else spearman}
+    # constant predictions (an untrained head can give them) have no correlation: scipy says nan; report 0,
+    # so best-model selection still compares numbers
+    if len(set(predictions)) < 2 or len(set(references)) < 2:
+        return {"pearson": 0.0, "spearman": 0.0}
+    pearson, spearman = float(pearsonr(predictions, references)[0]), float(spearmanr(predictions, references)[0])
+    return {"pearson": 0.0 if math.isnan(pearson) else pearson, "spearman": 0.0 if math.isnan(spearman) else spearman}
 
 
 def entity_spans(tags: list[str]) -> list[tuple[str, int, int]]:
@@ -98,19 +70,6 @@ def entity_scores(predictions: list[list[str]], references: list[list[str]]) -> 
     return scores
 
 
-class EntityF1(evaluate.Metric):
-    """seqeval-equivalent entity scores for BIO tag sequences (see `entity_scores`)."""
-
-    def _info(self):
-        tags = datasets.Sequence(datasets.Value("string"))
-        return evaluate.MetricInfo(description="Entity-level precision, recall and F1 (exact match).", citation="",
-                                   inputs_description="one list of BIO tags per sentence",
-                                   features=datasets.Features({"predictions": tags, "references": tags}))
-
-    def _compute(self, predictions, references):
-        return entity_scores(predictions, references)
-
-
 def normalize_answer(text: str) -> str:
     """The official SQuAD v1.1 normalisation: lower case, no punctuation, no articles, single spaces."""
     import re
@@ -133,18 +92,10 @@ def answer_f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-class SquadScores(evaluate.Metric):
+def squad_scores(predictions: list[str], references: list[list[str]]) -> dict:
     """SQuAD v1.1 exact match and F1, each the max over an example's reference answers, averaged; as fractions
     in [0, 1] like every other peftlab metric (the official script prints percentages)."""
-
-    def _info(self):
-        return evaluate.MetricInfo(description="SQuAD v1.1 exact match and F1.", citation="",
-                                   inputs_description="predicted answer text; list of reference answer texts",
-                                   features=datasets.Features({"predictions": datasets.Value("string"),
-                                                               "references": datasets.Sequence(datasets.Value("string"))}))
-
-    def _compute(self, predictions, references):
-        n = max(len(predictions), 1)
-        exact = sum(max(normalize_answer(p) == normalize_answer(r) for r in refs) for p, refs in zip(predictions, references))
-        f1 = sum(max(answer_f1(p, r) for r in refs) for p, refs in zip(predictions, references))
-        return {"exact_match": exact / n, "f1": f1 / n}
+    n = max(len(predictions), 1)
+    exact = sum(max(normalize_answer(p) == normalize_answer(r) for r in refs) for p, refs in zip(predictions, references))
+    f1 = sum(max(answer_f1(p, r) for r in refs) for p, refs in zip(predictions, references))
+    return {"exact_match": exact / n, "f1": f1 / n}

@@ -16,8 +16,8 @@ import torch
 from peftlab import Data, LoRA, Model, Recipe, load_recipe, models, predict
 from peftlab import run as run_cli
 from peftlab.errors import PeftlabError
-from peftlab.metrics import Correlation, EntityF1, SquadScores, answer_f1, entity_spans, normalize_answer
-from peftlab.tasks import get_task, qa, token_classification
+from peftlab.metrics import answer_f1, correlation, entity_scores, entity_spans, normalize_answer, squad_scores
+from peftlab.tasks import get_task, metrics_for, qa, token_classification
 
 from conftest import FILLER, NEGATIVE, POSITIVE, make_bert, make_tokenizer, run_recipe
 
@@ -126,14 +126,14 @@ def task_recipe(path: Path, model_dir: Path, task: str, method: str = "LoRA(r=8,
 
 def test_correlation_by_hand():
     # x = 1..4, y = 1, 2, 3, 10: Spearman 1 (same order); Pearson 14 / sqrt(5 * 50) (centred sums by hand)
-    scores = Correlation().compute(predictions=[1, 2, 3, 4], references=[1, 2, 3, 10])
+    scores = correlation([1, 2, 3, 4], [1, 2, 3, 10])
     assert scores["spearman"] == pytest.approx(1.0)
     assert scores["pearson"] == pytest.approx(14 / (5 * 50) ** 0.5)
     # x = 1..5, y = 2, 1, 4, 3, 5: both 8 / 10
-    scores = Correlation().compute(predictions=[1, 2, 3, 4, 5], references=[2, 1, 4, 3, 5])
+    scores = correlation([1, 2, 3, 4, 5], [2, 1, 4, 3, 5])
     assert scores == pytest.approx({"pearson": 0.8, "spearman": 0.8})
     # constant predictions carry no correlation: 0, not nan
-    assert Correlation().compute(predictions=[3, 3, 3], references=[1, 2, 3]) == {"pearson": 0.0, "spearman": 0.0}
+    assert correlation([3, 3, 3], [1, 2, 3]) == {"pearson": 0.0, "spearman": 0.0}
 
 
 def test_entity_spans_read_bio_like_seqeval():
@@ -149,7 +149,7 @@ def test_entity_scores_by_hand():
     gold = [["B-per", "I-per", "O", "B-loc", "O", "B-org", "I-org"], ["B-loc", "I-loc"]]
     pred = [["B-per", "I-per", "O", "B-org", "O", "B-org", "O"],  # loc read as org (type error), org cut short
             ["I-loc", "I-loc"]]  # starts with I-: still the same span as B-loc I-loc
-    s = EntityF1().compute(predictions=pred, references=gold)
+    s = entity_scores(pred, gold)
     # gold: per, loc, org, loc; predicted: per, org(3-4), org(5-6), loc; hits: per and the second loc
     assert (s["precision"], s["recall"], s["f1"]) == pytest.approx((2 / 4, 2 / 4, 2 / 4))
     assert s["accuracy"] == pytest.approx(6 / 9)  # tokens: 5 of 7, then 1 of 2
@@ -164,8 +164,7 @@ def test_squad_normalisation_and_scores():
     assert normalize_answer("theatre") == "theatre"  # articles only as whole words
     assert answer_f1("Denver Broncos won", "the Denver Broncos") == pytest.approx(0.8)  # p 2/3, r 1
     assert answer_f1("Carolina", "Denver Broncos") == 0.0
-    s = SquadScores().compute(predictions=["the Eiffel Tower", "Broncos"],
-                              references=[["Eiffel Tower."], ["Carolina Panthers", "Denver Broncos"]])
+    s = squad_scores(["the Eiffel Tower", "Broncos"], [["Eiffel Tower."], ["Carolina Panthers", "Denver Broncos"]])
     # example 1: exact after normalisation; example 2: no exact match, F1 is the max over references (2/3)
     assert s == pytest.approx({"exact_match": 0.5, "f1": (1 + 2 / 3) / 2})
 

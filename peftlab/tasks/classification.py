@@ -8,7 +8,7 @@ from transformers import AutoModelForSequenceClassification, DataCollatorWithPad
 
 from ..data import require_columns
 from ..errors import check
-from ..metrics import Accuracy, MacroF1
+from ..metrics import classification_scores
 
 MODEL_CLASS = AutoModelForSequenceClassification
 PEFT_TASK_TYPE = "SEQ_CLS"
@@ -79,16 +79,22 @@ def logits_of(predictions):
     return predictions[0] if isinstance(predictions, tuple) else predictions
 
 
-def records_for(eval_ds, raw_eval, label_names: list[str], recipe=None):
+def input_texts(raw, data) -> list[dict]:
+    """The input text (and the pair's second text) of each example, for records a reader can check."""
+    pairs = raw[data.text_pair] if data.text_pair else [None] * len(raw)
+    return [{"text": t} | ({"text_pair": p} if p is not None else {}) for t, p in zip(raw[data.text], pairs)]
+
+
+def records_for(eval_ds, raw_eval, label_names: list[str], recipe):
     """Per-example records of an evaluation of eval_ds (see tasks/__init__.py)."""
     from scipy.special import softmax
 
-    example_ids = eval_ds["example_id"]
+    example_ids, texts = eval_ds["example_id"], input_texts(raw_eval, recipe.data)
 
     def records(eval_pred) -> list[dict]:
         probs = softmax(np.asarray(logits_of(eval_pred.predictions), dtype=np.float64), axis=-1)
-        rows = [{"id": example, "gold": label_names[gold], "prediction": label_names[int(p.argmax())],
-                 "probs": p.tolist()} for example, gold, p in zip(example_ids, eval_pred.label_ids, probs)]
+        rows = [{"id": e, "gold": label_names[gold], "prediction": label_names[int(p.argmax())],
+                 "probs": p.tolist(), **texts[e]} for e, gold, p in zip(example_ids, eval_pred.label_ids, probs)]
         return sorted(rows, key=lambda r: r["id"])
 
     return records
@@ -97,8 +103,7 @@ def records_for(eval_ds, raw_eval, label_names: list[str], recipe=None):
 def score_predictions(records: list[dict]) -> dict:
     index = {name: i for i, name in enumerate(sorted({r[k] for r in records for k in ("gold", "prediction")}))}
     predictions, references = [index[r["prediction"]] for r in records], [index[r["gold"]] for r in records]
-    return {**Accuracy().compute(predictions=predictions, references=references),
-            **MacroF1().compute(predictions=predictions, references=references)}
+    return classification_scores(predictions, references)
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ from transformers import AutoModelForQuestionAnswering
 
 from ..data import require_columns
 from ..errors import check
-from ..metrics import SquadScores
+from ..metrics import squad_scores
 from . import require_fast_tokenizer
 
 MODEL_CLASS = AutoModelForQuestionAnswering
@@ -180,6 +180,7 @@ def records_for(eval_ds, raw_eval, label_names: list[str], recipe):
     offsets = [_offset_array(row["offset_mapping"]) for row in table]  # compact: ints, not Python tuples
     contexts = raw_eval[data.text_pair]
     references = [answers["text"] for answers in raw_eval[data.label]]
+    questions = raw_eval[data.text]
 
     def records(eval_pred) -> list[dict]:
         start_logits, end_logits = eval_pred.predictions[:2]
@@ -188,15 +189,14 @@ def records_for(eval_ds, raw_eval, label_names: list[str], recipe):
         predicted = decode(start_logits, end_logits, example_ids, offsets, contexts, data.n_best,
                            data.max_answer_length)
         return [{"id": i, "gold": list(gold), "prediction": p["answer"],
-                 "score": p["score"] if math.isfinite(p["score"]) else None}  # no valid span: no score (JSON)
-                for i, (gold, p) in enumerate(zip(references, predicted))]
+                 "score": p["score"] if math.isfinite(p["score"]) else None,  # no valid span: no score (JSON)
+                 "question": question} for i, (gold, p, question) in enumerate(zip(references, predicted, questions))]
 
     return records
 
 
 def score_predictions(records: list[dict]) -> dict:
-    return SquadScores().compute(predictions=[r["prediction"] for r in records],
-                                 references=[r["gold"] for r in records])
+    return squad_scores([r["prediction"] for r in records], [r["gold"] for r in records])
 
 
 @torch.no_grad()

@@ -10,8 +10,8 @@ from transformers import AutoModelForSequenceClassification
 
 from ..data import require_columns
 from ..errors import PeftlabError, check
-from ..metrics import Correlation
-from .classification import collator, columns, logits_of  # noqa: F401 — same inputs and padding as classification
+from ..metrics import correlation
+from .classification import collator, columns, input_texts, logits_of  # noqa: F401 — inputs and padding as classification
 
 MODEL_CLASS = AutoModelForSequenceClassification
 PEFT_TASK_TYPE = "SEQ_CLS"
@@ -71,20 +71,19 @@ def prepare(dataset, tokenizer, recipe, label_names: list[str], split: str):
 def records_for(eval_ds, raw_eval, label_names: list[str], recipe):
     """Per-example records (see tasks/__init__.py): gold and predicted scores on the data's scale. Gold comes
     from the data, not from the features' labels: target / label_scale in float32 would not give it back exactly."""
-    example_ids, scale = eval_ds["example_id"], recipe.data.label_scale
+    example_ids, scale, texts = eval_ds["example_id"], recipe.data.label_scale, input_texts(raw_eval, recipe.data)
     gold = _targets(raw_eval[recipe.data.label], recipe.data.label, range(len(raw_eval)), "evaluation")
 
     def records(eval_pred) -> list[dict]:
         scores = np.asarray(logits_of(eval_pred.predictions), dtype=np.float64).reshape(-1) * scale
-        return sorted(({"id": e, "gold": gold[e], "prediction": float(s)} for e, s in zip(example_ids, scores)),
-                      key=lambda r: r["id"])
+        return sorted(({"id": e, "gold": gold[e], "prediction": float(s), **texts[e]}
+                       for e, s in zip(example_ids, scores)), key=lambda r: r["id"])
 
     return records
 
 
 def score_predictions(records: list[dict]) -> dict:
-    return Correlation().compute(predictions=[r["prediction"] for r in records],
-                                 references=[r["gold"] for r in records])
+    return correlation([r["prediction"] for r in records], [r["gold"] for r in records])
 
 
 @torch.no_grad()

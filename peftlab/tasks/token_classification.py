@@ -16,7 +16,7 @@ from transformers import AutoModelForTokenClassification, DataCollatorForTokenCl
 
 from ..data import require_columns
 from ..errors import check
-from ..metrics import EntityF1, entity_spans
+from ..metrics import entity_scores, entity_spans
 from . import require_fast_tokenizer
 from .classification import label_ids, logits_of
 
@@ -114,7 +114,7 @@ def records_for(eval_ds, raw_eval, label_names: list[str], recipe):
 
 
 def score_predictions(records: list[dict]) -> dict:
-    return EntityF1().compute(predictions=[r["prediction"] for r in records], references=[r["gold"] for r in records])
+    return entity_scores([r["prediction"] for r in records], [r["gold"] for r in records])
 
 
 @torch.no_grad()
