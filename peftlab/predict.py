@@ -19,32 +19,36 @@ def eval_inputs(trained, data_root):
     from .speed import evaluation_order
 
     recipe = trained.recipe
-    splits = data_stage.load_splits(recipe.data, data_root, recipe.train.seed)
+    splits = data_stage.load_splits(recipe.data, data_root)
     features = trained.task.prepare(splits.eval, trained.tokenizer, recipe, trained.labels, recipe.data.eval_split)
     return splits.eval, evaluation_order(features)
 
 
 def evaluate_split(trained, data_root, prepared=None) -> dict:
     """Score the evaluation split; `prepared` = eval_inputs(...) when the caller already has them."""
+    return score_with_records(trained, data_root, prepared)[0]
+
+
+def score_with_records(trained, data_root, prepared=None) -> tuple[dict, list[dict]]:
+    """Metrics and per-example records of the evaluation split (records' ids: positions in the raw split)."""
     from transformers import TrainingArguments
 
     from .losses import compute_loss_func
-    from .training import eval_metrics, make_trainer
+    from .training import make_trainer, score_split
 
     recipe, task = trained.recipe, trained.task
     raw_eval, eval_ds = prepared or eval_inputs(trained, data_root)
     args = TrainingArguments(output_dir="/tmp/peftlab-predict", per_device_eval_batch_size=recipe.train.eval_batch_size,
                              report_to=[], disable_tqdm=True, use_cpu=not __import__("torch").cuda.is_available())
     trainer = make_trainer(trained.model, args=args, data_collator=task.collator(trained.tokenizer),
-                           compute_metrics=task.metrics_for(eval_ds, raw_eval, trained.labels, recipe),
                            compute_loss_func=compute_loss_func(recipe.train.loss, trained.labels),  # as in training
                            preprocess_logits_for_metrics=getattr(task, "preprocess_logits", None))
-    metrics = eval_metrics(trainer.evaluate(eval_ds))
+    scored = score_split(trainer, task, eval_ds, raw_eval, trained.labels, recipe)
     # accelerate marks the model it prepared and will not prepare it again: a causal LM's base, scored here before
     # training (tasks/causal_lm.Evaluation), would then train without DistributedDataParallel in a multi-process
     # run, each process on its own gradients. peft's wrapper would inherit the mark from the base it wraps.
     vars(trained.model).pop("_is_accelerate_prepared", None)
-    return metrics
+    return scored
 
 
 def main(argv: list[str] | None = None) -> int:

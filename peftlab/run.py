@@ -66,18 +66,24 @@ class Inputs:
     splits: data_stage.Splits
     labels: list[str]
     train: object  # tokenized datasets.Dataset
-    eval: object
+    eval: object  # the reported split, scored once after training
+    selection: object  # checkpoints are chosen on it (held out of train)
+    test: object = None  # a labelled test split, scored once after training
 
 
 def prepare_inputs(recipe, data_root: Path | None) -> Inputs:
     task = get_task(recipe.model.task)
     resolved = models.resolve(recipe.model.name, recipe.model.revision)
     tokenizer = models.load_tokenizer(resolved, recipe.model)
-    splits = data_stage.load_splits(recipe.data, data_root, recipe.train.seed)
+    splits = data_stage.load_splits(recipe.data, data_root)
     labels = task.labels(recipe, splits.train)
     train = task.prepare(splits.train, tokenizer, recipe, labels, "train")
-    evaluation = speed.evaluation_order(task.prepare(splits.eval, tokenizer, recipe, labels, recipe.data.eval_split))
-    return Inputs(task, resolved, tokenizer, splits, labels, train, evaluation)
+
+    def scored(raw, split):
+        return None if raw is None else speed.evaluation_order(task.prepare(raw, tokenizer, recipe, labels, split))
+
+    return Inputs(task, resolved, tokenizer, splits, labels, train, scored(splits.eval, recipe.data.eval_split),
+                  scored(splits.selection, "selection"), scored(splits.test, recipe.data.test_split))
 
 
 def predict_memory(recipe, inputs: Inputs) -> dict:
@@ -88,7 +94,8 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
             resuming: resume.Resume | None = None) -> dict:
     from transformers import set_seed
 
-    from .training import best_eval, build_trainer, eval_metrics, train_seconds
+    from .tasks import metrics_for
+    from .training import best_eval, build_trainer, eval_metrics, score_split, train_seconds
 
     started = time.perf_counter()
     main_process = distributed.is_main()  # with several processes only the main one writes
@@ -106,7 +113,7 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
         "model": {"source": resolved.source, "path": resolved.path, "fingerprint": models.weights_fingerprint(resolved),
                   "origin": resolved.origin},
         "data": {"source": splits.source, "files": splits.files, "train_examples": len(train_ds),
-                 "eval_examples": len(eval_ds)},
+                 "selection_examples": len(splits.selection), "eval_examples": len(splits.eval)},
         "processes": distributed.world_size(),
         "speed": speed.settings(recipe),
     }
@@ -118,11 +125,15 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
     model = build_model(recipe, task, resolved, label_names, on_base=extra.before if extra else None)
     params = measure.count_parameters(model)
     quant_storage = measure.quantized_storage(model)
-    trainer = build_trainer(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir / "checkpoints",
-                            task.metrics_for(eval_ds, splits.eval, label_names, recipe), label_names)
+    trainer = build_trainer(recipe, task, model, tokenizer, train_ds, inputs.selection, run_dir / "checkpoints",
+                            metrics_for(task, inputs.selection, splits.selection, label_names, recipe), label_names)
     checkpoints.train(trainer, resuming.checkpoint if resuming else None)
     seconds = train_seconds(trainer)  # over all processes of a resumed run
     state = trainer.state
+    # the selected checkpoint (Trainer reloaded it) scores the reported and test splits, once each, every process
+    # taking part as in its evaluations
+    reported, records = score_split(trainer, task, eval_ds, splits.eval, label_names, recipe)
+    test = score_split(trainer, task, inputs.test, splits.test, label_names, recipe) if inputs.test else None
     peak_rss = distributed.gather(measure.peak_memory()["peak_rss_bytes"])
     if not main_process:
         return {}
@@ -130,6 +141,10 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
     final = best_eval(state.log_history, state.best_model_checkpoint)
     if extra:
         extra.after(trainer.model)  # the best checkpoint, as Trainer reloaded it
+    rundir.write_jsonl(run_dir / rundir.PREDICTIONS["reported"],
+                       with_ids(records, splits.ids["eval"]) + (extra.records() if extra else []))
+    if test:
+        rundir.write_jsonl(run_dir / rundir.PREDICTIONS["test"], with_ids(test[1], splits.ids["test"]))
 
     recipe.method.save(trainer.model, run_dir)
     tokenizer.save_pretrained(run_dir / "tokenizer")
@@ -138,8 +153,11 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
     samples = state.global_step * recipe.train.batch_size
     tokens = sum(train_ds["length"]) * epochs_done
     metrics = {
-        "task_metrics": eval_metrics(final) | (extra.task_metrics() if extra else {}),
+        "task_metrics": reported | (extra.task_metrics() if extra else {}),
+        **({"test_metrics": test[0]} if test else {}),
+        "selection_metrics": eval_metrics(final),
         "best_step": final.get("step"),
+        "protocol": protocol(recipe, task, splits, state.log_history, final),
         "labels": label_names,
         **params,
         "quantized_storage": quant_storage,
@@ -157,6 +175,19 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
     } | (extra.record(run_dir) if extra else {})
     rundir.write_json(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def with_ids(records: list[dict], ids: list) -> list[dict]:
+    """Records of a scored part with the split's own ids (tasks give positions in the part)."""
+    return [{**r, "id": ids[r["id"]]} for r in records]
+
+
+def protocol(recipe, task, splits, log_history: list[dict], selected: dict) -> dict:
+    """How the figures were obtained: which split selects the checkpoint, which is reported, n of N for each."""
+    return {"data_seed": recipe.data.seed, "selection_metric": task.BEST_METRIC,
+            "greater_is_better": getattr(task, "GREATER_IS_BETTER", True), "selected_step": selected.get("step"),
+            "evaluations": sum("eval_loss" in e for e in log_history),
+            "parts": {"reported" if part == "eval" else part: size for part, size in splits.sizes.items()}}
 
 
 def summary_table(recipe, metrics: dict, run_dir: Path):

@@ -258,3 +258,17 @@ def best_eval(log_history: list[dict], best_checkpoint: str | None) -> dict:
         step = int(best_checkpoint.rstrip("/").rsplit("-", 1)[-1])
         evals = [e for e in evals if e["step"] == step] or evals
     return evals[-1] if evals else {}
+
+
+def score_split(trainer, task, features, raw, labels: list[str], recipe) -> tuple[dict, list[dict]]:
+    """Score prepared `features` once with the trainer's model: (loss and task metrics, per-example records).
+    The metrics are the records' (task.score_predictions), exactly what predictions.jsonl reproduces."""
+    from transformers import EvalPrediction
+
+    selection_metrics, trainer.compute_metrics = trainer.compute_metrics, None  # they fit the selection split only
+    try:
+        out = trainer.predict(features, metric_key_prefix="eval")
+    finally:
+        trainer.compute_metrics = selection_metrics
+    records = task.records_for(features, raw, labels, recipe)(EvalPrediction(out.predictions, out.label_ids))
+    return eval_metrics(out.metrics) | task.score_predictions(records), records
