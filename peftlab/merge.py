@@ -79,7 +79,7 @@ def model_card(trained, record: dict) -> str:
         "`merge_and_unload`, and saved plain transformers weights (no peft needed to load them).",
         f"On {v['compared_examples']} validation examples the adapter model as trained and this export differ by at most",
         f"{v['max_abs_logit_diff']:.3g} in a logit and agree on {100 * v['label_agreement']:.2f} % of predicted labels.",
-        f"Export on the validation split: {', '.join(f'{k} {x:.4f}' for k, x in record['export_metrics'].items())}.",
+        f"Export on the reported split: {', '.join(f'{k} {x:.4f}' for k, x in record['export_metrics'].items())}.",
     ]
     if recipe.quant:
         lines += ["", "The adapter was trained on a quantized base, so the full-precision export is not bit-identical",

@@ -92,7 +92,7 @@ def _before_after(m: dict) -> str:
     before, after = m["before"], m["task_metrics"]
     rows = [[METRIC_NAMES.get(k, k), _fmt(before[k]), _fmt(after[k])] for k in before if k in after]
     text = ("## Before and after training\n\nThe base model as loaded (quantized if the recipe quantizes it), before "
-            "any adapter exists, against the trained model: loss and perplexity on the validation split, exact match "
+            "any adapter exists, against the trained model: loss and perplexity on the reported split, exact match "
             "on the generation prompts.\n\n" + table(["metric", "base model", "trained"], rows))
     gen = m.get("generation")
     if not gen:

@@ -273,6 +273,15 @@ def test_lora_run_learns_and_records_before_and_after(lora_run):
     outputs = json.loads((lora_run / "generations.json").read_text())
     assert len(outputs["before"]) == len(outputs["after"]) == 6
     assert after["exact_match"] == sum(o["correct"] for o in outputs["after"]) / 6
+    # predictions.jsonl: a perplexity record per reported example, a generation record per prompt; they give back
+    # the run's perplexity (summed NLL / tokens) and exact match
+    records = [json.loads(line) for line in (lora_run / "predictions.jsonl").read_text().splitlines()]
+    kinds = [r["kind"] for r in records]
+    assert kinds.count("perplexity") == 8 and kinds.count("generation") == 6
+    scored = causal_lm.score_predictions(records)
+    assert scored == pytest.approx({k: after[k] for k in ("perplexity", "nll_per_token", "exact_match")})
+    assert metrics["protocol"]["parts"]["selection"] == {"split": "train", "examples": 16, "of": 160}
+    assert metrics["protocol"]["parts"]["generation"] == {"split": "test", "examples": 6, "of": 8}
     assert all(o["answer"] == causal_lm.final_number(o["generation"]) for o in outputs["after"])
     report = (lora_run / "report.md").read_text()
     assert "## Before and after training" in report and "### Sample 1" in report

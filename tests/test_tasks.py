@@ -417,6 +417,13 @@ def test_every_method_trains_on_every_task(tmp_path, bert64, task_data, task, me
 def _run_and_rescore(tmp_path, recipe: Path, data: Path, capsys) -> tuple[Path, dict, dict]:
     run_dir = run_recipe(tmp_path, recipe, data)
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    # predictions.jsonl reproduces every figure the task computes, and the report gives each an interval
+    records = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    task = json.loads((run_dir / "recipe.json").read_text())["model"]["task"]
+    scored = get_task(task).score_predictions(records)
+    assert scored and scored == pytest.approx({k: metrics["task_metrics"][k] for k in scored})
+    assert len(records) == metrics["protocol"]["parts"]["reported"]["examples"]
+    assert "95 % CI" in (run_dir / "report.md").read_text()
     capsys.readouterr()
     assert predict.main([str(run_dir), "--eval", "--data-dir", str(data)]) == 0
     scored = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["eval"]
