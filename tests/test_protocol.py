@@ -19,8 +19,8 @@ from conftest import run_recipe, sentiment_rows, write_recipe, write_tsv
 def test_selection_is_carved_from_train_and_subsets_follow_the_data_seed(data_dir):
     data = Data("sst2", text="sentence", selection=0.25, train_limit=100, eval_limit=20)
     splits = data_stage.load_splits(data, data_dir)
-    assert splits.sizes == {"selection": {"split": "train", "examples": 64, "of": 256},
-                            "train": {"split": "train", "examples": 100, "of": 256},
+    assert splits.sizes == {"selection": {"split": "train", "examples": 71, "of": 284},
+                            "train": {"split": "train", "examples": 100, "of": 284},
                             "eval": {"split": "validation", "examples": 20, "of": 64}}
     assert not set(splits.ids["selection"]) & set(splits.ids["train"])  # never trained on what selects
     assert splits.ids["train"] == sorted(splits.ids["train"])  # split order kept: ids are row numbers
@@ -42,8 +42,8 @@ def test_selection_is_carved_from_train_and_subsets_follow_the_data_seed(data_di
 def test_selection_sizes(data_dir):
     assert data_stage.selection_size(0.1, 256) == 26 and data_stage.selection_size(0.1, 67_349) == 1000  # capped
     assert data_stage.selection_size(40, 256) == 40
-    with pytest.raises(PeftlabError, match=r"data.selection=256: the train split has only 256 examples"):
-        data_stage.load_splits(Data("sst2", text="sentence", selection=256), data_dir)
+    with pytest.raises(PeftlabError, match=r"data.selection=284: the train split has only 284 examples"):
+        data_stage.load_splits(Data("sst2", text="sentence", selection=284), data_dir)
 
 
 # ------------------------------------------------------------------------------------------- whole runs
