@@ -16,7 +16,8 @@ import torch
 from peftlab import Data, LoRA, Model, Recipe, load_recipe, models, predict
 from peftlab import run as run_cli
 from peftlab.errors import PeftlabError
-from peftlab.metrics import answer_f1, correlation, entity_scores, entity_spans, normalize_answer, squad_scores
+from peftlab.metrics import (answer_f1, classification_scores, correlation, entity_scores, entity_spans, normalize_answer,
+                             squad_scores)
 from peftlab.tasks import get_task, metrics_for, qa, token_classification
 
 from conftest import FILLER, NEGATIVE, POSITIVE, make_bert, make_tokenizer, run_recipe
@@ -135,6 +136,16 @@ def test_correlation_by_hand():
     assert scores == pytest.approx({"pearson": 0.8, "spearman": 0.8})
     # constant predictions carry no correlation: 0, not nan
     assert correlation([3, 3, 3], [1, 2, 3]) == {"pearson": 0.0, "spearman": 0.0}
+
+
+def test_classification_scores_match_scikit_learn():
+    from sklearn.metrics import accuracy_score, f1_score
+
+    rng = np.random.default_rng(0)
+    for classes in (2, 3, 5):  # with 5 classes over 40 examples some class is never predicted
+        gold, pred = rng.integers(0, classes, 40), rng.integers(0, classes - 1, 40)
+        assert classification_scores(pred, gold) == pytest.approx(
+            {"accuracy": accuracy_score(gold, pred), "macro_f1": f1_score(gold, pred, average="macro", zero_division=0)})
 
 
 def test_entity_spans_read_bio_like_seqeval():
