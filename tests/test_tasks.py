@@ -450,7 +450,9 @@ def test_regression_end_to_end(tmp_path, tiny_bert, task_data, capsys):
     run_dir, metrics, scored = _run_and_rescore(tmp_path, recipe, task_data, capsys)
     m = metrics["task_metrics"]
     assert set(m) == {"loss", "pearson", "spearman"} and metrics["labels"] == ["score"]
-    assert m["pearson"] > 0.5  # the score follows the sentiment words: learnable
+    # the score follows the sentiment words: learnable (Pearson 0.25 on the 48 validation pairs since the checkpoint
+    # is chosen on 18 held-out training pairs; 0.5 before, with the selection made on validation itself)
+    assert m["pearson"] > 0.2
     assert scored["pearson"] == pytest.approx(m["pearson"]) and scored["spearman"] == pytest.approx(m["spearman"])
     assert f"{m['pearson']:.4f}" in (run_dir / "report.md").read_text()
     assert predict.main([str(run_dir), "a great film\ta lovely movie", "a dull film\tan awful mess"]) == 0
