@@ -1,0 +1,198 @@
+"""Uncertainty of scores computed from per-example prediction records: bootstrap intervals and paired tests.
+
+Every function takes prediction records (dicts with an `id`, one per evaluation example, as in a run's
+predictions.jsonl) and a score function `score_fn(records) -> float | dict[str, float]` (a task's
+`score_predictions`). The statistic is whatever the task computes from records — accuracy, F1 from pooled
+counts, Pearson, perplexity — so nothing here assumes a metric is a mean of per-example values.
+
+Why the percentile bootstrap (and not normal-approximation, basic or BCa intervals): it needs no normality,
+stays inside a metric's range (accuracy never above 100 %), and is invariant under monotone transformations
+(perplexity's interval is exp of the NLL's). BCa corrects skew better but needs a jackknife — one more score
+per example per run — and does not extend simply to resampling seeds; with hundreds of examples the
+percentile interval's coverage is close to nominal for the scores here.
+
+Why a paired bootstrap and not a permutation test: one resampling distribution of the difference gives both
+the interval and the p-value, p = 2·min(P*(Δ ≤ 0), P*(Δ ≥ 0)), the smallest level at which the percentile
+interval excludes 0, so "p < 0.05" and "the 95 % interval excludes 0" never disagree in a report.
+
+Pooling seeds (hierarchical bootstrap): the pooled score is the mean over seeds of each seed's score; one
+bootstrap replicate draws the examples (the same indices for every seed and every variant, so differences
+stay paired) and, independently, the seeds with replacement, and averages the drawn seeds' scores on the
+drawn examples. Both sources of variation — which examples were evaluated, which initialisation and data
+order training got — thus widen the interval. With 3 seeds the seed level is coarse (a bootstrap of the mean
+of S values underestimates its variance by (S-1)/S); that is the honest limit of 3 seeds, stated in reports.
+
+Each run is scored once per replicate (`replicate`), with the same example indices for every run, so all
+intervals and pairwise differences of a comparison come from the same draws by array arithmetic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from .errors import check
+
+ScoreFn = Callable[[list[dict]], "float | dict[str, float]"]
+_SINGLE = "score"  # the key under which a score_fn returning one float is kept
+
+
+class Interval(NamedTuple):
+    point: float
+    low: float
+    high: float
+
+
+class Difference(NamedTuple):
+    """a − b on the same examples: its point value, percentile interval and two-sided p-value (H0: no difference)."""
+
+    difference: float
+    low: float
+    high: float
+    p_value: float
+
+
+@dataclass(frozen=True)
+class Replicates:
+    """One run's scores on the full evaluation set (`point`) and on each bootstrap resample (`draws`, one array
+    of n_boot values per metric). `ids` is the example order ((kind, id) keys) the resample indices refer to."""
+
+    ids: tuple
+    point: dict[str, float]
+    draws: dict[str, np.ndarray]
+    seed: int
+    single: bool = False  # score_fn returned one float (kept under "score")
+
+
+def _as_dict(score: float | dict[str, float]) -> dict[str, float]:
+    return dict(score) if isinstance(score, dict) else {_SINGLE: float(score)}
+
+
+def _key(record: dict) -> tuple[str, str]:
+    """A record's example: its kind (causal LMs mix perplexity and generation records, each numbered from 0)
+    and its id."""
+    return str(record.get("kind", "")), str(record["id"])
+
+
+def _sorted_by_id(records: Sequence[dict]) -> list[dict]:
+    keys = [_key(r) for r in records]
+    check(len(set(keys)) == len(keys), "prediction records repeat an example id; each example must appear once")
+    return sorted(records, key=_key)
+
+
+def resample_indices(strata: Sequence[str], n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, n) example indices drawn with replacement, each within its own stratum (record kind) so that a
+    resample keeps how many records of each kind there are. Depends only on its arguments: every run of a
+    comparison scored with the same examples and seed sees the same resamples."""
+    rng, labels = np.random.default_rng(seed), np.asarray(strata)
+    indices = np.empty((n_boot, len(labels)), dtype=np.int64)
+    for stratum in sorted(set(strata)):
+        positions = np.flatnonzero(labels == stratum)
+        indices[:, positions] = positions[rng.integers(0, len(positions), size=(n_boot, len(positions)))]
+    return indices
+
+
+def replicate(records: Sequence[dict], score_fn: ScoreFn, n_boot: int = 1000, seed: int = 0) -> Replicates:
+    """Score a run on its full set and on n_boot resamples of its examples (ordered by id)."""
+    ordered = _sorted_by_id(records)
+    check(len(ordered) > 0, "no prediction records to score")
+    score = score_fn(ordered)
+    point = _as_dict(score)
+    draws = {k: np.empty(n_boot) for k in point}
+    for b, rows in enumerate(resample_indices([_key(r)[0] for r in ordered], n_boot, seed)):
+        for key, value in _as_dict(score_fn([ordered[i] for i in rows])).items():
+            draws[key][b] = value
+    return Replicates(tuple(map(_key, ordered)), point, draws, seed, not isinstance(score, dict))
+
+
+def _check_same_examples(runs: Sequence[Replicates]) -> None:
+    check(len(runs) > 0, "no runs to pool")
+    first = runs[0]
+    for run in runs[1:]:
+        check(run.ids == first.ids, "runs were scored on different examples; pool and pair only runs evaluated on the "
+                                    "same examples (the protocol fixes the evaluation subset across seeds)")
+        check(run.seed == first.seed and len(next(iter(run.draws.values()))) == len(next(iter(first.draws.values()))),
+              "runs were resampled with different bootstrap settings; use one n_boot and seed for a comparison")
+
+
+def _seed_draws(n_seeds: int, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, n_seeds) seed positions drawn with replacement: a stream of its own (not the examples')."""
+    if n_seeds == 1:
+        return np.zeros((n_boot, 1), dtype=int)
+    return np.random.default_rng([seed, 1]).integers(0, n_seeds, size=(n_boot, n_seeds))
+
+
+def _pooled_draws(runs: Sequence[Replicates], key: str, picks: np.ndarray) -> np.ndarray:
+    """Per replicate b: the mean over the drawn seeds picks[b] of those seeds' scores on resample b."""
+    by_seed = np.stack([run.draws[key] for run in runs])  # (n_seeds, n_boot)
+    return by_seed[picks, np.arange(picks.shape[0])[:, None]].mean(axis=1)
+
+
+def _percentiles(draws: np.ndarray, level: float) -> tuple[float, float]:
+    tail = 100 * (1 - level) / 2
+    low, high = np.nanpercentile(draws, [tail, 100 - tail])  # nan: a resample where the metric is undefined
+    return float(low), float(high)
+
+
+def pooled_interval(runs: Sequence[Replicates], level: float = 0.95) -> dict[str, Interval]:
+    """Mean over runs (seeds) of each metric, with a hierarchical bootstrap interval (module docstring)."""
+    _check_same_examples(runs)
+    picks = _seed_draws(len(runs), len(next(iter(runs[0].draws.values()))), runs[0].seed)
+    return {key: Interval(float(np.mean([run.point[key] for run in runs])),
+                          *_percentiles(_pooled_draws(runs, key, picks), level))
+            for key in runs[0].point}
+
+
+def pooled_difference(runs_a: Sequence[Replicates], runs_b: Sequence[Replicates],
+                      level: float = 0.95) -> dict[str, Difference]:
+    """Paired a − b per metric, pooled over seeds: runs_a[i] and runs_b[i] share seed i; every replicate draws the
+    same examples and the same seeds for both sides."""
+    check(len(runs_a) == len(runs_b), "pair runs seed by seed: give both sides the same seeds")
+    _check_same_examples([*runs_a, *runs_b])
+    n_boot = len(next(iter(runs_a[0].draws.values())))
+    picks = _seed_draws(len(runs_a), n_boot, runs_a[0].seed)
+    result = {}
+    for key in runs_a[0].point.keys() & runs_b[0].point.keys():
+        point = float(np.mean([a.point[key] - b.point[key] for a, b in zip(runs_a, runs_b)]))
+        draws = _pooled_draws(runs_a, key, picks) - _pooled_draws(runs_b, key, picks)
+        draws = draws[~np.isnan(draws)]
+        # +1 on both counts: the observed data count as one replicate, so p is never exactly 0 from finite draws
+        below, above = (np.sum(draws <= 0) + 1) / (len(draws) + 1), (np.sum(draws >= 0) + 1) / (len(draws) + 1)
+        result[key] = Difference(point, *_percentiles(draws, level), float(min(1.0, 2 * min(below, above))))
+    return dict(sorted(result.items()))
+
+
+def _unwrap(result: dict, run: Replicates) -> object:
+    return result[_SINGLE] if run.single else result
+
+
+def bootstrap_ci(records: Sequence[dict], score_fn: ScoreFn, n: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> Interval | dict[str, Interval]:
+    """(point, low, high) percentile-bootstrap interval over examples; a dict of them when score_fn returns a dict."""
+    run = replicate(records, score_fn, n, seed)
+    return _unwrap(pooled_interval([run], level), run)
+
+
+def paired_bootstrap(records_a: Sequence[dict], records_b: Sequence[dict], score_fn: ScoreFn, n: int = 1000,
+                     seed: int = 0, level: float = 0.95) -> Difference | dict[str, Difference]:
+    """Paired bootstrap of score(a) − score(b) on the same examples (matched by id): difference, interval, p."""
+    a, b = replicate(records_a, score_fn, n, seed), replicate(records_b, score_fn, n, seed)
+    return _unwrap(pooled_difference([a], [b], level), a)
+
+
+def pooled_ci(runs: Sequence[Sequence[dict]], score_fn: ScoreFn, n: int = 1000, seed: int = 0,
+              level: float = 0.95) -> Interval | dict[str, Interval]:
+    """Mean over seeds (one record list per seed) with the hierarchical bootstrap interval (module docstring)."""
+    replicates = [replicate(records, score_fn, n, seed) for records in runs]
+    return _unwrap(pooled_interval(replicates, level), replicates[0])
+
+
+def pooled_paired(runs_a: Sequence[Sequence[dict]], runs_b: Sequence[Sequence[dict]], score_fn: ScoreFn,
+                  n: int = 1000, seed: int = 0, level: float = 0.95) -> Difference | dict[str, Difference]:
+    """Paired a − b pooled over seeds: runs_a[i] and runs_b[i] are the record lists of the same seed."""
+    a = [replicate(records, score_fn, n, seed) for records in runs_a]
+    b = [replicate(records, score_fn, n, seed) for records in runs_b]
+    return _unwrap(pooled_difference(a, b, level), a[0])
