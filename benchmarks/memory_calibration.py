@@ -30,6 +30,7 @@ def measure_one(recipe_path: str, overrides: list[str], steps: int) -> dict:
     from peftlab.building import build_model, prepare_inputs
     from peftlab.data import data_dir
     from peftlab.pipeline import quiet_libraries
+    from peftlab.tasks import metrics_for
     from peftlab.training import build_trainer
 
     quiet_libraries()
@@ -37,13 +38,13 @@ def measure_one(recipe_path: str, overrides: list[str], steps: int) -> dict:
     inputs = prepare_inputs(recipe, data_dir(None))
     # the longest examples only: every step is a batch as long as the longest the recipe can see (what the plan is for)
     inputs.train = inputs.train.sort("length", reverse=True).select(range(steps * recipe.train.batch_size))
-    inputs.eval = inputs.eval.select(range(16))  # evaluation is not what is calibrated here
+    inputs.selection = inputs.selection.select(range(16))  # evaluation is not what is calibrated here
     runtime = plan.runtime_rss(recipe)  # where a run makes its plan: data tokenized, no model yet
     meter = memory.MemoryMeter()
     model = build_model(recipe, inputs.task, inputs.resolved, inputs.labels)
     out = Path("/tmp") / f"memcal-{os.getpid()}"
-    trainer = build_trainer(recipe, inputs.task, model, inputs.tokenizer, inputs.train, inputs.eval, out,
-                            inputs.task.metrics_for(inputs.eval, inputs.splits.eval, inputs.labels, recipe),
+    trainer = build_trainer(recipe, inputs.task, model, inputs.tokenizer, inputs.train, inputs.selection, out,
+                            metrics_for(inputs.task, inputs.selection, inputs.splits.selection, inputs.labels, recipe),
                             inputs.labels, meter)
     trainer.train()
     import shutil

@@ -33,7 +33,7 @@ from .errors import check
 from .phases import profile_run
 from .recipe import load_recipe, recipe_to_dict
 from .run_report import table
-from .tasks import classification, get_task
+from .tasks import classification, get_task, metrics_for
 from .training import StepTimer
 
 APPROACHES = {
@@ -52,7 +52,7 @@ def train_plain(recipe, data_root: Path | None, padded: bool) -> dict:
     task = get_task(recipe.model.task)
     resolved = models.resolve(recipe.model.name, recipe.model.revision)
     tokenizer = models.load_tokenizer(resolved, recipe.model)
-    splits = data_stage.load_splits(recipe.data, data_root, recipe.train.seed)
+    splits = data_stage.load_splits(recipe.data, data_root)
     labels = task.labels(recipe, splits.train)
     d, t = recipe.data, recipe.train
 
@@ -64,6 +64,7 @@ def train_plain(recipe, data_root: Path | None, padded: bool) -> dict:
 
     train = splits.train.map(encode, batched=True, remove_columns=splits.train.column_names)
     evaluation = splits.eval.map(encode, batched=True, remove_columns=splits.eval.column_names)
+    evaluation = evaluation.add_column("example_id", range(len(evaluation)))  # scoring maps records by it
     model = building.build_model(recipe, task, resolved, labels)
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as out:
@@ -77,7 +78,7 @@ def train_plain(recipe, data_root: Path | None, padded: bool) -> dict:
         trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
                           data_collator=default_data_collator if padded else DataCollatorWithPadding(tokenizer),
                           processing_class=tokenizer, callbacks=[timer],
-                          compute_metrics=task.metrics_for(evaluation, splits.eval, labels, recipe))
+                          compute_metrics=metrics_for(task, evaluation, splits.eval, labels, recipe))
         trainer.train()
         scores = trainer.evaluate()
     epochs = trainer.state.epoch

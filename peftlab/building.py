@@ -51,18 +51,24 @@ class Inputs:
     splits: data_stage.Splits
     labels: list[str]
     train: object  # tokenized datasets.Dataset
-    eval: object
+    eval: object  # the reported split, scored once after training
+    selection: object  # checkpoints are chosen on it (held out of train)
+    test: object = None  # a labelled test split, scored once after training
 
 
 def prepare_inputs(recipe, data_root: Path | None) -> Inputs:
     task = get_task(recipe.model.task)
     resolved = models.resolve(recipe.model.name, recipe.model.revision)
     tokenizer = models.load_tokenizer(resolved, recipe.model)
-    splits = data_stage.load_splits(recipe.data, data_root, recipe.train.seed)
+    splits = data_stage.load_splits(recipe.data, data_root)
     labels = task.labels(recipe, splits.train)
     train = task.prepare(splits.train, tokenizer, recipe, labels, "train")
-    evaluation = speed.evaluation_order(task.prepare(splits.eval, tokenizer, recipe, labels, recipe.data.eval_split))
-    return Inputs(task, resolved, tokenizer, splits, labels, train, evaluation)
+
+    def scored(raw, split):
+        return None if raw is None else speed.evaluation_order(task.prepare(raw, tokenizer, recipe, labels, split))
+
+    return Inputs(task, resolved, tokenizer, splits, labels, train, scored(splits.eval, recipe.data.eval_split),
+                  scored(splits.selection, "selection"), scored(splits.test, recipe.data.test_split))
 
 
 def predict_memory(recipe, inputs: Inputs) -> dict:

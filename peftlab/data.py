@@ -26,11 +26,19 @@ HUB_CONFIGS = {"openai/gsm8k": "main"}  # Hub datasets that need a config name
 
 @dataclass
 class Splits:
-    train: object  # datasets.Dataset
+    """The parts of a run's data (datasets.Dataset each): train, selection (checkpoints are chosen on it), eval
+    (the reported split, scored once after training), test (a labelled test split, or None), generate (prompts
+    answered by generation: causal_lm's data.generate_split, or None)."""
+
+    train: object
     eval: object
     source: str  # "local:<folder>" or "hub:<id>"
     files: dict = field(default_factory=dict)  # file name -> md5 (local data only)
-    generate: object = None  # prompts answered by generation (causal_lm's data.generate_split), or None
+    generate: object = None
+    selection: object = None
+    test: object = None
+    ids: dict = field(default_factory=dict)  # part -> its examples' ids (predictions.jsonl)
+    sizes: dict = field(default_factory=dict)  # part -> {"split": name, "examples": n, "of": N in the split}
 
 
 def data_dir(cli_value: str | None = None) -> Path | None:
@@ -110,7 +118,7 @@ def preflight(data, root: Path | None, columns: list[str]) -> None:
     folder = local_folder(data.name, root)
     if folder is None:
         return  # Hub data is checked when loaded
-    for split in dict.fromkeys(s for s in (data.train_split, data.eval_split, data.generate_split) if s):
+    for split in split_names(data):
         path = split_file(folder, split)
         found = _header_columns(path)
         check(found is None or _has_rows(path), f"{path}: the split is empty (a header and no examples); "
@@ -198,49 +206,73 @@ def read_file(path: Path):
     return dataset
 
 
-HOLDOUT_SEED = 0  # held-out examples must not change with the training seed: every run evaluates on the same ones
+SELECTION_CAP = 1000  # a fractional data.selection holds out at most this many examples: enough to rank checkpoints
+PARTS = {"eval": "eval_split", "test": "test_split", "generation": "generate_split"}  # part -> Data field naming it
 
 
-def load_splits(data, root: Path | None, seed: int) -> Splits:
+def split_names(data) -> list[str]:
+    """The splits a recipe reads, each once."""
+    return list(dict.fromkeys(s for s in (data.train_split, data.eval_split, data.test_split, data.generate_split) if s))
+
+
+def selection_size(selection: float, n_train: int) -> int:
+    return int(selection) if selection >= 1 else min(SELECTION_CAP, max(1, round(selection * n_train)))
+
+
+def load_splits(data, root: Path | None) -> Splits:
+    """The run's parts, drawn with data.seed only: every training seed selects, trains and is scored on the same
+    examples. The selection examples are held out of the train split first, then train_limit draws from the rest;
+    eval_limit (eval and test splits) and generate_limit draw subsets of theirs. Subsets keep the split's order
+    and are nested: a larger limit adds examples (one permutation per split)."""
     folder = local_folder(data.name, root)
     if folder is not None:
-        paths = {split: split_file(folder, split) for split in (data.train_split, data.eval_split, data.generate_split)
-                 if split}
+        paths = {split: split_file(folder, split) for split in split_names(data)}
         read = {split: read_file(path) for split, path in paths.items()}
-        files = {f"{folder.name}/{p.name}": md5(p) for p in paths.values()}
-        splits = Splits(read[data.train_split], read[data.eval_split], f"local:{folder}", files,
-                        read.get(data.generate_split))
+        source, files = f"local:{folder}", {f"{folder.name}/{p.name}": md5(p) for p in paths.values()}
     else:
-        splits = _load_hub(data)
-    if data.holdout is not None:
-        check(data.holdout < len(splits.train), f"data.holdout={data.holdout}: the {data.train_split} split has only "
-                                                f"{len(splits.train)} examples; hold out fewer")
-        parts = splits.train.train_test_split(test_size=data.holdout, shuffle=True, seed=HOLDOUT_SEED)
-        splits.train, splits.eval = parts["train"], parts["test"]
-    if splits.generate is not None and data.generate_limit is not None:
-        splits.generate = splits.generate.select(range(min(data.generate_limit, len(splits.generate))))  # the first N
-    if data.train_limit is not None and data.train_limit < len(splits.train):
-        splits.train = splits.train.shuffle(seed=seed).select(range(data.train_limit))
-    if data.eval_limit is not None and data.eval_limit < len(splits.eval):
-        splits.eval = splits.eval.shuffle(seed=seed).select(range(data.eval_limit))
+        read, source, files = _load_hub(data)
+    full_train = read[data.train_split]
+    n_selection = selection_size(data.selection, len(full_train))
+    check(n_selection < len(full_train), f"data.selection={data.selection}: the {data.train_split} split has only "
+                                         f"{len(full_train)} examples; hold out fewer for checkpoint selection")
+    order = _permutation(len(full_train), data.seed)
+    rows = {"selection": order[:n_selection], "train": order[n_selection:][:data.train_limit]}
+    for part, field_name in PARTS.items():
+        split = getattr(data, field_name)
+        if split:
+            limit = data.generate_limit if part == "generation" else data.eval_limit
+            rows[part] = _permutation(len(read[split]), data.seed)[:limit]
+    splits = Splits(None, None, source, files)
+    for part, picked in rows.items():
+        split = data.train_split if part in ("train", "selection") else getattr(data, PARTS[part])
+        whole, picked = read[split], sorted(int(i) for i in picked)
+        subset = whole.select(picked)
+        setattr(splits, "generate" if part == "generation" else part, subset)
+        # ids: the dataset's own where it has them (SQuAD question ids), else row numbers in the split
+        splits.ids[part] = subset["id"] if "id" in whole.column_names else picked
+        splits.sizes[part] = {"split": split, "examples": len(picked), "of": len(whole)}
     return splits
 
 
-def _load_hub(data) -> Splits:
+def _permutation(n: int, seed: int):
+    import numpy as np
+
+    return np.random.default_rng(seed).permutation(n)
+
+
+def _load_hub(data) -> tuple[dict, str, dict]:
     from datasets import load_dataset
 
     owner, _, rest = data.name.partition("/")
     path, config = (HUB_SHORTCUTS[owner], rest) if owner in HUB_SHORTCUTS and rest else (HUB_IDS.get(data.name, data.name), None)
     config = config or HUB_CONFIGS.get(path)
     try:
-        train = load_dataset(path, config, split=data.train_split)
-        evaluation = load_dataset(path, config, split=data.eval_split)
-        generate = load_dataset(path, config, split=data.generate_split) if data.generate_split else None
+        read = {split: load_dataset(path, config, split=split) for split in split_names(data)}
     except Exception as err:  # offline, missing dataset or split: all need the same advice
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise PeftlabError(f"dataset {data.name}: cannot load from the Hub ({first_line}); offline, point "
                            f"--data-dir or ${DATA_DIR_ENV} at a folder holding {data.name.split('/')[-1]}/") from None
-    return Splits(train, evaluation, f"hub:{data.name}", {"fingerprint": train._fingerprint}, generate)
+    return read, f"hub:{data.name}", {"fingerprint": read[data.train_split]._fingerprint}
 
 
 def require_columns(dataset, columns: list[str], split: str) -> None:

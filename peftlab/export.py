@@ -113,7 +113,7 @@ def model_card(trained, record: dict) -> str:
         "`merge_and_unload`, and saved plain transformers weights (no peft needed to load them).",
         f"On {v['compared_examples']} validation examples (the longest and others at random) the adapter model as",
         f"trained and this export differ by at most {v['max_abs_logit_diff']:.3g} in a logit; {agreement(v)}.",
-        f"Export on the validation split: {', '.join(f'{k} {x:.4f}' for k, x in record['export_metrics'].items())}.",
+        f"Export on the reported split: {', '.join(f'{k} {x:.4f}' for k, x in record['export_metrics'].items())}.",
     ]
     if recipe.quant:
         lines += ["", "The adapter was trained on a quantized base, so the full-precision export is not bit-identical",

@@ -33,9 +33,9 @@ from . import (
 )
 from . import data as data_stage
 from .errors import PeftlabError
-from .evaluation import best_eval, eval_metrics
+from .evaluation import best_eval, eval_metrics, score_split
 from .recipe import load_recipe, recipe_to_dict
-from .tasks import get_task
+from .tasks import get_task, metrics_for
 from .training import build_trainer, train_seconds
 
 
@@ -136,7 +136,7 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
         "model": {"source": resolved.source, "path": resolved.path, "fingerprint": models.weights_fingerprint(resolved),
                   "origin": resolved.origin},
         "data": {"source": splits.source, "files": splits.files, "train_examples": len(train_ds),
-                 "eval_examples": len(eval_ds)},
+                 "selection_examples": len(splits.selection), "eval_examples": len(splits.eval)},
         "processes": distributed.world_size(),
         "speed": speed.settings(recipe),
         "levers": levers.settings(recipe) | {"budget": budget, "allocator": levers.allocator_settings()},
@@ -151,11 +151,17 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
                                  on_base=meter.during("eval", extra.before) if extra else None)
     params = measure.count_parameters(model)
     quant_storage = measure.quantized_storage(model)
-    trainer = build_trainer(recipe, task, model, tokenizer, train_ds, eval_ds, run_dir / "checkpoints",
-                            task.metrics_for(eval_ds, splits.eval, label_names, recipe), label_names, meter)
+    trainer = build_trainer(recipe, task, model, tokenizer, train_ds, inputs.selection, run_dir / "checkpoints",
+                            metrics_for(task, inputs.selection, splits.selection, label_names, recipe), label_names,
+                            meter)
     checkpoints.train(trainer, resuming.checkpoint if resuming else None)
     seconds = train_seconds(trainer)  # over all processes of a resumed run
     state = trainer.state
+    # the selected checkpoint (Trainer reloaded it) scores the reported and test splits, once each, every process
+    # taking part as in its evaluations
+    score = meter.during("eval", score_split)
+    reported, records = score(trainer, task, eval_ds, splits.eval, label_names, recipe)
+    test = score(trainer, task, inputs.test, splits.test, label_names, recipe) if inputs.test else None
     peak_rss = distributed.gather(measure.peak_memory()["peak_rss_bytes"])
     if not main_process:
         return {}
@@ -163,6 +169,10 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
     final = best_eval(state.log_history, state.best_model_checkpoint)
     if extra:
         meter.during("eval", extra.after)(trainer.model)  # the best checkpoint, as Trainer reloaded it
+    rundir.write_jsonl(run_dir / rundir.PREDICTIONS["reported"],
+                       with_ids(records, splits.ids["eval"]) + (extra.records() if extra else []))
+    if test:
+        rundir.write_jsonl(run_dir / rundir.PREDICTIONS["test"], with_ids(test[1], splits.ids["test"]))
 
     recipe.method.save(trainer.model, run_dir)
     tokenizer.save_pretrained(run_dir / "tokenizer")
@@ -170,8 +180,11 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
     samples = state.global_step * recipe.train.batch_size
     tokens = sum(train_ds["length"]) * epochs_done
     metrics = {
-        "task_metrics": eval_metrics(final) | (extra.task_metrics() if extra else {}),
+        "task_metrics": reported | (extra.task_metrics() if extra else {}),
+        **({"test_metrics": test[0]} if test else {}),
+        "selection_metrics": eval_metrics(final),
         "best_step": final.get("step"),
+        "protocol": protocol(recipe, task, splits, state.log_history, final),
         "labels": label_names,
         **params,
         "quantized_storage": quant_storage,
@@ -189,6 +202,19 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
     } | (extra.record(run_dir) if extra else {})
     rundir.write_json(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def with_ids(records: list[dict], ids: list) -> list[dict]:
+    """Records of a scored part with the split's own ids (tasks give positions in the part)."""
+    return [{**r, "id": ids[r["id"]]} for r in records]
+
+
+def protocol(recipe, task, splits, log_history: list[dict], selected: dict) -> dict:
+    """How the figures were obtained: which split selects the checkpoint, which is reported, n of N for each."""
+    return {"data_seed": recipe.data.seed, "selection_metric": task.BEST_METRIC,
+            "greater_is_better": getattr(task, "GREATER_IS_BETTER", True), "selected_step": selected.get("step"),
+            "evaluations": sum("eval_loss" in e for e in log_history),
+            "parts": {"reported" if part == "eval" else part: size for part, size in splits.sizes.items()}}
 
 
 def summary_table(recipe, metrics: dict, run_dir: Path) -> Table:

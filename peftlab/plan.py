@@ -116,7 +116,8 @@ def _saved_by_layer(model, batch: int, seq: int, autocast: bool, vocab: int) -> 
     hooks = []
     for name, module in layer.named_modules():
         hooks.append(module.register_forward_pre_hook(lambda m, a, n=name or "layer": active.append(n)))
-        hooks.append(module.register_forward_hook(lambda m, a, o: active.pop() and None))  # None: output kept
+        # the hook must return None: a returned value would replace the module's output
+        hooks.append(module.register_forward_hook(lambda m, a, o: active.pop() and None))
 
     def pack(tensor):
         storage = tensor.untyped_storage()

@@ -61,8 +61,8 @@ class Data:
     max_length: int = 128  # truncation length; batches are padded dynamically, never to this length
     train_split: str = "train"
     eval_split: str = "validation"
-    train_limit: int | None = None  # use a seeded random subset of this many training examples
-    eval_limit: int | None = None
+    train_limit: int | None = None  # use a random subset of this many training examples (drawn with data.seed)
+    eval_limit: int | None = None  # likewise for the evaluation split (and the test split)
     # extractive QA (model.task="qa") only: long contexts are read in windows of max_length tokens
     stride: int = 128  # tokens shared by consecutive windows over one context
     max_answer_length: int = 30  # longest answer span considered when decoding, in tokens
@@ -70,9 +70,11 @@ class Data:
     # regression only: the model learns target / label_scale (e.g. STS-B 0-5 -> 0-1, so a fresh head needs small
     # outputs); predict multiplies back, correlations are unchanged, the evaluation loss is on the learned scale
     label_scale: float = 1.0
-    # data without a validation split: hold out this many training examples (fixed seed 0, the same for every
-    # training seed) as the evaluation split; set eval_split to the train split's name to say so
-    holdout: int | None = None
+    # checkpoints are selected on examples held out of the train split, never on eval_split (scored once, after
+    # training): a fraction (at most SELECTION_CAP examples) or a count; see data.load_splits
+    selection: float = 0.1
+    test_split: str | None = None  # a labelled test split, scored once after training beside eval_split
+    seed: int = 0  # draws the selection split and every subset: the same data whatever train.seed
     # causal language modelling (model.task="causal_lm") only, see peftlab/tasks/causal_lm.py
     prompt_template: str | None = None  # e.g. "Question: {question}\nAnswer: "; None: the tokenizer's chat template
     strip_regex: str | None = None  # removed from responses before training, e.g. GSM8K's r"<<[^>]*>>"
@@ -90,10 +92,14 @@ class Data:
         check(self.max_answer_length >= 1, f"{where}.max_answer_length={self.max_answer_length}: must be >= 1, e.g. 30")
         check(self.n_best >= 1, f"{where}.n_best={self.n_best}: must be >= 1, e.g. 20")
         check(self.label_scale > 0, f"{where}.label_scale={self.label_scale}: must be > 0, e.g. 5 for 0-5 scores")
-        check((self.holdout is not None) == (self.eval_split == self.train_split),
-              f"{where}.holdout={self.holdout}, eval_split={self.eval_split!r}: to evaluate on held-out training "
-              f"examples set both eval_split={self.train_split!r} and holdout=N; otherwise neither")
-        check(self.holdout is None or self.holdout > 0, f"{where}.holdout={self.holdout}: use a positive count")
+        check(0 < self.selection < 1 or (self.selection >= 1 and float(self.selection).is_integer()),
+              f"{where}.selection={self.selection}: use a fraction of the train split in (0, 1) or a whole count")
+        check(self.eval_split != self.train_split,
+              f"{where}.eval_split={self.eval_split!r}: the reported split must not be the train split (checkpoints "
+              "are selected on data.selection examples held out of it); use another split, e.g. 'test'")
+        check(self.test_split not in (self.train_split, self.eval_split),
+              f"{where}.test_split={self.test_split!r}: must differ from train_split and eval_split, or be None")
+        check(self.seed >= 0, f"{where}.seed={self.seed}: use a non-negative seed")
         check(self.generate_limit is None or self.generate_limit > 0,
               f"{where}.generate_limit={self.generate_limit}: use a positive count or None for the whole split")
         check(1 <= self.max_new_tokens <= 8192, f"{where}.max_new_tokens={self.max_new_tokens}: use 1..8192")

@@ -1,5 +1,6 @@
-"""Markdown reports built only from what a run recorded on disk; this module computes no new numbers
-(python -m peftlab.report RUN_DIR rebuilds a run's report without training)."""
+"""Markdown reports built only from what a run recorded on disk: its figures, and intervals and error analysis
+computed from its per-example records (predictions.jsonl); python -m peftlab.report RUN_DIR rebuilds a run's report
+without training."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 
 from . import rundir
 from .measure import human_bytes
+from .metrics import answer_f1, entity_spans
+from .tasks import get_task
 
 METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "loss": "loss"}
 
@@ -16,7 +19,8 @@ def load_record(run: Path, finished: bool = True) -> dict:
     """finished=False: the run writing its own report, before it marks itself finished."""
     run = rundir.require_finished(run) if finished else Path(run)
     return {name: rundir.read_json(run / f"{name}.json")
-            for name in ("recipe", "metrics", "environment", "log_history")} | {"dir": str(run)}
+            for name in ("recipe", "metrics", "environment", "log_history")} | {"dir": str(run),
+                                                                                 "predictions": _predictions(run)}
 
 
 def table(header: list[str], rows: list[list]) -> str:
@@ -51,12 +55,6 @@ def _entity_types(metrics: dict) -> list[str]:
 
 def _per_type_keys(metrics: dict) -> set[str]:
     return {f"{m}_{t}" for t in _entity_types(metrics) for m in PER_TYPE}
-
-
-def _entity_table(metrics: dict) -> str:
-    """Per-entity-type scores, as the run recorded them (token classification only)."""
-    return table(["entity type"] + list(PER_TYPE),
-                 [[t] + [_fmt(metrics.get(f"{m}_{t}")) for m in PER_TYPE] for t in _entity_types(metrics)])
 
 
 def _evaluations(log_history: list[dict]) -> str:
@@ -113,7 +111,7 @@ def _before_after(m: dict) -> str:
     before, after = m["before"], m["task_metrics"]
     rows = [[METRIC_NAMES.get(k, k), _fmt(before[k]), _fmt(after[k])] for k in before if k in after]
     text = ("## Before and after training\n\nThe base model as loaded (quantized if the recipe quantizes it), before "
-            "any adapter exists, against the trained model: loss and perplexity on the validation split, exact match "
+            "any adapter exists, against the trained model: loss and perplexity on the reported split, exact match "
             "on the generation prompts.\n\n" + table(["metric", "base model", "trained"], rows))
     gen = m.get("generation")
     if not gen:
@@ -137,12 +135,168 @@ def _before_after(m: dict) -> str:
     return text
 
 
-def render(record: dict) -> str:
+# ------------------------------------------------------------------ evidence: intervals, protocol, errors, curve
+
+BOOTSTRAP = {"n": 1000, "seed": 0}  # resamples behind every interval (peftlab/stats.py)
+CURVE = "training_curve.png"
+MISTAKES = 5  # most confident mistakes shown
+
+
+def _predictions(run: Path) -> dict[str, list[dict]]:
+    """The run's per-example records: {"reported": [...], "test": [...]} (the parts it has)."""
+    return {part: rundir.read_jsonl(run / name) for part, name in rundir.PREDICTIONS.items() if (run / name).is_file()}
+
+
+def _intervals(records: list[dict], task) -> dict:
+    from .stats import bootstrap_ci
+
+    return bootstrap_ci(records, task.score_predictions, **BOOTSTRAP) if records else {}
+
+
+def _ci(interval) -> str:
+    return f"[{interval.low:.4f}, {interval.high:.4f}]" if interval else "—"
+
+
+def _protocol(p: dict) -> str:
+    parts = p["parts"]
+    rows = [[role, f"`{parts[part]['split']}`", f"{parts[part]['examples']:,} of {parts[part]['of']:,}"]
+            for part, role in (("train", "training"), ("selection", "checkpoint selection"),
+                               ("reported", "reported (scored once, after training)"), ("test", "test (scored once)"),
+                               ("generation", "generation prompts")) if part in parts]
+    best = "higher" if p["greater_is_better"] else "lower"
+    return ("## Protocol\n\n" + table(["part", "split", "examples"], rows) +
+            f"\n\nThe selection examples are held out of the training split; they and every subset are drawn with "
+            f"the data seed ({p['data_seed']}), not the training seed, so every seed and method sees the same "
+            f"examples. The checkpoint with the {best} selection {p['selection_metric']} of {p['evaluations']} "
+            f"evaluations (step {p['selected_step']}) was kept; only it was scored on the reported split. Intervals: "
+            f"95 % percentile bootstrap over the reported examples ({BOOTSTRAP['n']:,} resamples, "
+            f"`predictions.jsonl`).")
+
+
+def _cell(text, width: int = 100) -> str:
+    """Free text in a table cell: one line, no column breaks, at most `width` characters."""
+    text = " ".join(str(text).split()).replace("|", "\\|")
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def _input(record: dict) -> str:
+    return _cell(record["text"] + (f" ‖ {record['text_pair']}" if "text_pair" in record else ""))
+
+
+def _classification_errors(records: list[dict], labels: list[str]) -> str:
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    gold, predicted = [r["gold"] for r in records], [r["prediction"] for r in records]
+    matrix = confusion_matrix(gold, predicted, labels=labels)
+    per_class = zip(labels, *precision_recall_fscore_support(gold, predicted, labels=labels, zero_division=0))
+    mistakes = sorted((r for r in records if r["gold"] != r["prediction"]), key=lambda r: -max(r["probs"]))
+    return ("Confusion matrix (rows: gold label, columns: predicted):\n\n"
+            + table(["gold \\ predicted"] + labels, [[name] + list(map(int, row)) for name, row in zip(labels, matrix)])
+            + "\n\n" + table(["class", "precision", "recall", "F1", "support"],
+                             [[name, _fmt(float(p)), _fmt(float(r)), _fmt(float(f)), int(s)]
+                              for name, p, r, f, s in per_class])
+            + "\n\nMost confident mistakes:\n\n"
+            + table(["id", "input", "gold", "predicted", "probability"],
+                    [[r["id"], _input(r), r["gold"], r["prediction"], _fmt(max(r["probs"]))]
+                     for r in mistakes[:MISTAKES]]))
+
+
+def _regression_errors(records: list[dict]) -> str:
+    worst = sorted(records, key=lambda r: -abs(r["prediction"] - r["gold"]))
+    return "Largest errors:\n\n" + table(["id", "input", "gold", "predicted"],
+                                         [[r["id"], _input(r), _fmt(r["gold"]), _fmt(r["prediction"])]
+                                          for r in worst[:MISTAKES]])
+
+
+def _entity_errors(records: list[dict]) -> str:
+    def confidence(r):  # of the most confident wrongly tagged word
+        return max(c for c, g, p in zip(r["confidence"], r["gold"], r["prediction"]) if g != p)
+
+    def tagged(r, key):
+        return _cell(" ".join(f"[{' '.join(r['words'][s:e])}]{kind}" for kind, s, e in entity_spans(r[key])) or "—")
+
+    wrong = sorted((r for r in records if r["gold"] != r["prediction"]), key=lambda r: -confidence(r))
+    return ("Most confident mistakes (sentences whose tags differ; confidence of the surest wrong tag):\n\n"
+            + table(["id", "sentence", "gold entities", "predicted entities", "confidence"],
+                    [[r["id"], _cell(" ".join(r["words"])), tagged(r, "gold"), tagged(r, "prediction"),
+                      _fmt(confidence(r))] for r in wrong[:MISTAKES]]))
+
+
+def _qa_errors(records: list[dict]) -> str:
+    wrong = [r for r in records if max(answer_f1(r["prediction"], g) for g in r["gold"]) == 0]
+    wrong.sort(key=lambda r: -(r["score"] if r["score"] is not None else float("-inf")))
+    return ("Most confident mistakes (answers sharing no word with any reference):\n\n"
+            + table(["id", "question", "references", "predicted", "span score"],
+                    [[r["id"], _cell(r["question"]), _cell(" / ".join(r["gold"])), _cell(r["prediction"]),
+                      _fmt(r["score"])] for r in wrong[:MISTAKES]]))
+
+
+def _error_analysis(task_name: str, records: list[dict], labels: list[str]) -> str | None:
+    """Where the model goes wrong on the reported split, from its records; None for tasks without one here
+    (a causal LM's generations are shown with the before/after samples)."""
+    section = {"classification": lambda: _classification_errors(records, labels),
+               "regression": lambda: _regression_errors(records),
+               "token_classification": lambda: _entity_errors(records),
+               "qa": lambda: _qa_errors(records)}.get(task_name)
+    return "## Error analysis (reported split)\n\n" + section() if section and records else None
+
+
+def plot_training_curve(log_history: list[dict], metric: str, selected_step: int | None, path: Path) -> bool:
+    """Training loss and the selection metric against step (PNG); False when nothing was logged."""
+    train = [(e["step"], e["loss"]) for e in log_history if "loss" in e and "eval_loss" not in e]
+    evals = [(e["step"], e[f"eval_{metric}"]) for e in log_history if f"eval_{metric}" in e]
+    if not train and not evals:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(7, 5))
+    for ax, points, label, color in ((top, train, "training loss", "tab:blue"),
+                                     (bottom, evals, f"selection {metric}", "tab:green")):
+        if points:
+            ax.plot(*zip(*points), marker="o" if ax is bottom else None, color=color)
+        if selected_step is not None:
+            ax.axvline(selected_step, color="tab:red", linestyle="--", alpha=0.6, label="selected checkpoint")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    bottom.legend(loc="best")
+    bottom.set_xlabel("optimizer step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _result(m: dict, predictions: dict, task, protocol: dict | None) -> str:
+    """The reported (and test) figures with their 95 % intervals; per entity type for token classification."""
+    per_type = _per_type_keys(m["task_metrics"])
+    parts = [("reported", m["task_metrics"])] + ([("test", m["test_metrics"])] if "test_metrics" in m else [])
+    intervals = {part: _intervals(predictions.get(part, []), task) for part, _ in parts}
+    split = {part: protocol["parts"][part]["split"] if protocol else part for part, _ in parts}
+    header = ["metric"] + [h for part, _ in parts for h in (f"{split[part]} ({part})", "95 % CI")]
+    rows = [[METRIC_NAMES.get(k, k)] + [c for part, figures in parts
+                                        for c in (_fmt(figures.get(k)), _ci(intervals[part].get(k)))]
+            for k in m["task_metrics"] if k not in per_type]
+    note = "\n\nExact match: on the generation prompts." if "before" in m else ""
+    text = "## Result\n\n" + table(header, rows) + note
+    if per_type:
+        reported = intervals["reported"]
+        text += ("\n\nPer entity type (reported split; support: its gold entities):\n\n"
+                 + table(["entity type"] + list(PER_TYPE) + ["F1 95 % CI"],
+                         [[t] + [_fmt(m["task_metrics"].get(f"{k}_{t}")) for k in PER_TYPE]
+                          + [_ci(reported.get(f"f1_{t}"))] for t in _entity_types(m["task_metrics"])]))
+    return text
+
+
+def render(record: dict, curve: str | None = None) -> str:
+    """The report; `curve`: the training-curve PNG's path relative to where the report is written."""
     recipe, m, env = record["recipe"], record["metrics"], record["environment"]
     method = recipe["method"]
     quant = recipe.get("quant")
-    per_type = _per_type_keys(m["task_metrics"])
-    task_rows = [[METRIC_NAMES.get(k, k), _fmt(v)] for k, v in m["task_metrics"].items() if k not in per_type]
+    task = get_task(recipe["model"]["task"])
+    predictions, protocol = record["predictions"], m.get("protocol")
     method_args = ", ".join(f"{k}={v!r}" for k, v in method.items() if k != "kind")
     quant_text = "none (full precision)" if not quant else ", ".join(f"{k}={v!r}" for k, v in quant.items())
     data = env["data"]
@@ -152,11 +306,10 @@ def render(record: dict) -> str:
         f"Generated by peftlab from run `{Path(record['dir']).name}`. Command:\n\n```\n{env['command']}\n```"
         + "".join(f"\n\nResumed from step {r['from_step']} ({r['time']}, {r['host']}):\n\n```\n{r['command']}\n```"
                   for r in env.get("resumed", [])),
-        "## Result\n\n" + table(["metric (validation)" if "before" not in m else
-                                   "metric (validation; exact match: generation prompts)", "value"], task_rows)
-        + ("\n\nPer entity type (support: entities in the evaluation split):\n\n" + _entity_table(m["task_metrics"])
-           if per_type else ""),
-    ] + ([_before_after(m)] if "before" in m else []) + [
+        _result(m, predictions, task, protocol),
+    ] + ([_protocol(protocol)] if protocol else []) + ([_before_after(m)] if "before" in m else []) + [
+        _error_analysis(recipe["model"]["task"], predictions.get("reported", []), m.get("labels") or []),
+        f"## Training curve\n\n![training curve]({curve})" if curve else None,
         "## Cost\n\n" + table(["measure", "value"], [
             ["trainable parameters", f"{m['trainable_params']:,} ({m['trainable_percent']:.3f} % of {m['total_params']:,})"],
             ["train time (steps only, no evaluation)", f"{m['train_seconds']:.1f} s"],
@@ -184,7 +337,7 @@ def render(record: dict) -> str:
                 f"{k} {v}" for k, v in env.get("speed", {}).items())],
             ["seed", recipe["train"]["seed"]],
         ]),
-        "## Evaluations during training\n\n" + _evaluations(record["log_history"]),
+        "## Evaluations during training (selection split)\n\n" + _evaluations(record["log_history"]),
         "## Training loss\n\n" + _loss_curve(record["log_history"]),
         "## Environment\n\n" + table(["item", "value"], [
             ["hardware", f"{env['cpu']} ({env['cpu_count']} cores, {env['torch_threads']} torch threads), "
@@ -195,17 +348,24 @@ def render(record: dict) -> str:
             ["base weights sha256", env["model"].get("fingerprint")],
         ] + ([["base weights converted from", env["model"]["origin"]]] if env["model"].get("origin") else []) + [[f"data md5 `{name}`", digest] for name, digest in files.items()]),
     ]
-    return "\n\n".join(sections) + "\n"
+    return "\n\n".join(s for s in sections if s) + "\n"
 
 
 def write(run: Path, reports_dir: Path | None, finished: bool = True) -> Path:
-    """Render the run's report into the run directory and copy it (+ metrics.json) to reports_dir."""
+    """Render the run's report and training curve into the run directory and copy them (+ metrics.json) to
+    reports_dir."""
     record = load_record(run, finished)
-    text = render(record)
+    m = record["metrics"]
+    drawn = plot_training_curve(record["log_history"], get_task(record["recipe"]["model"]["task"]).BEST_METRIC,
+                                m.get("best_step"), Path(run) / CURVE)
+    text = render(record, CURVE if drawn else None)
     rundir.write_atomic(Path(run) / "report.md", text)
     if reports_dir is not None:
         name = record["recipe"]["name"]
-        rundir.write_atomic(reports_dir / f"{name}.md", text)
+        if drawn:  # beside the report copy, in a folder of its own as comparisons keep their plots
+            (reports_dir / name).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(run) / CURVE, reports_dir / name / CURVE)
+        rundir.write_atomic(reports_dir / f"{name}.md", text.replace(f"]({CURVE})", f"]({name}/{CURVE})"))
         shutil.copyfile(Path(run) / "metrics.json", reports_dir / f".{name}.json.tmp")
         (reports_dir / f".{name}.json.tmp").replace(reports_dir / f"{name}.json")
     return Path(run) / "report.md"

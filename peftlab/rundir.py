@@ -7,9 +7,11 @@ runs/<recipe>-<timestamp>/
   recipe.json       the resolved recipe (overrides applied); recipe.py is the source as given
   environment.json  versions, hardware, seed, data hashes, model source and fingerprint, command
   metrics.json      task metrics, parameter counts, time, throughput, peak memory
-  log_history.json  Trainer's log (loss curve, evaluations)
+  log_history.json  Trainer's log (loss curve, evaluations on the selection split)
+  predictions.jsonl one record per example of the reported split, scored once after training (tasks/__init__.py);
+                    predictions_test.jsonl likewise for a labelled test split (data.test_split)
   adapter/ | model/ the trained weights (standard peft format, or a full model); tokenizer/
-  report.md
+  report.md, training_curve.png
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 from .errors import PeftlabError, check
 
 FINISHED = "finished"
+PREDICTIONS = {"reported": "predictions.jsonl", "test": "predictions_test.jsonl"}
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -55,6 +58,14 @@ def read_json(path: Path):
     except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
         raise PeftlabError(f"{path}: not readable JSON ({str(err)[:100]}); restore the file from a copy or rerun "
                            "what wrote it") from None
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    write_atomic(path, "".join(json.dumps(r, default=str) + "\n" for r in records))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def create(root: Path, name: str) -> Path:

@@ -7,8 +7,9 @@ comparable with the SQuAD leaderboard. Contexts longer than 384 tokens are read 
 answers are decoded from the 20 best starts x ends of every window, at most 30 tokens long.
 
 Budget (2-core CPU): a window averages ~178 tokens, about 7 windows/s of full fine-tuning, so one epoch over a
-seeded 1,000-question subset (~1,030 windows, 65 steps at batch 16) takes ~2.5 min per method, and evaluation
-on a seeded 500 of the 5,609 test questions ~20 s. That is about 1 % of SQuAD's usual 88k training questions
+1,000-question subset (~1,030 windows, 65 steps at batch 16) takes ~2.5 min per method. The checkpoint is selected on
+496 other questions of validation.json (10 %; they share articles with the training questions, never with test.json);
+500 of the 5,609 test questions are scored once after training (~20 s). Subsets are drawn with the data seed. That is about 1 % of SQuAD's usual 88k training questions
 for one epoch: read the scores as "what 1,000 questions buy", not as converged SQuAD results (MiniLM-class
 models reach F1 ~75-80 with the full training set). More: --set data.train_limit=None --set data.eval_limit=None.
 

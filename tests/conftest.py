@@ -70,7 +70,8 @@ def tiny_bert(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
-    write_tsv(root / "sst2" / "train.tsv", sentiment_rows(256, seed=1))
+    # 284 rows: 28 (10 %) are held out for checkpoint selection (Data.selection), 256 train
+    write_tsv(root / "sst2" / "train.tsv", sentiment_rows(284, seed=1))
     write_tsv(root / "sst2" / "validation.tsv", sentiment_rows(64, seed=2))
     return root
 

@@ -89,7 +89,7 @@ def write_recipe(path: Path, model_dir: Path, method: str = "LoRA(r=8, alpha=16,
         recipe = Recipe(
             name="tiny_causal",
             model=Model({str(model_dir)!r}, task="causal_lm"),
-            data=Data("sums", text="question", label="answer", max_length=64, eval_split="train", holdout=16,
+            data=Data("sums", text="question", label="answer", max_length=64, eval_split="test", selection=16,
                       generate_split="test", generate_limit=6, max_new_tokens=24, {data}),
             method={method},
             train=Train({train}),
@@ -273,11 +273,20 @@ def test_lora_run_learns_and_records_before_and_after(lora_run):
     outputs = json.loads((lora_run / "generations.json").read_text())
     assert len(outputs["before"]) == len(outputs["after"]) == 6
     assert after["exact_match"] == sum(o["correct"] for o in outputs["after"]) / 6
+    # predictions.jsonl: a perplexity record per reported example, a generation record per prompt; they give back
+    # the run's perplexity (summed NLL / tokens) and exact match
+    records = [json.loads(line) for line in (lora_run / "predictions.jsonl").read_text().splitlines()]
+    kinds = [r["kind"] for r in records]
+    assert kinds.count("perplexity") == 8 and kinds.count("generation") == 6
+    scored = causal_lm.score_predictions(records)
+    assert scored == pytest.approx({k: after[k] for k in ("perplexity", "nll_per_token", "exact_match")})
+    assert metrics["protocol"]["parts"]["selection"] == {"split": "train", "examples": 16, "of": 160}
+    assert metrics["protocol"]["parts"]["generation"] == {"split": "test", "examples": 6, "of": 8}
     assert all(o["answer"] == causal_lm.final_number(o["generation"]) for o in outputs["after"])
     report = (lora_run / "report.md").read_text()
     assert "## Before and after training" in report and "### Sample 1" in report
     env = json.loads((lora_run / "environment.json").read_text())
-    assert env["data"]["eval_examples"] == 16 and env["data"]["train_examples"] == 144
+    assert env["data"]["eval_examples"] == 8 and env["data"]["train_examples"] == 144
     assert set(env["data"]["files"]) == {"sums/train.jsonl", "sums/test.jsonl"}
     from safetensors.torch import load_file
 
@@ -361,13 +370,14 @@ def test_4bit_gradients_survive_an_evaluation(llama):
 # ------------------------------------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("data, message", [
-    ("holdout=16, eval_split='validation'", "to evaluate on held-out training examples set both"),
-    ("eval_split='train'", "to evaluate on held-out training examples set both"),
+    ("eval_split='train'", "the reported split must not be the train split"),
+    ("selection=1.5", "use a fraction of the train split in"),
+    ("selection=0", "use a fraction of the train split in"),
     ("strip_regex='(('", "not a regular expression"),
 ])
 def test_bad_causal_recipes(tmp_path, llama, data, message):
     path = write_recipe(tmp_path / "r.py", llama, data=data)
-    path.write_text(path.read_text().replace("eval_split=\"train\", holdout=16,", ""))
+    path.write_text(path.read_text().replace("eval_split=\"test\", selection=16,", ""))
     with pytest.raises(PeftlabError, match=message):
         load_recipe(path)
 

@@ -117,7 +117,7 @@ def test_two_processes_match_one_process(tmp_path, tiny_bert, data_dir, monkeypa
     # one run directory and one report, written by the main process only
     (run_dir,) = list(runs.iterdir())
     assert rundir.status(run_dir) == "finished"
-    assert sorted(p.name for p in reports.iterdir()) == ["tiny.json", "tiny.md"]
+    assert sorted(p.name for p in reports.iterdir()) == ["tiny", "tiny.json", "tiny.md"]  # tiny/: training curve
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
     two, one = rundir.read_json(run_dir / "metrics.json"), rundir.read_json(single / "metrics.json")
     environment = rundir.read_json(run_dir / "environment.json")

@@ -124,14 +124,14 @@ def test_evaluation_perplexity_unchanged():
     from datasets import Dataset
     from transformers import TrainingArguments
 
-    from peftlab.tasks import causal_lm
+    from peftlab.tasks import causal_lm, metrics_for
     from peftlab.training import make_trainer
 
     model = wrapped(tiny_llama(), "LoRA(r=4, target='all-linear')").eval()
     (inputs, labels), n = lm_batch(), 20
     rows = [{"input_ids": inputs["input_ids"][i][:n - 5 * (i == 2)].tolist(),
              "labels": labels[i][:n - 5 * (i == 2)].tolist()} for i in range(3)]
-    dataset = Dataset.from_list(rows * 3)
+    dataset = Dataset.from_list(rows * 3).add_column("example_id", range(9))
 
     class Pad:
         pad_token_id = 0
@@ -140,7 +140,7 @@ def test_evaluation_perplexity_unchanged():
         args = TrainingArguments(output_dir="/tmp/peftlab-test-levers", per_device_eval_batch_size=4, report_to=[],
                                  disable_tqdm=True, use_cpu=True)
         trainer = make_trainer(model, labelled_logits=labelled, args=args, data_collator=causal_lm.collator(Pad()),
-                               compute_metrics=causal_lm.metrics_for(dataset, None, []),
+                               compute_metrics=metrics_for(causal_lm, dataset, None, []),
                                preprocess_logits_for_metrics=causal_lm.preprocess_logits)
         assert trainer.labelled_logits == labelled
         return trainer.evaluate(dataset)

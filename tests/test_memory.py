@@ -10,6 +10,7 @@ from transformers import TrainerCallback
 
 from peftlab import load_recipe, memory
 from peftlab.building import build_model, prepare_inputs
+from peftlab.tasks import metrics_for
 from peftlab.training import build_trainer
 
 from conftest import make_bert, run_recipe, write_recipe
@@ -60,9 +61,9 @@ def _trainer(tmp_path, model_dir, data_dir, meter, method="LoRA(r=4, alpha=8, ta
                                       train="epochs=1, lr=5e-3, batch_size=16, max_steps=4, evals_per_epoch=2"))
     inputs = prepare_inputs(recipe, data_dir)
     model = build_model(recipe, inputs.task, inputs.resolved, inputs.labels)
-    return build_trainer(recipe, inputs.task, model, inputs.tokenizer, inputs.train, inputs.eval,
-                         tmp_path / "ckpt", inputs.task.metrics_for(inputs.eval, inputs.splits.eval, inputs.labels,
-                                                                    recipe), inputs.labels, meter)
+    return build_trainer(recipe, inputs.task, model, inputs.tokenizer, inputs.train, inputs.selection,
+                         tmp_path / "ckpt", metrics_for(inputs.task, inputs.selection, inputs.splits.selection,
+                                                        inputs.labels, recipe), inputs.labels, meter)
 
 
 def test_evaluation_memory_is_not_training_memory(tmp_path, tiny_bert, data_dir):

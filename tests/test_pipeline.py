@@ -25,7 +25,7 @@ def lora_run(tmp_path_factory, tiny_bert, data_dir):
 def test_run_directory_is_complete(lora_run):
     tmp, run_dir = lora_run
     for name in ("status.json", "recipe.json", "recipe.py", "environment.json", "metrics.json", "log_history.json",
-                 "report.md", "adapter/adapter_config.json", "adapter/adapter_model.safetensors",
+                 "report.md", "predictions.jsonl", "training_curve.png", "adapter/adapter_config.json", "adapter/adapter_model.safetensors",
                  "tokenizer/tokenizer.json"):
         assert (run_dir / name).is_file(), name
     assert not (run_dir / "checkpoints").exists()

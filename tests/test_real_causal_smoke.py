@@ -34,7 +34,7 @@ def test_qlora_gsm8k_few_steps_end_to_end(tmp_path, capsys, monkeypatch):
     runs = tmp_path / "runs"
     code = run_cli.main([str(REPO / "recipes" / "qlora_gsm8k.py"), "--runs-dir", str(runs),
                          "--reports-dir", str(tmp_path / "reports"), "--set", "data.train_limit=8",
-                         "--set", "data.holdout=8", "--set", "data.generate_limit=2", "--set", "data.max_new_tokens=16",
+                         "--set", "data.selection=8", "--set", "data.eval_limit=8", "--set", "data.generate_limit=2", "--set", "data.max_new_tokens=16",
                          "--set", "train.batch_size=4"])
     assert code == 0
     (run_dir,) = runs.iterdir()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import textwrap
 from pathlib import Path
 
@@ -16,8 +17,16 @@ import torch
 from peftlab import Data, LoRA, Model, Recipe, artifacts, load_recipe, models, predict
 from peftlab import run as run_cli
 from peftlab.errors import PeftlabError
-from peftlab.metrics import Correlation, EntityF1, SquadScores, answer_f1, entity_spans, normalize_answer
-from peftlab.tasks import get_task, qa, token_classification
+from peftlab.metrics import (
+    answer_f1,
+    classification_scores,
+    correlation,
+    entity_scores,
+    entity_spans,
+    normalize_answer,
+    squad_scores,
+)
+from peftlab.tasks import get_task, metrics_for, qa, token_classification
 
 from conftest import FILLER, NEGATIVE, POSITIVE, make_bert, make_tokenizer, run_recipe
 
@@ -87,11 +96,12 @@ def write_squad(path: Path, examples: list[dict]) -> None:
 @pytest.fixture(scope="module")
 def task_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("task-data")
-    write_stsb(root / "stsb" / "train.tsv", stsb_rows(160, seed=1))
+    # 178 and 133 examples: 10 % are held out for checkpoint selection (Data.selection), 160 and 120 train
+    write_stsb(root / "stsb" / "train.tsv", stsb_rows(178, seed=1))
     write_stsb(root / "stsb" / "validation.tsv", stsb_rows(48, seed=2))
-    write_conll(root / "wnut17" / "train.conll", ner_sentences(160, seed=1))
+    write_conll(root / "wnut17" / "train.conll", ner_sentences(178, seed=1))
     write_conll(root / "wnut17" / "validation.conll", ner_sentences(48, seed=2))
-    write_squad(root / "squad_v1.1" / "validation.json", squad_examples(120, seed=1))  # train, as in the recipes
+    write_squad(root / "squad_v1.1" / "validation.json", squad_examples(133, seed=1))  # train, as in the recipes
     write_squad(root / "squad_v1.1" / "test.json", squad_examples(40, seed=2))
     return root
 
@@ -126,14 +136,24 @@ def task_recipe(path: Path, model_dir: Path, task: str, method: str = "LoRA(r=8,
 
 def test_correlation_by_hand():
     # x = 1..4, y = 1, 2, 3, 10: Spearman 1 (same order); Pearson 14 / sqrt(5 * 50) (centred sums by hand)
-    scores = Correlation().compute(predictions=[1, 2, 3, 4], references=[1, 2, 3, 10])
+    scores = correlation([1, 2, 3, 4], [1, 2, 3, 10])
     assert scores["spearman"] == pytest.approx(1.0)
     assert scores["pearson"] == pytest.approx(14 / (5 * 50) ** 0.5)
     # x = 1..5, y = 2, 1, 4, 3, 5: both 8 / 10
-    scores = Correlation().compute(predictions=[1, 2, 3, 4, 5], references=[2, 1, 4, 3, 5])
+    scores = correlation([1, 2, 3, 4, 5], [2, 1, 4, 3, 5])
     assert scores == pytest.approx({"pearson": 0.8, "spearman": 0.8})
     # constant predictions carry no correlation: 0, not nan
-    assert Correlation().compute(predictions=[3, 3, 3], references=[1, 2, 3]) == {"pearson": 0.0, "spearman": 0.0}
+    assert correlation([3, 3, 3], [1, 2, 3]) == {"pearson": 0.0, "spearman": 0.0}
+
+
+def test_classification_scores_match_scikit_learn():
+    from sklearn.metrics import accuracy_score, f1_score
+
+    rng = np.random.default_rng(0)
+    for classes in (2, 3, 5):  # with 5 classes over 40 examples some class is never predicted
+        gold, pred = rng.integers(0, classes, 40), rng.integers(0, classes - 1, 40)
+        assert classification_scores(pred, gold) == pytest.approx(
+            {"accuracy": accuracy_score(gold, pred), "macro_f1": f1_score(gold, pred, average="macro", zero_division=0)})
 
 
 def test_entity_spans_read_bio_like_seqeval():
@@ -149,7 +169,7 @@ def test_entity_scores_by_hand():
     gold = [["B-per", "I-per", "O", "B-loc", "O", "B-org", "I-org"], ["B-loc", "I-loc"]]
     pred = [["B-per", "I-per", "O", "B-org", "O", "B-org", "O"],  # loc read as org (type error), org cut short
             ["I-loc", "I-loc"]]  # starts with I-: still the same span as B-loc I-loc
-    s = EntityF1().compute(predictions=pred, references=gold)
+    s = entity_scores(pred, gold)
     # gold: per, loc, org, loc; predicted: per, org(3-4), org(5-6), loc; hits: per and the second loc
     assert (s["precision"], s["recall"], s["f1"]) == pytest.approx((2 / 4, 2 / 4, 2 / 4))
     assert s["accuracy"] == pytest.approx(6 / 9)  # tokens: 5 of 7, then 1 of 2
@@ -164,8 +184,7 @@ def test_squad_normalisation_and_scores():
     assert normalize_answer("theatre") == "theatre"  # articles only as whole words
     assert answer_f1("Denver Broncos won", "the Denver Broncos") == pytest.approx(0.8)  # p 2/3, r 1
     assert answer_f1("Carolina", "Denver Broncos") == 0.0
-    s = SquadScores().compute(predictions=["the Eiffel Tower", "Broncos"],
-                              references=[["Eiffel Tower."], ["Carolina Panthers", "Denver Broncos"]])
+    s = squad_scores(["the Eiffel Tower", "Broncos"], [["Eiffel Tower."], ["Carolina Panthers", "Denver Broncos"]])
     # example 1: exact after normalisation; example 2: no exact match, F1 is the max over references (2/3)
     assert s == pytest.approx({"exact_match": 0.5, "f1": (1 + 2 / 3) / 2})
 
@@ -265,7 +284,7 @@ def test_answer_only_in_the_second_window_is_labelled_and_decoded():
     start_logits[w1, 8], end_logits[w1, 16] = 9.0, 9.0  # 9 tokens: longer than max_answer_length
     start_logits[w2, s], end_logits[w2, e] = 8.0, 8.0
     start_logits[w2, 20:], end_logits[w2, 20:] = 30.0, 30.0  # padding past the end of window 2: never chosen
-    compute = qa.metrics_for(features, raw, [], recipe)
+    compute = metrics_for(qa, features, raw, [], recipe)
     from transformers import EvalPrediction
 
     scores = compute(EvalPrediction(predictions=(start_logits, end_logits), label_ids=None))
@@ -346,7 +365,9 @@ def test_regression_target_errors(tmp_path, tiny_bert, capsys):
     assert run_cli.main([str(recipe_path), "--data-dir", str(data), "--runs-dir", str(tmp_path / "runs"),
                          "--reports-dir", ""]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the line naming the (failed) run directory
-    assert err.startswith("error: train split, row 2: score='high' is not a number; fix that row")
+    # the data seed may hold the bad row out of train for checkpoint selection: named in the part it landed in
+    assert re.match(r"error: (train split, row \d|selection split, row 0): score='high' is not a number; fix that row",
+                    err), err
     # a missing column is caught before a run directory exists
     recipe_path.write_text(recipe_path.read_text().replace('label="score"', 'label="similarity"'))
     assert run_cli.main([str(recipe_path), "--data-dir", str(data), "--runs-dir", str(tmp_path / "runs2")]) == 2
@@ -394,7 +415,7 @@ def test_every_method_trains_on_every_task(tmp_path, bert64, task_data, task, me
     task_mod = get_task(task)
     resolved = models.resolve(recipe.model.name)
     tokenizer = make_tokenizer()
-    splits = data_stage.load_splits(recipe.data, task_data, 0)
+    splits = data_stage.load_splits(recipe.data, task_data)
     labels = task_mod.labels(recipe, splits.train)
     features = task_mod.prepare(splits.train.select(range(8)), tokenizer, recipe, labels, "train")
     # the memory planner builds the same model on the meta device from model_kwargs
@@ -418,6 +439,13 @@ def test_every_method_trains_on_every_task(tmp_path, bert64, task_data, task, me
 def _run_and_rescore(tmp_path, recipe: Path, data: Path, capsys) -> tuple[Path, dict, dict]:
     run_dir = run_recipe(tmp_path, recipe, data)
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    # predictions.jsonl reproduces every figure the task computes, and the report gives each an interval
+    records = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    task = json.loads((run_dir / "recipe.json").read_text())["model"]["task"]
+    scored = get_task(task).score_predictions(records)
+    assert scored and scored == pytest.approx({k: metrics["task_metrics"][k] for k in scored})
+    assert len(records) == metrics["protocol"]["parts"]["reported"]["examples"]
+    assert "95 % CI" in (run_dir / "report.md").read_text()
     capsys.readouterr()
     assert predict.main([str(run_dir), "--eval", "--data-dir", str(data)]) == 0
     scored = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["eval"]
@@ -432,7 +460,9 @@ def test_regression_end_to_end(tmp_path, tiny_bert, task_data, capsys):
     run_dir, metrics, scored = _run_and_rescore(tmp_path, recipe, task_data, capsys)
     m = metrics["task_metrics"]
     assert set(m) == {"loss", "pearson", "spearman"} and metrics["labels"] == ["score"]
-    assert m["pearson"] > 0.5  # the score follows the sentiment words: learnable
+    # the score follows the sentiment words: learnable (Pearson 0.25 on the 48 validation pairs since the checkpoint
+    # is chosen on 18 held-out training pairs; 0.5 before, with the selection made on validation itself)
+    assert m["pearson"] > 0.2
     assert scored["pearson"] == pytest.approx(m["pearson"]) and scored["spearman"] == pytest.approx(m["spearman"])
     assert f"{m['pearson']:.4f}" in (run_dir / "report.md").read_text()
     assert predict.main([str(run_dir), "a great film\ta lovely movie", "a dull film\tan awful mess"]) == 0
@@ -496,7 +526,7 @@ def test_regression_label_scale_trains_on_scaled_targets_and_predicts_on_the_dat
                        data=TASKS["regression"].replace("max_length=32", "max_length=32, label_scale=5.0"))
     recipe = load_recipe(path)
     task = get_task("regression")
-    splits = data_stage.load_splits(recipe.data, task_data, 0)
+    splits = data_stage.load_splits(recipe.data, task_data)
     features = task.prepare(splits.train, make_tokenizer(), recipe, ["score"], "train")
     assert sorted(features["labels"]) == pytest.approx(sorted(float(s) / 5 for s in splits.train["score"]))
     model = build_model(recipe, task, models.resolve(recipe.model.name), ["score"])

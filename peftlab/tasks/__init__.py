@@ -2,9 +2,15 @@
 
 MODEL_CLASS, PEFT_TASK_TYPE, BEST_METRIC, HEADS (task-head module names, kept trainable and never quantized),
 columns(recipe) (data columns it reads), labels(recipe, train), model_kwargs(labels), prepare(dataset, tokenizer, recipe, labels, split),
-collator(tokenizer), metrics_for(eval_ds, raw_eval, labels, recipe) -> Trainer's compute_metrics (QA needs the
-features, the raw examples and the recipe's decoding settings to decode spans),
-predict(model, tokenizer, texts, labels, max_length) (qa also takes context=, stride=, n_best=, max_answer_length=).
+collator(tokenizer), predict(model, tokenizer, texts, labels, max_length) (qa also takes context=, stride=, n_best=,
+max_answer_length=), and the two halves of scoring:
+- records_for(features, raw, labels, recipe) -> records(eval_pred): the per-example records of an evaluation of
+  `features` (prepared from the raw examples `raw`; each feature carries its raw example's index in `example_id`),
+  `id` = that index, sorted by it; a run maps it to the split's own id when it writes predictions.jsonl (the
+  fields per task are listed in README.md). QA needs the features, the raw examples and the recipe's decoding settings to decode spans.
+- score_predictions(records) -> dict: the task metrics from records alone, so that a resample of them (bootstrap)
+  or a reloaded predictions.jsonl gives its corpus-level figures (entity F1, Pearson, perplexity from sums).
+Trainer's compute_metrics is the two composed (metrics_for below): one scoring path for every figure.
 
 Optional (causal_lm has them): GREATER_IS_BETTER (for BEST_METRIC, default True), UNQUANTIZED (modules besides
 the heads kept out of 4/8-bit quantization), COMPARE_METRIC (what comparisons rank by, default BEST_METRIC),
@@ -36,3 +42,9 @@ def require_fast_tokenizer(tokenizer, task: str, needs: str) -> None:
 
     check(tokenizer.is_fast, f"{type(tokenizer).__name__} is a slow tokenizer: {task} needs {needs} from a fast "
                              "tokenizer; use a model that ships tokenizer.json")
+
+
+def metrics_for(task, features, raw, labels: list[str], recipe):
+    """Trainer's compute_metrics for an evaluation of `features`: its records, scored."""
+    records = task.records_for(features, raw, labels, recipe)
+    return lambda eval_pred: task.score_predictions(records(eval_pred))

@@ -21,8 +21,9 @@ Evaluation: validation loss and perplexity = exp(mean negative log-likelihood pe
 eval_loss averages per-batch means; the perplexity is computed from summed token NLLs instead, and
 `preprocess_logits` reduces each batch's logits to (NLL sum, token count) per example so the vocabulary-sized
 logits are never gathered (in training and evaluation the output layer runs on the labelled positions only:
-levers.labelled_nll, which yields those per-example sums directly). Generation: greedy, batched with left padding, on the first data.generate_limit rows of
-data.generate_split; exact match of the final numeric answer (see `final_number`), for the base model before
+levers.labelled_nll, which yields those per-example sums directly). Generation: greedy, batched with left padding, on
+data.generate_limit rows of data.generate_split (drawn with the data seed, data.load_splits); exact match of the final
+numeric answer (see `final_number`), for the base model before
 training and for the trained model after.
 """
 
@@ -134,7 +135,7 @@ def prepare(dataset, tokenizer, recipe, label_names: list[str], split: str):
 
     def encode(batch, indices):
         rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        out = {"input_ids": [], "labels": [], "length": []}
+        out = {"input_ids": [], "labels": [], "length": [], "example_id": indices}
         for row, index in zip(rows, indices):
             for column in (data.text, data.label):
                 check(isinstance(row[column], str) and row[column].strip() != "",
@@ -155,7 +156,8 @@ def prepare(dataset, tokenizer, recipe, label_names: list[str], split: str):
     if len(kept) < len(encoded):
         print(f"{split} split: {len(encoded) - len(kept)} of {len(encoded)} examples are longer than "
               f"data.max_length={data.max_length} tokens and were left out", flush=True)
-    return pack(kept, data.max_length) if data.packing else kept
+    # evaluation splits stay one example per row: their records are per example (packing them would change no score)
+    return pack(kept, data.max_length) if data.packing and split == "train" else kept
 
 
 def pack(features, max_length: int):
@@ -212,13 +214,29 @@ def preprocess_logits(logits, labels):
     return torch.stack([(nll * counted).sum(1), counted.sum(1).float()], dim=1)
 
 
-def metrics_for(eval_ds, raw_eval, label_names: list[str], recipe=None):
-    def compute_metrics(eval_pred) -> dict:
-        sums = eval_pred.predictions
-        nll = float(sums[:, 0].sum() / max(sums[:, 1].sum(), 1))
-        return {"nll_per_token": nll, "perplexity": math.exp(nll)}
+def records_for(eval_ds, raw_eval, label_names: list[str], recipe=None):
+    """Per-example records (see tasks/__init__.py): each example's summed response-token NLL and token count."""
+    example_ids = eval_ds["example_id"]
 
-    return compute_metrics
+    def records(eval_pred) -> list[dict]:
+        sums = eval_pred.predictions
+        return sorted(({"kind": "perplexity", "id": e, "nll": float(nll), "tokens": int(tokens)}
+                       for e, (nll, tokens) in zip(example_ids, sums)), key=lambda r: r["id"])
+
+    return records
+
+
+def score_predictions(records: list[dict]) -> dict:
+    """Perplexity from summed NLL / summed tokens (perplexity records), exact match (generation records)."""
+    scores = {}
+    sums = [(r["nll"], r["tokens"]) for r in records if r["kind"] == "perplexity"]
+    if sums:
+        nll = sum(s[0] for s in sums) / max(sum(s[1] for s in sums), 1)
+        scores |= {"nll_per_token": nll, "perplexity": math.exp(nll)}
+    exact = [r["exact"] for r in records if r["kind"] == "generation"]
+    if exact:
+        scores["exact_match"] = sum(exact) / len(exact)
+    return scores
 
 
 # ------------------------------------------------------------------------------------------- generation
@@ -296,6 +314,14 @@ class Evaluation:
 
     def task_metrics(self) -> dict:
         return {"exact_match": self.after_gen["exact_match"]} if self.after_gen else {}
+
+    def records(self) -> list[dict]:
+        """The trained model's generations as predictions.jsonl records; ids: rows of the generation split."""
+        if not self.after_gen:
+            return []
+        return [{"kind": "generation", "id": i, "gold": o["reference"], "prediction": o["answer"],
+                 "exact": o["correct"], "generation": o["generation"]}
+                for i, o in zip(self.inputs.splits.ids["generation"], self.after_gen["outputs"])]
 
     def record(self, run_dir: Path) -> dict:
         """Written to generations.json (every output); returned for metrics.json (figures and a few samples)."""

@@ -8,7 +8,7 @@ from transformers import AutoModelForSequenceClassification, DataCollatorWithPad
 
 from ..data import require_columns
 from ..errors import check
-from ..metrics import Accuracy, MacroF1
+from ..metrics import classification_scores
 
 MODEL_CLASS = AutoModelForSequenceClassification
 PEFT_TASK_TYPE = "SEQ_CLS"
@@ -55,7 +55,7 @@ def prepare(dataset, tokenizer, recipe, label_names: list[str], split: str):
     data = recipe.data
     require_columns(dataset, columns(recipe), split)
 
-    def encode(batch):
+    def encode(batch, indices):
         for column in [data.text] + ([data.text_pair] if data.text_pair else []):
             empty = [i for i, t in enumerate(batch[column]) if not isinstance(t, str) or not t.strip()]
             check(not empty, f"{split} split: empty text in column '{column}'; remove or fill those rows")
@@ -63,9 +63,10 @@ def prepare(dataset, tokenizer, recipe, label_names: list[str], split: str):
         encoded = tokenizer(batch[data.text], pair, truncation=True, max_length=data.max_length)
         encoded["labels"] = label_ids(batch[data.label], label_names, f"{split} split")
         encoded["length"] = [len(ids) for ids in encoded["input_ids"]]  # for length-grouped batches
+        encoded["example_id"] = indices  # evaluation reorders features (speed.evaluation_order): records need it
         return encoded
 
-    return dataset.map(encode, batched=True, remove_columns=dataset.column_names,
+    return dataset.map(encode, batched=True, with_indices=True, remove_columns=dataset.column_names,
                        desc=f"tokenizing {split}")
 
 
@@ -73,17 +74,36 @@ def collator(tokenizer):
     return DataCollatorWithPadding(tokenizer)  # pads each batch to its own longest sequence
 
 
-def metrics_for(eval_ds, raw_eval, label_names: list[str], recipe=None):
-    """The compute_metrics function for Trainer (classification needs nothing beyond the predictions)."""
-    return compute_metrics
+def logits_of(predictions):
+    """The logits among Trainer's predictions (a tuple when the model returns more than logits)."""
+    return predictions[0] if isinstance(predictions, tuple) else predictions
 
 
-def compute_metrics(eval_pred) -> dict:
-    logits, references = eval_pred.predictions, eval_pred.label_ids
-    logits = logits[0] if isinstance(logits, tuple) else logits
-    predictions = np.argmax(logits, axis=-1)
-    return {**Accuracy().compute(predictions=predictions, references=references),
-            **MacroF1().compute(predictions=predictions, references=references)}
+def input_texts(raw, data) -> list[dict]:
+    """The input text (and the pair's second text) of each example, for records a reader can check."""
+    pairs = raw[data.text_pair] if data.text_pair else [None] * len(raw)
+    return [{"text": t} | ({"text_pair": p} if p is not None else {}) for t, p in zip(raw[data.text], pairs)]
+
+
+def records_for(eval_ds, raw_eval, label_names: list[str], recipe):
+    """Per-example records of an evaluation of eval_ds (see tasks/__init__.py)."""
+    from scipy.special import softmax
+
+    example_ids, texts = eval_ds["example_id"], input_texts(raw_eval, recipe.data)
+
+    def records(eval_pred) -> list[dict]:
+        probs = softmax(np.asarray(logits_of(eval_pred.predictions), dtype=np.float64), axis=-1)
+        rows = [{"id": e, "gold": label_names[gold], "prediction": label_names[int(p.argmax())],
+                 "probs": p.tolist(), **texts[e]} for e, gold, p in zip(example_ids, eval_pred.label_ids, probs)]
+        return sorted(rows, key=lambda r: r["id"])
+
+    return records
+
+
+def score_predictions(records: list[dict]) -> dict:
+    index = {name: i for i, name in enumerate(sorted({r[k] for r in records for k in ("gold", "prediction")}))}
+    predictions, references = [index[r["prediction"]] for r in records], [index[r["gold"]] for r in records]
+    return classification_scores(predictions, references)
 
 
 @torch.no_grad()

@@ -12,13 +12,15 @@ Trainer drops both from the model's batches since they are not forward() argumen
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from transformers import AutoModelForQuestionAnswering
 
 from ..data import require_columns
 from ..errors import check
-from ..metrics import SquadScores
+from ..metrics import squad_scores
 from . import require_fast_tokenizer
 
 MODEL_CLASS = AutoModelForQuestionAnswering
@@ -169,24 +171,32 @@ def _offset_array(offsets: list) -> np.ndarray:
     return np.array([o if o is not None else (-1, -1) for o in offsets], dtype=np.int64).reshape(-1, 2)
 
 
-def metrics_for(eval_ds, raw_eval, label_names: list[str], recipe):
-    """Trainer's compute_metrics sees only logits; decoding needs the features and examples, held here."""
+def records_for(eval_ds, raw_eval, label_names: list[str], recipe):
+    """Per-example records (see tasks/__init__.py). Trainer's predictions are logits per window; decoding needs the
+    features and examples, held here."""
     data = recipe.data
     table = eval_ds.select_columns(["example_id", "offset_mapping"])
     example_ids = table["example_id"]
     offsets = [_offset_array(row["offset_mapping"]) for row in table]  # compact: ints, not Python tuples
     contexts = raw_eval[data.text_pair]
     references = [answers["text"] for answers in raw_eval[data.label]]
+    questions = raw_eval[data.text]
 
-    def compute_metrics(eval_pred) -> dict:
+    def records(eval_pred) -> list[dict]:
         start_logits, end_logits = eval_pred.predictions[:2]
         check(len(start_logits) == len(example_ids), f"qa: {len(start_logits)} predictions for {len(example_ids)} "
-                                                     "evaluation features; evaluate the dataset given to metrics_for")
+                                                     "evaluation features; evaluate the dataset given to records_for")
         predicted = decode(start_logits, end_logits, example_ids, offsets, contexts, data.n_best,
                            data.max_answer_length)
-        return SquadScores().compute(predictions=[p["answer"] for p in predicted], references=references)
+        return [{"id": i, "gold": list(gold), "prediction": p["answer"],
+                 "score": p["score"] if math.isfinite(p["score"]) else None,  # no valid span: no score (JSON)
+                 "question": question} for i, (gold, p, question) in enumerate(zip(references, predicted, questions))]
 
-    return compute_metrics
+    return records
+
+
+def score_predictions(records: list[dict]) -> dict:
+    return squad_scores([r["prediction"] for r in records], [r["gold"] for r in records])
 
 
 @torch.no_grad()

@@ -10,8 +10,8 @@ from transformers import AutoModelForSequenceClassification
 
 from ..data import require_columns
 from ..errors import PeftlabError, check
-from ..metrics import Correlation
-from .classification import collator, columns  # noqa: F401 — same inputs and padding as classification
+from ..metrics import correlation
+from .classification import collator, columns, input_texts, logits_of  # noqa: F401 — inputs and padding as classification
 
 MODEL_CLASS = AutoModelForSequenceClassification
 PEFT_TASK_TYPE = "SEQ_CLS"
@@ -59,6 +59,7 @@ def prepare(dataset, tokenizer, recipe, label_names: list[str], split: str):
         encoded = tokenizer(batch[data.text], pair, truncation=True, max_length=data.max_length)
         encoded["labels"] = [t / data.label_scale for t in _targets(batch[data.label], data.label, indices, split)]
         encoded["length"] = [len(ids) for ids in encoded["input_ids"]]  # for length-grouped batches
+        encoded["example_id"] = indices  # features are sorted below: records map them back
         return encoded
 
     # sorted by length: evaluation runs in dataset order (training.InOrderEvalTrainer), and batches of similar
@@ -67,14 +68,22 @@ def prepare(dataset, tokenizer, recipe, label_names: list[str], split: str):
                        desc=f"tokenizing {split}").sort("length")
 
 
-def metrics_for(eval_ds, raw_eval, label_names: list[str], recipe=None):
-    return compute_metrics
+def records_for(eval_ds, raw_eval, label_names: list[str], recipe):
+    """Per-example records (see tasks/__init__.py): gold and predicted scores on the data's scale. Gold comes
+    from the data, not from the features' labels: target / label_scale in float32 would not give it back exactly."""
+    example_ids, scale, texts = eval_ds["example_id"], recipe.data.label_scale, input_texts(raw_eval, recipe.data)
+    gold = _targets(raw_eval[recipe.data.label], recipe.data.label, range(len(raw_eval)), "evaluation")
+
+    def records(eval_pred) -> list[dict]:
+        scores = np.asarray(logits_of(eval_pred.predictions), dtype=np.float64).reshape(-1) * scale
+        return sorted(({"id": e, "gold": gold[e], "prediction": float(s), **texts[e]}
+                       for e, s in zip(example_ids, scores)), key=lambda r: r["id"])
+
+    return records
 
 
-def compute_metrics(eval_pred) -> dict:
-    predictions = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-    return Correlation().compute(predictions=np.asarray(predictions, dtype=np.float64).reshape(-1),
-                                 references=np.asarray(eval_pred.label_ids, dtype=np.float64).reshape(-1))
+def score_predictions(records: list[dict]) -> dict:
+    return correlation([r["prediction"] for r in records], [r["gold"] for r in records])
 
 
 @torch.no_grad()

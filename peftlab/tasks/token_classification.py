@@ -16,9 +16,9 @@ from transformers import AutoModelForTokenClassification, DataCollatorForTokenCl
 
 from ..data import require_columns
 from ..errors import check
-from ..metrics import EntityF1, entity_spans
+from ..metrics import entity_scores, entity_spans
 from . import require_fast_tokenizer
-from .classification import label_ids
+from .classification import label_ids, logits_of
 
 MODEL_CLASS = AutoModelForTokenClassification
 PEFT_TASK_TYPE = "TOKEN_CLS"
@@ -78,6 +78,7 @@ def prepare(dataset, tokenizer, recipe, label_names: list[str], split: str):
             check(len(words) == len(tags), f"{where}: {len(words)} words but {len(tags)} tags; fix the data")
             encoded["labels"].append(align(encoded.word_ids(i), label_ids(tags, label_names, where)))
         encoded["length"] = [len(ids) for ids in encoded["input_ids"]]  # for length-grouped batches
+        encoded["example_id"] = indices  # features are sorted below: records map them back
         return encoded
 
     # sorted by length: evaluation runs in dataset order (training.InOrderEvalTrainer), and batches of similar
@@ -90,16 +91,30 @@ def collator(tokenizer):
     return DataCollatorForTokenClassification(tokenizer, label_pad_token_id=IGNORE)  # pads labels with IGNORE too
 
 
-def metrics_for(eval_ds, raw_eval, label_names: list[str], recipe=None):
-    def compute_metrics(eval_pred) -> dict:
-        logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-        predicted, references = np.argmax(logits, axis=-1), eval_pred.label_ids
-        keep = references != IGNORE  # first pieces of words only (batches are padded with IGNORE as well)
-        gold = [[label_names[t] for t in row[mask]] for row, mask in zip(references, keep)]
-        pred = [[label_names[t] for t in row[mask]] for row, mask in zip(predicted, keep)]
-        return EntityF1().compute(predictions=pred, references=gold)
+def records_for(eval_ds, raw_eval, label_names: list[str], recipe):
+    """Per-example records (see tasks/__init__.py): gold and predicted tags of the scored words (the first pieces),
+    and the probability of each predicted tag."""
+    from scipy.special import softmax
 
-    return compute_metrics
+    example_ids, words = eval_ds["example_id"], raw_eval[recipe.data.text]
+
+    def records(eval_pred) -> list[dict]:
+        probs = softmax(np.asarray(logits_of(eval_pred.predictions), dtype=np.float64), axis=-1)
+        rows = []
+        for example, row_probs, references in zip(example_ids, probs, eval_pred.label_ids):
+            keep = references != IGNORE  # first pieces of words only (batches are padded with IGNORE as well)
+            best = row_probs[keep].argmax(-1)
+            rows.append({"id": example, "words": list(words[example]),
+                         "gold": [label_names[t] for t in references[keep]],
+                         "prediction": [label_names[t] for t in best],
+                         "confidence": [round(float(p), 6) for p in row_probs[keep].max(-1)]})
+        return sorted(rows, key=lambda r: r["id"])
+
+    return records
+
+
+def score_predictions(records: list[dict]) -> dict:
+    return entity_scores([r["prediction"] for r in records], [r["gold"] for r in records])
 
 
 @torch.no_grad()
