@@ -99,13 +99,13 @@ def fit_budget(recipe, predict, budget: int):
         for micro in micros:
             candidate = with_levers(recipe, micro, checkpointing)
             prediction = predict(candidate)
-            if prediction["predicted_peak_bytes"] <= budget:
+            if prediction["predicted_train_peak_bytes"] <= budget:
                 return candidate, prediction
     from .measure import human_bytes
 
     raise PeftlabError(f"--budget {human_bytes(budget)}: {recipe.name} does not fit even at micro-batch 1"
                        f"{' with gradient checkpointing' if options[-1] else ''} (plan: "
-                       f"{human_bytes(prediction['predicted_peak_bytes'])}); raise the budget, or use LoRA/QLoRA "
+                       f"{human_bytes(prediction['predicted_train_peak_bytes'])}); raise the budget, or use LoRA/QLoRA "
                        "or shorter sequences (data.max_length)")
 
 

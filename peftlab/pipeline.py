@@ -101,7 +101,7 @@ def fit_budget(recipe, data_root: Path | None, budget: int, console: Console):
     chosen = levers.settings(recipe)
     console.print(f"--budget {measure.human_bytes(budget)}: micro-batch {chosen['micro_batch_size']}, gradient "
                   f"checkpointing {'on' if chosen['gradient_checkpointing'] else 'off'} (plan: "
-                  f"{measure.human_bytes(predicted['predicted_peak_bytes'])})", highlight=False)
+                  f"{measure.human_bytes(predicted['predicted_train_peak_bytes'])})", highlight=False)
     return recipe
 
 
