@@ -140,7 +140,7 @@ def test_evaluation_perplexity_unchanged():
         args = TrainingArguments(output_dir="/tmp/peftlab-test-levers", per_device_eval_batch_size=4, report_to=[],
                                  disable_tqdm=True, use_cpu=True)
         trainer = make_trainer(model, labelled_logits=labelled, args=args, data_collator=causal_lm.collator(Pad()),
-                               compute_metrics=metrics_for(causal_lm, dataset, None, []),
+                               compute_metrics=metrics_for(causal_lm, dataset, None, [], None),
                                preprocess_logits_for_metrics=causal_lm.preprocess_logits)
         assert trainer.labelled_logits == labelled
         return trainer.evaluate(dataset)
