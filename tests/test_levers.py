@@ -297,7 +297,7 @@ def test_run_that_cannot_fit_stops_before_training(tmp_path, tiny_bert, data_dir
 
     recipe = write_recipe(tmp_path / "r.py", tiny_bert)
     code = run_cli.main([str(recipe), "--data-dir", str(data_dir), "--runs-dir", str(tmp_path / "runs"),
-                         "--budget", "4KiB"])  # below even a tiny model's live plan
+                         "--reports-dir", str(tmp_path / "reports"), "--budget", "4KiB"])  # below even a tiny model's live plan
     err = capsys.readouterr().err
     assert code == 2 and not (tmp_path / "runs").exists()
     line = next(line for line in err.splitlines() if line.startswith("error:"))

@@ -18,7 +18,7 @@ from conftest import make_bert, run_recipe, write_recipe
 def lora_run(tmp_path_factory, tiny_bert, data_dir):
     tmp = tmp_path_factory.mktemp("lora")
     recipe = write_recipe(tmp / "r.py", tiny_bert, method="LoRA(r=8, alpha=16, target='all-linear')",
-                          train="epochs=10, lr=1e-2, batch_size=16, logging_steps=8")
+                          train="epochs=10, lr=3e-3, batch_size=16, logging_steps=8")
     return tmp, run_recipe(tmp, recipe, data_dir)
 
 
