@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="run these seeds instead of the file's")
     parser.add_argument("--recipe-lrs", action="store_true",
                         help="each recipe's own learning rate instead of the file's grid (lrs)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="a.b=value",
+                        help="override a recipe field in every variant, after the file's overrides")
     args = parser.parse_args(argv)
     console = Console(stderr=True, soft_wrap=True)
     try:

@@ -56,17 +56,19 @@ class Variant:
 
 
 
-def load_comparison(path: Path, seeds: list[int] | None = None,
-                    recipe_lrs: bool = False) -> tuple[Comparison, list[Variant]]:
+def load_comparison(path: Path, seeds: list[int] | None = None, recipe_lrs: bool = False,
+                    overrides: list[str] = ()) -> tuple[Comparison, list[Variant]]:
     """Load and validate every variant before anything runs; all must train the same model on the same data.
-    `seeds` and `recipe_lrs` (each recipe's own learning rate, no grid) override the file, for a cheaper run."""
+    `seeds`, `recipe_lrs` (each recipe's own learning rate, no grid) and `overrides` (more `--set` items) change the
+    file's comparison, e.g. for a cheaper run; the report's command shows them."""
     check(path.is_file(), f"comparison file {path} not found: pass a recipes/compare_*.py file")
     try:
         comparison = runpy.run_path(str(path)).get("comparison")
     except Exception as err:  # user code: one line, with where it failed
         raise PeftlabError(f"{path}: {type(err).__name__}: {err}") from None
     check(isinstance(comparison, Comparison), f"{path}: define a top-level `comparison = Comparison(...)`")
-    comparison = replace(comparison, seeds=seeds or comparison.seeds, lrs=None if recipe_lrs else comparison.lrs)
+    comparison = replace(comparison, seeds=seeds or comparison.seeds, lrs=None if recipe_lrs else comparison.lrs,
+                         overrides=[*comparison.overrides, *overrides])
     check(bool(comparison.recipes) and bool(comparison.seeds), f"{path}: name at least one recipe and one seed")
     variants, first = [], None
     for name in comparison.recipes:
@@ -155,7 +157,7 @@ def run_variant(variant: Variant, comparison: Comparison, out_root: Path, report
 
 
 def run_all(args, argv: list[str], console) -> dict:
-    comparison, variants = load_comparison(args.comparison, args.seeds, args.recipe_lrs)
+    comparison, variants = load_comparison(args.comparison, args.seeds, args.recipe_lrs, args.overrides)
     grids = lr_grids(comparison, args.comparison)
     out_root = rundir.create(args.runs_dir, comparison.name)
     record = {"name": comparison.name, "baseline": comparison.baseline, "seeds": comparison.seeds,
