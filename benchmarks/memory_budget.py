@@ -37,7 +37,6 @@ SHORT = ["data.generate_split=None", "data.selection=16", "data.eval_limit=16"]
 # allocator returning freed memory to the OS)
 LEVER_VARIANTS = {  # the defaults row is part 1's LoRA run without a budget
     "no gradient checkpointing": (["train.gradient_checkpointing=False"], {}),
-    "micro-batch 2 (4 accumulation steps)": (["train.micro_batch_size=2"], {}),
     "full-vocabulary logits": ([], {"PEFTLAB_DISABLE": "labelled_logits"}),
     "glibc allocator untouched": ([], {"PEFTLAB_DISABLE": "allocator"}),
 }
@@ -132,7 +131,7 @@ def render(record: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budgets", nargs="+", default=["3GiB", "1.5GiB", "1GiB"])
+    parser.add_argument("--budgets", nargs="+", default=["1.5GiB", "0.75GiB"])
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--out", type=Path, default=REPO / "reports")
     args = parser.parse_args()
