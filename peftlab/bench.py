@@ -1,16 +1,7 @@
-"""python -m peftlab.bench RECIPE — training throughput of one recipe three ways, side by side:
-
-1. tutorial: transformers Trainer, every example padded to data.max_length, random batches;
-2. best practice: Trainer with dynamic padding (DataCollatorWithPadding) and group_by_length;
-3. peftlab: `python -m peftlab.run RECIPE` itself.
-
-All three build the model from the recipe (building.build_model: same method, dropout, head and seed) and train the
-same examples with the same hyperparameters and number of steps; the same StepTimer times their training steps.
-Each run is a process of its own (clean peak memory), in the order 1 2 3 1 2 3 … so that drift hits all alike:
-one round per seed (--seeds; the accuracy compared is the mean over seeds, since one batch order alone moves it
-by about a point on 16,000 SST-2 sentences), times --repeats. --ablation reruns peftlab with each of its speed
-settings off (peftlab/speed.py); --profile times the stages of one peftlab run (peftlab/phases.py). Writes
-<out>/bench_throughput.md and .json.
+"""python -m peftlab.bench RECIPE — training throughput of one recipe three ways, side by side: the
+tutorial Trainer, Trainer best practice, and peftlab (what each is and how rounds alternate: peftlab/benchmark.py).
+--seeds gives one round per seed, --repeats more rounds, --ablation reruns peftlab with each speed setting off,
+--profile times the stages of one run. Writes <out>/bench_throughput.md and .json.
 Run it alone on the machine (e.g. under the CPU lock): it is a timing.
 """
 

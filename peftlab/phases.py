@@ -20,7 +20,7 @@ from accelerate.optimizer import AcceleratedOptimizer
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from transformers.trainer_callback import CallbackHandler
 
-from . import building, data, models, run_report, training
+from . import building, data, evaluation, models, run_report, training
 from .methods.base import Method
 from .tasks import get_task
 
@@ -95,6 +95,7 @@ def profile_run(run: Callable[[], int], task_name: str) -> dict:
         (AcceleratedOptimizer, "step", "optimizer step", False),
         (CallbackHandler, "call_event", "callbacks: logging, progress, timing", False),
         (transformers.Trainer, "evaluate", "evaluation (forward, metrics)", True),
+        (evaluation, "score_split", "scoring the reported split once, after training", True),
         (transformers.Trainer, "_save_checkpoint", "checkpoint save", True),
         (transformers.Trainer, "_load_best_model", "best-model reload", True),
         *[(cls, "save", "save adapter + tokenizer", True) for cls in _subclasses(Method) if "save" in vars(cls)],

@@ -20,6 +20,7 @@ from . import (
     building,
     checkpoints,
     distributed,
+    evaluation,
     levers,
     measure,
     memory,
@@ -33,7 +34,7 @@ from . import (
 )
 from . import data as data_stage
 from .errors import PeftlabError
-from .evaluation import best_eval, eval_metrics, score_split
+from .evaluation import best_eval, eval_metrics
 from .recipe import load_recipe, recipe_to_dict
 from .tasks import get_task, metrics_for
 from .training import build_trainer, train_seconds
@@ -159,7 +160,7 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
     state = trainer.state
     # the selected checkpoint (Trainer reloaded it) scores the reported and test splits, once each, every process
     # taking part as in its evaluations
-    score = meter.during("eval", score_split)
+    score = meter.during("eval", evaluation.score_split)  # module attribute: bench profiles it
     reported, records = score(trainer, task, eval_ds, splits.eval, label_names, recipe)
     test = score(trainer, task, inputs.test, splits.test, label_names, recipe) if inputs.test else None
     peak_rss = distributed.gather(measure.peak_memory()["peak_rss_bytes"])

@@ -22,7 +22,7 @@ parameter counts per dtype and trainability. For the longest batch (micro-batch 
                      gradient over the vocabulary, for every token (label-only chunked loss: one chunk of labelled
                      tokens)
 
-  peak = weights + optimizer + max(sum of the transient terms above, gradients)
+  peak = weights + optimizer + max(transient terms alive at once (transient_bytes), gradients + the last one)
 
 On CPU the plan of resident memory adds the process before the model loads (Python, libraries incl. bitsandbytes
 for a quantized base, tokenized data: `runtime`, measured) and the allocator's slack: glibc keeps freed blocks of a
@@ -190,9 +190,29 @@ def logits_bytes(config, task: str, tokens: int, labelled: int, chunked: bool) -
 
 def resident(runtime: int, live_peak: int, parts: dict) -> int:
     """Plan of the process's peak RSS: the process before the model, the live peak, and the allocator's slack on the
-    step's transient tensors. The vocabulary-sized logits are left out of the slack: glibc serves blocks above its
+    step's transient tensors: all of them, alive at once or not, since freed blocks of every one stay on the free
+    lists. The vocabulary-sized logits are left out of the slack: glibc serves blocks above its
     mmap threshold (at most 32 MiB) with mmap and returns them to the system when they are freed."""
     return int(runtime + live_peak + ALLOCATOR_SLACK * (parts["transient"] - parts["logits"]))
+
+
+KEPT_ALL_STEP = ("activations: layer inputs (checkpointed)", "activations: embeddings, final norm")
+AT_THE_LOSS = ("logits", "cast weights outside the layers")
+
+
+def transient_bytes(parts: dict, checkpointed: bool) -> int:
+    """Activation-like bytes alive at once at the step's peak. Without checkpointing every layer's activations are
+    still alive when the loss is computed, so all of them add up. With it, only the layer inputs (and embeddings) live
+    through the whole step; the output layer's logits exist while the loss is computed, one layer's recomputed
+    internals (its dequantized weight, DoRA's norm) later, during that layer's backward, after the logits are freed:
+    the larger of the two counts."""
+    transient = {k: v for k, v in parts.items() if k not in ("weights", "optimizer", "gradients")}
+    if not checkpointed:
+        return sum(transient.values())
+    kept = sum(transient[k] for k in KEPT_ALL_STEP)
+    at_loss = sum(transient[k] for k in AT_THE_LOSS)
+    one_layer = sum(v for k, v in transient.items() if k not in KEPT_ALL_STEP + AT_THE_LOSS)
+    return kept + max(at_loss, one_layer)
 
 
 def predict(recipe, task, resolved, label_names: list[str], longest: int, batch: int | None = None) -> dict:
@@ -241,12 +261,15 @@ def predict(recipe, task, resolved, label_names: list[str], longest: int, batch:
                                         default=0) if recipe.method.kind == "dora" else 0,
         "logits": logits_bytes(config, recipe.model.task, tokens, tokens, levers.chunked_loss(recipe)),
     }
-    transient = sum(v for k, v in parts.items() if k not in ("weights", "optimizer", "gradients"))
-    peak = parts["weights"] + parts["optimizer"] + max(transient, parts["gradients"])
+    transient = transient_bytes(parts, levers.gradient_checkpointing(recipe))
+    # the last gradient to arrive is a temporary of its parameter's size before it is added to .grad (a tied weight,
+    # SmolLM2's embedding = output layer, gets two); while it exists every other gradient does too
+    last_gradient = 4 * max((p.numel() for p in model.parameters() if p.requires_grad), default=0)
+    peak = parts["weights"] + parts["optimizer"] + max(transient, parts["gradients"] + last_gradient)
     on_gpu = torch.cuda.is_available()
     runtime = 0 if on_gpu else runtime_rss(recipe)
     return {"predicted_train_peak_bytes": peak,
-            "predicted_train_peak_rss_bytes": None if on_gpu else resident(runtime, peak, parts | {"transient": transient}),
+            "predicted_train_peak_rss_bytes": None if on_gpu else resident(runtime, peak, parts | {"transient": transient_bytes(parts, False)}),
             "parts": parts | {"runtime": runtime, "transient": transient}, "device": "cuda" if on_gpu else "cpu",
             "batch": batch, "sequence": seq, "trainable_params": trainable, "total_params": total}
 

@@ -49,5 +49,6 @@ def test_stage_timers_account_for_the_whole_run(tmp_path, tiny_bert, data_dir):
     # are its own) once, at the end
     assert stages["forward + loss"]["calls"] == stages["backward"]["calls"] == stages["optimizer step"]["calls"] == 16
     assert stages["evaluation (forward, metrics)"]["calls"] == 1
+    assert stages["scoring the reported split once, after training"]["calls"] == 1
     # each stage counts only its own time, so together they make up the whole run
     assert sum(s["seconds"] for s in stages.values()) == pytest.approx(timed["total_seconds"], abs=1e-3)

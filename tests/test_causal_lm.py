@@ -322,6 +322,7 @@ def test_merge_is_exact_for_the_causal_lm(lora_run, sums_dir, tmp_path, capsys):
     assert "generation" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_qlora_run_keeps_the_output_layer_in_full_precision(tmp_path, llama, sums_dir):
     path = write_recipe(tmp_path / "r.py", llama, train="epochs=1, lr=1e-2, batch_size=16, logging_steps=5",
                         extra="quant=Quant4bit(),")

@@ -54,6 +54,7 @@ def _reported(record: dict, name: str) -> list[dict]:
     return [v for v in record["variants"] if v["name"] == name and v["lr"] == chosen]
 
 
+@pytest.mark.slow  # the comparison fixture runs every variant (once per module)
 def test_learning_rate_chosen_on_the_selection_split(comparison):
     """Both grid points ran on seed 0; the one with the better selection-split accuracy (the selected checkpoint's
     evaluation in its log, never the reported score) was kept, and seed 1 ran at it only."""
@@ -78,6 +79,7 @@ def test_learning_rate_chosen_on_the_selection_split(comparison):
         assert cells[-1] == f"{search['chosen']:g}" and f"**{search['chosen']:g}: {100 * scores[search['chosen']]:.2f}**" in cells[2]
 
 
+@pytest.mark.slow
 def test_intervals_and_paired_tests_come_from_the_predictions(comparison):
     """Recomputed here from each run's predictions.jsonl with the same resamples: the JSON's mean, ci95 and
     p_value, and the markdown cells."""
@@ -103,6 +105,7 @@ def test_intervals_and_paired_tests_come_from_the_predictions(comparison):
     assert "## Paired tests against full" in (comparison / "reports" / "cmp.md").read_text()
 
 
+@pytest.mark.slow
 def test_report_matches_run_records(comparison):
     record = json.loads((comparison / "reports" / "cmp.json").read_text())
     report = (comparison / "reports" / "cmp.md").read_text()
@@ -126,12 +129,14 @@ def test_report_matches_run_records(comparison):
     assert "(cmp/memory_vs_score.png)" in report and "python -m peftlab.compare" in report
 
 
+@pytest.mark.slow
 def test_failed_variant_is_a_row_with_its_reason(comparison):
     report = (comparison / "reports" / "cmp.md").read_text()
     row = _table_rows(report.split("## Results")[1].split("Pareto")[0])["broken"]
     assert row[1] == "**failed**" and "no_such_layer" in row[2]
 
 
+@pytest.mark.slow
 def test_report_rebuilds_from_records_alone(comparison, tmp_path):
     record = json.loads((comparison / "reports" / "cmp.json").read_text())
     assert compare.main([record["dir"], "--report-only", "--reports-dir", str(tmp_path)]) == 0

@@ -19,6 +19,8 @@ from peftlab import rundir
 
 from conftest import run_recipe, write_recipe
 
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]  # every test launches two processes
+
 # Records, per process, the token ids of every training batch and the labels every evaluation received.
 PROBE = textwrap.dedent("""\
     import json, os, sys

@@ -178,6 +178,7 @@ def test_mlp_head_is_saved_and_restored_with_every_method(tmp_path, bert64, meth
 
 # ------------------------------------------------------------------------------------ end to end, with Trainer
 
+@pytest.mark.slow
 def test_run_with_mlp_head_and_focal_loss_reloads_and_evaluates_with_that_loss(tmp_path, tiny_bert, data_dir, capsys):
     """Trainer's eval loss is the focal loss of the reloaded model's logits: the loss was used and the head came back."""
     from peftlab import evaluation, merge

@@ -100,6 +100,7 @@ METHODS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, expected, fragments", METHODS, ids=lambda x: getattr(x, "kind", None))
 def test_method_trains_counts_and_reloads(tmp_path, bert64, method, expected, fragments):
     recipe = _recipe(tmp_path, bert64, method)
@@ -131,6 +132,7 @@ def test_full_fine_tuning_trains_everything(tmp_path, bert64):
 
 # upper bound of bits/param: 4 + 8/64 (+ tiny nested scales) with double quantization, 4 + 32/64 without,
 # 8 + 32/64 for int8 (one float scale per row of 64)
+@pytest.mark.slow
 @pytest.mark.parametrize("quant, bits, most", [(Quant4bit(), 4, 4.2), (Quant4bit(type="fp4", double_quant=False), 4, 4.5),
                                                (Quant8bit(), 8, 8.5)], ids=["nf4-dq", "fp4", "int8"])
 def test_lora_on_quantized_base(tmp_path, bert64, quant, bits, most):

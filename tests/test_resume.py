@@ -74,6 +74,7 @@ KILLABLE = textwrap.dedent("""\
     """)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, recipe, data_dir, uninterrupted, capsys):
     runs, marker = tmp_path / "runs", tmp_path / "ready"
     env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -106,6 +107,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, recipe, d
     assert "Resumed from step 20" in (run_dir / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path, recipe, data_dir, uninterrupted, capsys,
                                                          monkeypatch):
     from peftlab import training

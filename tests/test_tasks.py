@@ -452,6 +452,7 @@ def _run_and_rescore(tmp_path, recipe: Path, data: Path, capsys) -> tuple[Path, 
     return run_dir, metrics, scored
 
 
+@pytest.mark.slow
 def test_regression_end_to_end(tmp_path, tiny_bert, task_data, capsys):
     # 10 epochs: at 6 the Pearson of this tiny task depends on the data order more than on the method (seeds 0-3
     # gave 0.35/0.56/0.70/0.14 with the per-epoch seeded order, 0.52/0.12/0.19/0.28 with Trainer's global-RNG order)
@@ -470,6 +471,7 @@ def test_regression_end_to_end(tmp_path, tiny_bert, task_data, capsys):
     assert high > low
 
 
+@pytest.mark.slow
 def test_token_classification_end_to_end(tmp_path, tiny_bert, task_data, capsys):
     recipe = task_recipe(tmp_path / "r.py", tiny_bert, "token_classification", name="tiny_wnut",
                          train="epochs=10, lr=1e-2, batch_size=16, logging_steps=5")
@@ -495,6 +497,7 @@ def test_token_classification_end_to_end(tmp_path, tiny_bert, task_data, capsys)
         assert entity["type"] == kind and entity["start"] == len("  ".join(w for w, _ in sentence[:start])) + 2
 
 
+@pytest.mark.slow
 def test_qa_end_to_end(tmp_path, tiny_bert, task_data, capsys):
     recipe = task_recipe(tmp_path / "r.py", tiny_bert, "qa", name="tiny_squad",
                          train="epochs=8, lr=1e-2, batch_size=16, logging_steps=5")
