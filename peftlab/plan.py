@@ -257,7 +257,9 @@ def predict(recipe, task, resolved, label_names: list[str], longest: int, batch:
                                                    if not re.search(r"\.(layer|layers|h)\.\d+\.", name))
         if autocast else 0,
         "dequantized weight": 4 * max((m.weight.numel() for m in quantized), default=0),
-        "DoRA weight norm": 3 * 4 * max((m.weight.numel() for m in quantized or [m for _, m in _base_linears(model)]),
+        # of the largest layer DoRA adapts (not the output layer, which "all-linear" leaves out)
+        "DoRA weight norm": 3 * 4 * max((m.base_layer.weight.numel() for m in model.modules()
+                                         if hasattr(m, "lora_magnitude_vector") and hasattr(m, "base_layer")),
                                         default=0) if recipe.method.kind == "dora" else 0,
         "logits": logits_bytes(config, recipe.model.task, tokens, tokens, levers.chunked_loss(recipe)),
     }
