@@ -134,6 +134,7 @@ def main() -> int:
     parser.add_argument("--budgets", nargs="+", default=["1.5GiB", "0.75GiB"])
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--out", type=Path, default=REPO / "reports")
+    parser.add_argument("--skip-levers", action="store_true", help="only part 1 (the recipes under each budget)")
     args = parser.parse_args()
     short = SHORT + [f"train.max_steps={args.steps}", f"data.train_limit={8 * args.steps}"]
     started = time.perf_counter()
@@ -145,7 +146,7 @@ def main() -> int:
                 print(json.dumps({k: budgets[-1].get(k) for k in ("recipe", "budget", "error")}), flush=True)
         levers.append(("defaults (all levers on)", next(r for r in budgets if r["recipe"] == "lora_gsm8k"
                                                         and r["budget"] is None)))
-        for name, (sets, env) in LEVER_VARIANTS.items():
+        for name, (sets, env) in {} if args.skip_levers else LEVER_VARIANTS.items():
             levers.append((name, run("lora_gsm8k", short + sets, env, None, Path(tmp) / f"lever-{len(levers)}")))
             print(name, levers[-1].get("samples_per_second"), levers[-1].get("error"), flush=True)
     first = next(r for r in budgets if "environment" in r)["environment"]
