@@ -83,7 +83,7 @@ def budget_rows(results: list[dict]) -> list[list]:
 
 
 def lever_rows(results: list[dict]) -> list[list]:
-    base = results[0].get("samples_per_second")
+    base = results[0][1].get("samples_per_second")  # the defaults row
     rows = []
     for name, r in results:
         if "error" in r:
@@ -112,6 +112,7 @@ def render(record: dict) -> str:
         "## Recipes under each budget\n\n" + table(
             ["recipe", "budget", "levers chosen", "plan", "training peak (live)", "peak within budget",
              "training RSS", "samples/s"], budget_rows(record["budgets"])),
+        "## Speed cost of each lever\n\nNot measured in this run (--skip-levers)." if len(record["levers"]) < 2 else
         "## Speed cost of each lever (LoRA, one lever changed from the defaults)\n\n" + table(
             ["setting", "samples/s", "speed vs defaults", "training peak (live)", "training RSS", "evaluation RSS",
              "perplexity (16 test problems)"],
