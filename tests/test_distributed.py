@@ -30,22 +30,26 @@ PROBE = textwrap.dedent("""\
         from peftlab.training import InOrderEvalTrainer
 
         rank = os.environ.get("RANK", "0")
-        compute_metrics, training_step = classification.compute_metrics, InOrderEvalTrainer.training_step
+        records_for, training_step = classification.records_for, InOrderEvalTrainer.training_step
 
         def record(kind, value):
             with open(f"{path}.{kind}.{rank}", "a") as fh:
                 fh.write(json.dumps(value) + "\\n")
 
-        def recording_metrics(eval_pred):
-            record("eval", {"labels": eval_pred.label_ids.tolist(), "logits": eval_pred.predictions.tolist()})
-            return compute_metrics(eval_pred)
+        def recording_records_for(*args, **kwargs):  # every scoring: selection evaluations, the reported split
+            records = records_for(*args, **kwargs)
+
+            def recording(eval_pred):
+                record("eval", {"labels": eval_pred.label_ids.tolist(), "logits": eval_pred.predictions.tolist()})
+                return records(eval_pred)
+            return recording
 
         def recording_step(self, model, inputs, *args, **kwargs):
             record("train", [[t for t, m in zip(ids, mask) if m] for ids, mask in
                              zip(inputs["input_ids"].tolist(), inputs["attention_mask"].tolist())])
             return training_step(self, model, inputs, *args, **kwargs)
 
-        classification.compute_metrics, InOrderEvalTrainer.training_step = recording_metrics, recording_step
+        classification.records_for, InOrderEvalTrainer.training_step = recording_records_for, recording_step
 
     if __name__ == "__main__":
         from peftlab import run
@@ -105,7 +109,7 @@ def test_two_processes_match_one_process(tmp_path, tiny_bert, data_dir, monkeypa
     from peftlab.tasks import classification
     from peftlab.training import InOrderEvalTrainer
 
-    for owner, name in ((classification, "compute_metrics"), (InOrderEvalTrainer, "training_step")):
+    for owner, name in ((classification, "records_for"), (InOrderEvalTrainer, "training_step")):
         monkeypatch.setattr(owner, name, getattr(owner, name))  # put back after the test, whatever install does
     probe.install(str(tmp_path / "one"))
     single = run_recipe(tmp_path / "one", recipe, data_dir)
@@ -136,18 +140,19 @@ def test_two_processes_match_one_process(tmp_path, tiny_bert, data_dir, monkeypa
     for whole, first, second in zip(batches["one"], batches["two"], halves):
         assert len(first) == len(second) == 8 and sorted(first + second) == sorted(whole)
 
-    # Every evaluation (one per epoch) got each of the 64 validation examples exactly once, in the order one
-    # process has them (by length, speed.evaluation_order), on both processes: same labels, and the same logits
-    # example by example (a duplicated, dropped or moved example would shift them).
+    # Every scoring (the selection split once per epoch, then the 64 validation examples once, after training) got
+    # each of its examples exactly once, in the order one process has them (by length, speed.evaluation_order), on
+    # both processes: same labels, and the same logits example by example (a duplicated, dropped or moved example
+    # would shift them).
     rows = (data_dir / "sst2" / "validation.tsv").read_text().splitlines()[1:]
     single_evals = lines(tmp_path / "one.eval.0")
-    assert len(single_evals) == 2
-    assert sorted(single_evals[0]["labels"]) == sorted(int(row.rsplit("\t", 1)[1]) for row in rows)
+    assert len(single_evals) == 3
+    assert sorted(single_evals[-1]["labels"]) == sorted(int(row.rsplit("\t", 1)[1]) for row in rows)
     for rank in (0, 1):
         evals = lines(tmp_path / f"two.eval.{rank}")
         assert [e["labels"] for e in evals] == [e["labels"] for e in single_evals]
         for mine, theirs in zip(evals, single_evals):
-            assert len(mine["logits"]) == 64
+            assert len(mine["logits"]) == len(theirs["labels"])
             assert sum(mine["logits"], []) == pytest.approx(sum(theirs["logits"], []), abs=1e-5)
 
     # Same examples and weights at every step: the losses agree to float rounding (the two processes sum the
