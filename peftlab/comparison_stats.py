@@ -9,18 +9,17 @@ and their p-values all come from one set of draws.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import stats
+from . import rundir, stats
 from .errors import check
 
 ALPHA = 0.05  # a difference is significant when its paired two-sided p-value is below this
 # "Clearly cheaper": at least 10 % less measured peak memory. The same variant's peak RSS varies by a few percent
 # between runs (allocator, thread pools), so a smaller gap is not a real saving.
 CLEARLY_CHEAPER = 0.9
-PREDICTIONS = "predictions.jsonl"
+PREDICTIONS = rundir.PREDICTIONS["reported"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,7 @@ def read_predictions(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / PREDICTIONS
     check(path.is_file(), f"{run_dir} has no {PREDICTIONS} (recorded before per-example records): re-run the "
                           "comparison to get intervals and paired tests")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return rundir.read_jsonl(path)
 
 
 def ranking_metric(task) -> tuple[str, bool]:

@@ -13,7 +13,7 @@ max_answer_length=), and the two halves of scoring:
 Trainer's compute_metrics is the two composed (metrics_for below): one scoring path for every figure.
 
 Optional (causal_lm has them): GREATER_IS_BETTER (for BEST_METRIC, default True), UNQUANTIZED (modules besides
-the heads kept out of 4/8-bit quantization), COMPARE_METRIC (what comparisons rank by, default BEST_METRIC),
+the heads kept out of 4/8-bit quantization),
 RAW_METRICS (metrics that are not fractions), preprocess_logits (Trainer's preprocess_logits_for_metrics) and
 Evaluation(inputs, recipe) (extra figures before and after training, see pipeline.execute).
 """

@@ -49,7 +49,6 @@ BEST_METRIC = "perplexity"  # checkpoint selection: lower is better
 GREATER_IS_BETTER = False
 LOSS_OVER_ITEMS = True  # the model's loss divides by Trainer's count of labelled tokens (training.training_arguments)
 LABELLED_LOGITS = True  # output layer and loss on the labelled positions only (levers.labelled_nll)
-COMPARE_METRIC = "exact_match"  # what comparisons rank by (a fraction, higher is better)
 RAW_METRICS = ("perplexity", "nll_per_token")  # not fractions: shown as they are, not as percentages
 # The output layer is pretrained (tied to the input embeddings in SmolLM2), not a new task head: it stays frozen,
 # is not adapted by LoRA ("all-linear" leaves the output layer out), is not saved with adapters, and stays in full
