@@ -102,7 +102,7 @@ def main() -> None:
     if args.from_json:
         rows = json.loads(args.from_json.read_text())
     else:
-        from peftlab.compare import load_comparison
+        from peftlab.comparison import load_comparison
 
         rows = []
         for path in args.comparisons:
