@@ -80,17 +80,32 @@ class LiveTensorWindow:
     def active(self) -> bool:
         return self._profiler is not None
 
-    def stop(self) -> int:
+    def stop(self, between: tuple[str, str] | None = None) -> int:
+        """The peak; with `between=(first, last)`, the highest rise of live bytes from `mark(first)` to `mark(last)`."""
         with _quiet_stderr():
             self._profiler.stop()
-        events = sorted((e.start_ns(), e.nbytes()) for e in self._profiler.profiler.kineto_results.events()
-                        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
+        events = self._profiler.profiler.kineto_results.events()
         self._profiler = None
-        running = highest = 0
-        for _, nbytes in events:  # nbytes < 0 for a free
+        allocations = sorted((e.start_ns(), e.nbytes()) for e in events
+                             if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
+        marks = {e.name(): e.start_ns() for e in events if between and e.name() in between}
+        begin, end = (marks.get(between[0], 0), marks.get(between[1], float("inf"))) if between else (0, float("inf"))
+        running = highest = at_begin = 0
+        for time, nbytes in allocations:  # nbytes < 0 for a free
+            if time > end:
+                break
             running += nbytes
+            if time <= begin:
+                at_begin = highest = running
             highest = max(highest, running)
-        return self._live + highest
+        return self._live + highest - at_begin
+
+    @staticmethod
+    def mark(name: str) -> None:
+        """A named instant in the window's timeline (for stop(between=...)): hooks inside autograd's backward cannot
+        start or stop a profiler (the engine fixed its thread state when backward began), but can leave a mark."""
+        with torch.profiler.record_function(name):
+            pass
 
 
 @contextlib.contextmanager

@@ -15,6 +15,9 @@ parameter counts per dtype and trainability. For the longest batch (micro-batch 
                      DoRA's base outputs; bf16 weight copies under autocast). Times the layer count; with gradient
                      checkpointing each layer's input plus one layer
   embeddings ...     the embedding output and final norm input (float32, per token)
+  backward working   what backward allocates until it leaves the top layer, on top of every saved activation
+  set                (gradients through the head and that layer, softmax and activation-function gradients, its
+                     parameters' gradients): traced in the same two-layer copy, from the profiler's allocator events
   cast weights       under bf16 autocast, the bf16 copies of linear layers outside the blocks (the output layer)
   dequantized weight a 4/8-bit layer's weight dequantized to float32 for its matmul (the largest, one at a time)
   DoRA weight norm   the weight-shaped temporaries of DoRA's column norms (one layer at a time)
@@ -40,6 +43,7 @@ import torch
 
 from . import levers
 from .measure import human_bytes
+from .memory import LiveTensorWindow
 
 # Resident memory beyond live tensors, as a fraction of the transient (activation-like) bytes: glibc's free lists
 # keep blocks of the step's shapes after they are freed (see the module docstring and memory_calibration.py).
@@ -107,13 +111,15 @@ def _category(name: str) -> str:
 
 def _saved_by_layer(model, batch: int, seq: int, autocast: bool, vocab: int) -> dict[str, int]:
     """Bytes the second layer saves for backward in one forward pass of `batch` rows (the last one padded by a token,
-    so attention takes the masked path training batches take), by the kind of module that saved them. The second:
-    its input needs a gradient whenever anything below it trains, as in every layer of the real stack but the first."""
+    so attention takes the masked path training batches take), by the kind of module that saved them, and the
+    "backward working set": what its backward allocates beyond them. The second layer: its input needs a gradient
+    whenever anything below it trains, as in every layer of the real stack but the first."""
     layer = _layer(model, 1)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     active: list[str] = []
     saved: dict[int, tuple[str, int]] = {}
-    hooks = []
+    window, marks = LiveTensorWindow(), ("backward begins", "backward leaves the top layer")
+    hooks = [layer.register_forward_pre_hook(lambda m, a: _on_gradient(a[0], lambda g: window.mark(marks[1])))]
     for name, module in layer.named_modules():
         hooks.append(module.register_forward_pre_hook(lambda m, a, n=name or "layer": active.append(n)))
         # the hook must return None: a returned value would replace the module's output
@@ -128,17 +134,33 @@ def _saved_by_layer(model, batch: int, seq: int, autocast: bool, vocab: int) -> 
     ids = torch.randint(min(vocab, 1000) // 2, min(vocab, 1000), (batch, seq))
     mask = torch.ones(batch, seq, dtype=torch.long)
     mask[-1, -1] = 0
+    window.start(0)  # from before the forward pass, so that the frees of saved tensors in backward count
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
                 torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            model(input_ids=ids, attention_mask=mask)
+            output = model(input_ids=ids, attention_mask=mask)
+        window.mark(marks[0])
+        sum(v.float().sum() for v in output.values() if torch.is_tensor(v) and v.requires_grad).backward()
+        working_set = window.stop(between=marks)
     finally:
+        if window.active:  # the pass failed: leave no profiler running
+            window.stop()
         for hook in hooks:
             hook.remove()
     out: dict[str, int] = {}
     for category, nbytes in saved.values():
         out[category] = out.get(category, 0) + nbytes
+    out["backward working set"] = working_set
+    model.zero_grad(set_to_none=True)
     return out
+
+
+def _on_gradient(tensor, callback) -> None:
+    """Call `callback` when backward reaches `tensor` (an input that needs no gradient never does: the working set is
+    then the whole backward's). Returns None: a forward hook's return value would replace the module's output."""
+    tensor = tensor[0] if isinstance(tensor, tuple) else tensor
+    if tensor.requires_grad:
+        tensor.register_hook(lambda grad: callback(grad) and None)
 
 
 def traced_layer(recipe, task, resolved, label_names: list[str], seq: int, autocast: bool) -> tuple[dict, dict]:
@@ -146,12 +168,16 @@ def traced_layer(recipe, task, resolved, label_names: list[str], seq: int, autoc
     the batch: bf16 weight copies), by kind of module. Measured, not counted by hand: a copy of the model
     (two layers, random weights, same dimensions) wrapped with the recipe's method runs forward on 2 and 4 rows of `seq` tokens
     under saved-tensor hooks; the difference is per row, the rest per layer. A quantized base is traced in full
-    precision: bitsandbytes' layers keep no input for backward either (their weight is frozen)."""
+    precision: bitsandbytes' layers keep no input for backward either (their weight is frozen). The "backward working
+    set" is the highest rise of live bytes above the end of the forward pass (gradients through the head and the top
+    layer, the top layer's parameter gradients and temporaries, less the saved tensors it frees) until the gradient
+    leaves the top layer, from the profiler's allocator events; all lower layers' saved tensors are alive meanwhile."""
     import copy
 
     from .heads import attach as attach_head
     from .methods.base import Context
     from .models import load_config
+    from .speed import fp32_attention_applies, keep_attention_fp32
 
     config = copy.deepcopy(load_config(resolved, recipe.model, **task.model_kwargs(label_names)))
     config.num_hidden_layers = 2
@@ -166,6 +192,8 @@ def traced_layer(recipe, task, resolved, label_names: list[str], seq: int, autoc
             attach_head(model, recipe.model.head, task.HEADS)
         heads = tuple(h for h in task.HEADS if hasattr(model, h))
         model = recipe.method.wrap(model, Context(heads, task.PEFT_TASK_TYPE, False, resolved.path))
+        if autocast and fp32_attention_applies(recipe):  # as build_trainer does: float32 q/k/v are saved too
+            keep_attention_fp32(model)
         model.train()
         two, four = (_saved_by_layer(model, n, seq, autocast, config.vocab_size) for n in (2, 4))
     per_row = {k: max(0, (four.get(k, 0) - two.get(k, 0)) / 2) for k in four}
@@ -239,6 +267,7 @@ def predict(recipe, task, resolved, label_names: list[str], longest: int, batch:
     autocast = use_bf16(recipe)
     per_row, per_layer = traced_layer(recipe, task, resolved, label_names, seq, autocast)
     layers, residual = config.num_hidden_layers, config.hidden_size * 4 * tokens
+    working_set = batch * per_row.pop("backward working set") + per_layer.pop("backward working set")
     if levers.gradient_checkpointing(recipe):  # each layer's input kept; one layer recomputed at a time
         stack = {"layer inputs (checkpointed)": layers * residual} | {
             k: batch * per_row[k] + per_layer[k] for k in per_row}
@@ -251,6 +280,7 @@ def predict(recipe, task, resolved, label_names: list[str], longest: int, batch:
         "gradients": 4 * trainable,
         **{f"activations: {k}": int(v) for k, v in sorted(stack.items())},
         "activations: embeddings, final norm": 2 * residual,
+        "backward working set (one layer)": int(working_set),
         # bf16 copies of the linear layers outside the transformer blocks (output layer, pooler, head): those inside
         # are in the traced per-layer bytes
         "cast weights outside the layers": 2 * sum(m.weight.numel() for name, m in _base_linears(model)

@@ -32,6 +32,22 @@ def test_live_window_counts_known_allocations_exactly():
     del d
 
 
+
+def test_live_window_between_marks_counts_the_rise_above_the_first_mark():
+    window = memory.LiveTensorWindow()
+    window.start(live_bytes=0)
+    kept = torch.empty(2_000_000)  # 8 MB before the first mark: the level the rise is counted from
+    big = torch.empty(5_000_000)  # 20 MB, freed before the mark: a peak outside the marks
+    del big
+    window.mark("first")
+    a = torch.empty(1_000_000)  # 4 MB
+    del kept  # frees below the first mark's level count too
+    b = torch.empty(3_000_000)  # 12 MB: live bytes are now 4 - 8 + 12 = 8 MB above the first mark's level
+    window.mark("last")
+    c = torch.empty(10_000_000)  # 40 MB after the last mark: not counted
+    assert window.stop(between=("first", "last")) == 8 * MB
+    del a, b, c
+
 def test_model_state_is_exact_for_full_fine_tuning(tiny_bert):
     from transformers import AutoModelForSequenceClassification
 
