@@ -26,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from . import lr_search, run_report, rundir
 from .errors import PeftlabError, check
 from .recipe import load_recipe
+from .tasks import get_task
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,8 @@ def run_variant(variant: Variant, comparison: Comparison, out_root: Path, report
     own_reports = own_reports if variant.lr is None else own_reports / f"lr{variant.lr:g}"  # one per grid point
     command = [sys.executable, "-m", "peftlab.run", str(variant.recipe), "--runs-dir", str(runs_dir),
                "--reports-dir", str(own_reports)]
+    if hasattr(get_task(load_recipe(variant.recipe, comparison.overrides).model.task), "Evaluation"):  # the base scored once per base
+        command += ["--base-cache", str(out_root / "base")]
     if not variant.is_recipe_run:
         command += ["--set", f"train.seed={variant.seed}"]
     for item in comparison.overrides + ([] if variant.lr is None else [f"train.lr={variant.lr!r}"]):

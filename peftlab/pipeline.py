@@ -33,7 +33,7 @@ from . import (
     speed,
 )
 from . import data as data_stage
-from .errors import PeftlabError
+from .errors import PeftlabError, check
 from .evaluation import best_eval, eval_metrics
 from .recipe import load_recipe, recipe_to_dict
 from .tasks import get_task, metrics_for
@@ -52,6 +52,7 @@ class Options:
     plan: bool = False
     budget: int | None = None
     resume: str | None = None
+    base_cache: Path | None = None
 
 
 def run(options: Options, argv: list[str], console: Console) -> int:
@@ -64,6 +65,8 @@ def run(options: Options, argv: list[str], console: Console) -> int:
         recipe = load_recipe(options.recipe, options.overrides)  # every check before anything is created
         data_root = data_stage.data_dir(options.data_dir)
         data_stage.preflight(recipe.data, data_root, get_task(recipe.model.task).columns(recipe))
+        check(options.base_cache is None or hasattr(get_task(recipe.model.task), "Evaluation"),
+              f"--base-cache: task {recipe.model.task!r} scores no base model before training; drop the option")
         if options.plan:  # predict and exit: nothing is trained or written
             predicted = building.predict_memory(recipe, building.prepare_inputs(recipe, data_root))
             return 0 if plan.print_plan(predicted, options.budget) else 1
@@ -76,7 +79,8 @@ def run(options: Options, argv: list[str], console: Console) -> int:
         if not distributed.is_main():
             console.quiet = True  # the main process reports for all
         console.print(f"run directory: {run_dir}" + (f" ({resuming})" if resuming else ""))
-        metrics = execute(recipe, options.recipe, run_dir, data_root, command, resuming, options.budget)
+        metrics = execute(recipe, options.recipe, run_dir, data_root, command, resuming, options.budget,
+                          options.base_cache)
         if not distributed.is_main():
             return 0
         # "finished" only once everything is written, and the checkpoints go only after that: a failure before
@@ -120,7 +124,7 @@ def fit_budget(recipe, data_root: Path | None, budget: int, console: Console):
 
 
 def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, command: str,
-            resuming: resume.Resume | None = None, budget: int | None = None) -> dict:
+            resuming: resume.Resume | None = None, budget: int | None = None, base_cache: Path | None = None) -> dict:
     started = time.perf_counter()
     main_process = distributed.is_main()  # with several processes only the main one writes
     set_seed(recipe.train.seed)
@@ -146,7 +150,7 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
         rundir.write_json(run_dir / "environment.json", resume.environment(resuming, env) if resuming else env)
 
     memory_plan = building.predict_memory(recipe, inputs)
-    extra = task.Evaluation(inputs, recipe) if hasattr(task, "Evaluation") else None  # before/after figures
+    extra = task.Evaluation(inputs, recipe, base_cache) if hasattr(task, "Evaluation") else None  # before/after
     meter = memory.MemoryMeter()  # the base's evaluation before training counts as evaluation
     model = building.build_model(recipe, task, resolved, label_names,
                                  on_base=meter.during("eval", extra.before) if extra else None)

@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="memory budget, e.g. 2GiB: a run chooses micro-batch and gradient checkpointing so the "
                              "predicted training peak fits (stops if nothing fits); with --plan, whether the recipe as "
                              "written fits (default: GPU memory, else physical memory)")
+    parser.add_argument("--base-cache", type=Path, default=None, metavar="DIR",
+                        help="causal LM: keep the base model's before-training figures here and reuse them in runs of "
+                             "the same base, data and evaluation settings (compare sets it for its variants)")
     parser.add_argument("--resume", nargs="?", const=resume.AUTO, default=None, metavar="RUN_DIR",
                         help="continue an interrupted or failed run from its last checkpoint (default: the newest "
                              "one of this recipe in --runs-dir); give the same recipe and --set options")

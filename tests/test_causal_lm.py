@@ -294,6 +294,26 @@ def test_lora_run_learns_and_records_before_and_after(lora_run):
     assert keys and all("lora_" in k for k in keys)  # no lm_head or embeddings copied into the adapter
 
 
+
+def test_runs_of_one_base_score_it_once_with_base_cache(tmp_path, llama, sums_dir, monkeypatch):
+    """A comparison's variants share the base's before-training figures: the second run (another method, another
+    seed) reads them from --base-cache instead of evaluating and generating again; a quantized base is another key."""
+    cache = tmp_path / "base"
+    scored = []
+    original = causal_lm.Evaluation._score_base
+    monkeypatch.setattr(causal_lm.Evaluation, "_score_base", lambda self, base: scored.append(1) or original(self, base))
+    first = run_recipe(tmp_path / "a", write_recipe(tmp_path / "a.py", llama), sums_dir, "--base-cache", str(cache))
+    second = run_recipe(tmp_path / "b", write_recipe(tmp_path / "b.py", llama, method="IA3()"), sums_dir,
+                        "--base-cache", str(cache), "--set", "train.seed=3")
+    assert len(scored) == 1 and len(list(cache.iterdir())) == 1
+    a, b = (json.loads((run / "metrics.json").read_text()) for run in (first, second))
+    assert b["before"] == a["before"] and "before_reused_from" in b and "before_reused_from" not in a
+    before = [json.loads((run / "generations.json").read_text())["before"] for run in (first, second)]
+    assert before[0] == before[1]
+    run_recipe(tmp_path / "c", write_recipe(tmp_path / "c.py", llama, extra="quant=Quant4bit(),"), sums_dir,
+               "--base-cache", str(cache))
+    assert len(scored) == 2 and len(list(cache.iterdir())) == 2
+
 def test_predict_generates_and_rescores(lora_run, sums_dir, capsys):
     capsys.readouterr()
     assert predict.main([str(lora_run), "what is 2 plus 3", "--max-new-tokens", "6"]) == 0

@@ -15,7 +15,7 @@ Trainer's compute_metrics is the two composed (metrics_for below): one scoring p
 Optional (causal_lm has them): GREATER_IS_BETTER (for BEST_METRIC, default True), UNQUANTIZED (modules besides
 the heads kept out of 4/8-bit quantization),
 RAW_METRICS (metrics that are not fractions), preprocess_logits (Trainer's preprocess_logits_for_metrics) and
-Evaluation(inputs, recipe) (extra figures before and after training, see pipeline.execute).
+Evaluation(inputs, recipe, base_cache) (extra figures before and after training, see pipeline.execute).
 """
 
 from importlib import import_module

@@ -29,6 +29,8 @@ training and for the trained model after.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 import time
@@ -290,12 +292,41 @@ class Evaluation:
 
     SAMPLES = 3  # generations shown in the report; all of them go to generations.json
 
-    def __init__(self, inputs, recipe):
+    def __init__(self, inputs, recipe, base_cache: Path | None = None):
         self.inputs, self.recipe = inputs, recipe
         self.rows = list(inputs.splits.generate) if inputs.splits.generate is not None else []
         self.before_metrics, self.before_gen, self.after_gen = {}, None, None
+        self.base_cache, self.cached, self.reused = base_cache, None, False
+
+    def _cache_file(self, folder: Path | None, layers: int) -> Path | None:
+        """The base's figures depend on its weights and quantization, the examples scored and prompted and the
+        settings that score them; not on the method, learning rate or training seed. Variants of a comparison share
+        them (compare passes --base-cache): one file per such key. None where the weights have no fingerprint."""
+        from .. import models, speed
+        from ..recipe import recipe_to_dict
+
+        fingerprint = models.weights_fingerprint(self.inputs.resolved) if folder is not None else None
+        if fingerprint is None:
+            return None
+        settings = recipe_to_dict(self.recipe)
+        key = {"weights": fingerprint, **{k: settings[k] for k in ("model", "quant", "data")},
+               "ids": {k: list(v) for k, v in self.inputs.splits.ids.items() if k in ("eval", "generation")},
+               "bf16": speed.use_bf16(self.recipe), "generation_batch": levers.generation_batch_size(self.recipe),
+               "eval_batch": levers.eval_batch_size(self.recipe, layers)}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return Path(folder) / f"base-{digest}.json"
 
     def before(self, base) -> None:
+        self.cached = self._cache_file(self.base_cache, getattr(base.config, "num_hidden_layers", 1))
+        if self.cached is not None and self.cached.is_file():
+            record = rundir.read_json(self.cached)
+            self.before_metrics, self.before_gen, self.reused = record["metrics"], record["generation"], True
+            return
+        self._score_base(base)
+        if self.cached is not None:
+            rundir.write_json(self.cached, {"metrics": self.before_metrics, "generation": self.before_gen})
+
+    def _score_base(self, base) -> None:
         inputs = self.inputs
         self.before_metrics = evaluate(base, self.recipe, inputs.task, inputs.tokenizer, inputs.labels,
                                        inputs.splits.eval, inputs.eval)
@@ -324,7 +355,7 @@ class Evaluation:
 
     def record(self, run_dir: Path) -> dict:
         """Written to generations.json (every output); returned for metrics.json (figures and a few samples)."""
-        out = {"before": self.before_metrics}
+        out = {"before": self.before_metrics} | ({"before_reused_from": str(self.cached)} if self.reused else {})
         if self.after_gen:
             before, after = self.before_gen, self.after_gen
             rundir.write_json(run_dir / "generations.json", {"before": before["outputs"], "after": after["outputs"]})
