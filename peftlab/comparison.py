@@ -100,19 +100,22 @@ def lr_grids(comparison: Comparison, path: Path) -> dict[str, list[float]]:
     return grids
 
 
-def search_lr(first: Variant, grid: list[float], run: Callable[[Variant], dict]) -> dict:
-    """Run every grid point on the first seed; choose on the selection split (lr_search.selection_score)."""
-    from .tasks import get_task
-
-    results = [run(replace(first, lr=lr, is_recipe_run=False)) for lr in grid]
+def search_lr(first: Variant, grid: list[float], run: Callable[[Variant], dict], extend: int = 0) -> dict:
+    """Run every grid point on the first seed; choose on the selection split (lr_search.selection_score). With
+    `extend`, a choice at the grid's edge runs the next point beyond it, up to `extend` more points."""
     scores, metric, greater = {}, None, True
-    for lr, result in zip(grid, results):
+    grid, todo = list(grid), list(grid)
+    while todo:
+        lr = todo.pop(0)
+        result = run(replace(first, lr=lr, is_recipe_run=False))
         if result["state"] == "finished":
             record = run_report.load_record(Path(result["run"]))
             metric, scores[lr], greater = lr_search.selection_score(record, get_task(record["recipe"]["model"]["task"]))
-    return {"grid": grid, "chosen": lr_search.choose(scores, greater), "metric": metric,
-                     "greater_is_better": greater}
-
+        beyond = lr_search.beyond_edge(grid, lr_search.choose(scores, greater)) if not todo and extend else None
+        if beyond is not None:
+            grid, todo, extend = [*grid, beyond], [beyond], extend - 1
+    return {"grid": sorted(grid), "chosen": lr_search.choose(scores, greater), "metric": metric,
+            "greater_is_better": greater}
 
 
 def _last_error_line(stderr: str) -> str:
@@ -186,7 +189,8 @@ def run_all(args, argv: list[str], console) -> dict:
         for name in dict.fromkeys(v.name for v in variants):
             first, *rest = todo = [v for v in variants if v.name == name]
             if name in grids:  # the first seed's run at the chosen rate is one of the grid's
-                search = record["lr_search"][name] = search_lr(first, grids[name], run)
+                extend = lr_search.EDGE_EXTENSIONS if comparison.lrs == "auto" else 0  # a list given is kept
+                search = record["lr_search"][name] = search_lr(first, grids[name], run, extend)
                 todo = [replace(v, lr=search["chosen"], is_recipe_run=False) for v in rest] if search["chosen"] is not None else []
             for variant in todo:
                 run(variant)

@@ -67,6 +67,21 @@ def selection_score(record: dict, task) -> tuple[str, float, bool]:
     return metric, float(value), bool(greater)
 
 
+# With lrs="auto", a rate chosen at the edge of its family's grid may be beaten by one beyond it: the grid goes on
+# past that edge, a grid step at a time, at most this many points (a learning rate given as a list is searched as is).
+EDGE_EXTENSIONS = 2
+
+
+def beyond_edge(grid: list[float], chosen: float | None) -> float | None:
+    """The next rate past the grid's edge, one step (the ratio of the two outermost rates) further, when the chosen
+    rate is that edge; None when the choice lies inside the grid (or nothing was chosen)."""
+    ordered = sorted(grid)
+    if chosen is None or len(ordered) < 2 or chosen not in (ordered[0], ordered[-1]):
+        return None
+    step = ordered[-1] / ordered[-2] if chosen == ordered[-1] else ordered[0] / ordered[1]
+    return float(f"{chosen * step:.3g}")
+
+
 def choose(scores: dict[float, float], greater_is_better: bool) -> float | None:
     """The learning rate with the best selection score (NaN — a failed or diverged point — never wins; ties go to
     the smaller rate); None when no grid point has a score."""
