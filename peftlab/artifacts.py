@@ -61,6 +61,14 @@ def load_export(export_dir: Path) -> Trained:
     return Trained(recipe, task, model, AutoTokenizer.from_pretrained(export_dir), record["labels"], export_dir)
 
 
+def recorded_data_files(path: Path) -> dict:
+    """The data files a run read ("folder/file" -> md5), for a run directory or an export (from its source run)."""
+    path = Path(path)
+    if (path / EXPORT_RECORD).is_file():
+        return rundir.read_json(path / EXPORT_RECORD).get("data_files", {})
+    return rundir.read_json(path / "environment.json")["data"].get("files", {})
+
+
 def load_any(path: Path) -> Trained:
     """A run directory or a merged export."""
     path = Path(path)
