@@ -68,6 +68,19 @@ def md5(path: Path) -> str:
     return digest.hexdigest()
 
 
+def changed_files(data, root: Path | None, recorded: dict, splits) -> list[str]:
+    """The local files of `splits` whose md5 differs from the one a run recorded (Splits.files: "folder/file" ->
+    md5), as 'path (md5 …, the run's …)'. Hub data has no files to compare: nothing is reported for it."""
+    folder = local_folder(data.name, root)
+    changed = []
+    for split in dict.fromkeys(splits) if folder is not None else ():
+        path = split_file(folder, split)
+        current, used = md5(path), recorded.get(f"{folder.name}/{path.name}")
+        if current != used:
+            changed.append(f"{path} (md5 {current[:12]}…, the run's {used[:12] + '…' if used else 'not recorded'})")
+    return changed
+
+
 def split_file(folder: Path, split: str) -> Path:
     for suffix in SUFFIXES:
         if (folder / f"{split}{suffix}").is_file():
@@ -105,12 +118,12 @@ def _header_columns(path: Path) -> list[str] | None:
     return None  # .json / .conll: structure checked when read
 
 
-def _has_rows(path: Path) -> bool:
+def has_rows(path: Path) -> bool:
     """A line after the header (CSV/TSV) or a first line (JSON lines) that is not blank."""
     with open(path, encoding="utf-8") as fh:
         lines = (line for line in fh if line.strip())
-        next(lines, None)
-        return path.suffix == ".jsonl" or next(lines, None) is not None
+        first = next(lines, None)
+        return first is not None and (path.suffix not in (".tsv", ".csv") or next(lines, None) is not None)
 
 
 def preflight(data, root: Path | None, columns: list[str]) -> None:
@@ -121,7 +134,7 @@ def preflight(data, root: Path | None, columns: list[str]) -> None:
     for split in split_names(data):
         path = split_file(folder, split)
         found = _header_columns(path)
-        check(found is None or _has_rows(path), f"{path}: the split is empty (a header and no examples); "
+        check(found is None or has_rows(path), f"{path}: the split is empty (a header and no examples); "
                                                 "supply a file with at least one example")
         missing = [c for c in columns if found is not None and c not in found]
         check(not missing, f"{path.name}: no column {', '.join(map(repr, missing))} (columns: {', '.join(found or [])}); "

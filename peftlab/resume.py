@@ -73,14 +73,8 @@ def input_differences(run_dir: Path, recipe, data_root: Path | None) -> list[str
     if not (run_dir / "environment.json").is_file():
         return []  # stopped before it read its inputs: nothing to compare
     env = rundir.read_json(run_dir / "environment.json")
-    changed = []
-    folder = data_stage.local_folder(recipe.data.name, data_root)
-    if folder is not None:
-        for split in (recipe.data.train_split, recipe.data.eval_split):
-            path = data_stage.split_file(folder, split)
-            recorded, current = env["data"].get("files", {}).get(f"{folder.name}/{path.name}"), data_stage.md5(path)
-            if recorded != current:
-                changed.append(f"data file {path} (md5 {current[:12]}…, run used {str(recorded)[:12]}…)")
+    changed = [f"data file {change}" for change in data_stage.changed_files(
+        recipe.data, data_root, env["data"].get("files", {}), (recipe.data.train_split, recipe.data.eval_split))]
     recorded = env["model"].get("fingerprint")
     current = models.weights_fingerprint(models.resolve(recipe.model.name, recipe.model.revision))
     if recorded and current and recorded != current:

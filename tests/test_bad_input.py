@@ -70,6 +70,13 @@ field variants at the API level; this table is the end-to-end list.)
 | comparison record garbled | …/comparison.json: not readable JSON (…); restore the file … |
 | JSON data file broken | train.json: not readable as JSON or JSON lines (…); fix the file |
 | merge --out under a missing folder | --out …: the folder … does not exist; create it first or choose another --out |
+| merge --base dequantized, full-precision run | --base dequantized: run … trained on a full-precision base, there is nothing to de-quantize; drop --base |
+| predict --input of an unknown type | --input reviews.xlsx: unknown file type '.xlsx'; give a .jsonl, .csv, .tsv file |
+| predict --input without the text column | --input …: no column 'sentence' (columns: review); this run reads 'sentence' (data.text): rename the columns |
+| predict --input empty | --input …: no rows to predict (an empty file or a header only); give a file with at least one row |
+| predict --input with an empty text | --input …, row 2: empty 'sentence' (1 such rows); fill or remove them |
+| predict --output unwritable | --output …: cannot write in … (missing or read-only); create it or choose another --output |
+| predict --eval on other data | --eval: …validation.tsv (md5 …): not the data the run was evaluated on; pass --data-dir with the run's data, or --allow-other-data … |
 """
 
 from __future__ import annotations
@@ -276,6 +283,24 @@ def garbled_comparison(b: Bad):
     return "compare", [str(folder), "--report-only", "--reports-dir", str(b.reports)]
 
 
+def predict_file(b: Bad, name: str, content: str, output: Path | None = None) -> tuple[str, list[str]]:
+    """predict --input of a file written here; the output must not appear (nothing half-written)."""
+    source = b.tmp / name
+    source.write_text(content)
+    b.output = output or b.tmp / "predictions.jsonl"
+    return "predict", [str(b.finished_run()), "--input", str(source), "--output", str(b.output)]
+
+
+def no_output(b: Bad, message: str) -> None:
+    assert not b.output.exists() and not list(b.output.parent.glob(f".{b.output.name}.*"))
+
+
+def other_eval_data(b: Bad):
+    rows = sentiment_rows(64, seed=2)
+    rows[3] = ("an edited sentence", rows[3][1])
+    return "predict", [str(b.finished_run()), "--eval", "--data-dir", str(b.data(validation=rows))]
+
+
 @dataclass
 class Case:
     name: str
@@ -411,6 +436,23 @@ CASES = [
     Case("merge --out under a missing folder", lambda b: ("merge", [str(b.finished_run()), "--out",
                                                                      str(b.tmp / "no" / "such" / "export")]),
          "does not exist", "create it first or choose another --out"),
+    Case("merge --base dequantized, full-precision run", lambda b: ("merge", [str(b.finished_run()), "--out",
+                                                                               str(b.tmp / "x"), "--base", "dequantized"]),
+         "trained on a full-precision base, there is nothing to de-quantize", "drop --base"),
+    Case("predict --input of an unknown type", lambda b: predict_file(b, "reviews.xlsx", "sentence\na good film\n"),
+         "unknown file type '.xlsx'", "give a .jsonl, .csv, .tsv file", no_output),
+    Case("predict --input without the text column", lambda b: predict_file(b, "in.csv", "review\na good film\n"),
+         "no column 'sentence' (columns: review)", "this run reads 'sentence' (data.text): rename the columns", no_output),
+    Case("predict --input empty", lambda b: predict_file(b, "in.jsonl", "\n"), "no rows to predict",
+         "give a file with at least one row", no_output),
+    Case("predict --input with an empty text",
+         lambda b: predict_file(b, "in.jsonl", '{"sentence": "a good film"}\n{"sentence": " "}\n'),
+         "row 2: empty 'sentence'", "fill or remove them", no_output),
+    Case("predict --output unwritable", lambda b: predict_file(b, "in.csv", "sentence\na good film\n",
+                                                               output=b.tmp / "no" / "such" / "out.jsonl"),
+         "cannot write in", "create it or choose another --output", no_output),
+    Case("predict --eval on other data", other_eval_data, "validation.tsv (md5",
+         "not the data the run was evaluated on; pass --data-dir with the run's data, or --allow-other-data"),
 ]
 
 
