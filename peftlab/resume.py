@@ -19,7 +19,8 @@ from .errors import check
 
 AUTO = "auto"  # --resume without a directory
 RESUMABLE = ("interrupted", "failed")
-MAY_DIFFER = {"train.checkpoint_steps", "train.keep_checkpoints", "train.logging_steps"}
+# what changes how a run is checkpointed, logged or tracked, not what it trains
+MAY_DIFFER = {"train.checkpoint_steps", "train.keep_checkpoints", "train.logging_steps", "train.report_to"}
 
 
 @dataclass(frozen=True)
@@ -124,8 +125,9 @@ def environment(resume: Resume, env: dict) -> dict:
     recorded = rundir.read_json(path)
     entry = {"command": env["command"], "from_step": resume.step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
              "host": socket.gethostname()}
-    if env.get("versions") != recorded.get("versions"):
-        entry["versions"] = env.get("versions")
+    for key in ("versions", "report_to"):  # what this process ran with, where it differs from the first
+        if env.get(key) != recorded.get(key):
+            entry[key] = env.get(key)
     recorded.setdefault("resumed", []).append(entry)
     return recorded
 

@@ -30,6 +30,8 @@ field variants at the API level; this table is the end-to-end list.)
 | --set wrong type | --set method.r=big: expected int |
 | unknown device | train.device='tpu': expected one of 'auto', 'cpu', 'cuda' |
 | GPU asked for, none present | train.device='cuda' but torch … sees no CUDA GPU …; use --set train.device=auto |
+| unknown tracker | train.report_to: unknown tracker 'tensorbord' (did you mean 'tensorboard'?); use 'auto', [] for none … |
+| tracker not installed | train.report_to: clearml is not installed here (usable: …); pip install clearml, or leave it out … |
 | model path missing | model folder … does not exist: fix the path in Model(name=...) |
 | model folder is not a model | model folder … has no config.json: point Model(name=...) at a saved Hugging Face model |
 | model folder without weights | … has a config.json but no weights …: point Model(name=...) at a complete saved model |
@@ -82,6 +84,7 @@ field variants at the API level; this table is the end-to-end list.)
 from __future__ import annotations
 
 import errno
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -199,6 +202,10 @@ def nan_loss(b: Bad):
     data = b.data(train=rows, validation=[(t, float(v)) for t, v in sentiment_rows(8, 2)], header=("sentence", "score"))
     return b.run(b.recipe(REGRESSION, train="epochs=1, lr=1e-3, batch_size=4, checkpoint_steps=1, keep_checkpoints=1"),
                  data=data)
+
+
+def nothing_created(b: Bad) -> None:
+    assert not b.runs.exists()  # refused before the run directory (and its folder) is created
 
 
 def nan_loss_keeps_last_good_checkpoint(b: Bad, message: str) -> None:
@@ -357,6 +364,13 @@ CASES = [
     pytest.param(Case("GPU asked for, none present", lambda b: b.run(None, "--set", "train.device=cuda"),
                       "train.device='cuda' but torch", "use --set train.device=auto"),
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")),
+    Case("unknown tracker", lambda b: b.run(b.recipe(train="report_to=['tensorbord']")),
+         "unknown tracker 'tensorbord' (did you mean 'tensorboard'?)", "use 'auto', [] for none"),
+    pytest.param(Case("tracker not installed", lambda b: b.run(None, "--set", "train.report_to=clearml"),
+                      "train.report_to: clearml is not installed here", "pip install clearml, or leave it out",
+                      after=lambda b, message: nothing_created(b)),
+                 marks=pytest.mark.skipif(importlib.util.find_spec("clearml") is not None,
+                                          reason="clearml is installed")),
     Case("model path missing", lambda b: b.run(b.recipe([(str(b.bert), str(b.tmp / "no-such-model"))])),
          "no-such-model does not exist", "fix the path in Model(name=...)"),
     Case("model folder is not a model", lambda b: b.run(b.recipe([(str(b.bert), str(b.good_data))])),
