@@ -17,6 +17,7 @@ import torch
 
 from . import rundir
 from .artifacts import EXPORT_RECORD, load_trained
+from .data import title
 from .errors import PeftlabError, check
 from .evaluation import eval_inputs, evaluate_split
 from .methods import METHODS
@@ -104,7 +105,7 @@ def model_card(trained, record: dict) -> str:
         f"- Base model: `{recipe.model.name}` (weights sha256 `{record['base_fingerprint']}`)",
         f"- Method: {recipe.method.kind}, trained on a {quant}; merged into the full-precision base, saved as {record['dtype']}",
         f"- Task: {recipe.model.task}, labels {trained.labels}",
-        f"- Data: {recipe.data.name}, validation split `{recipe.data.eval_split}`",
+        f"- Data: {title(recipe.data.name, recipe.data.files)}, validation split `{recipe.data.eval_split}`",
         f"- Run: `{trained.run_dir.name}`; validation {', '.join(f'{k} {v:.4f}' for k, v in metrics['task_metrics'].items())}",
         "",
         "## How this export was made and checked",

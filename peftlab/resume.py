@@ -74,13 +74,11 @@ def input_differences(run_dir: Path, recipe, data_root: Path | None) -> list[str
         return []  # stopped before it read its inputs: nothing to compare
     env = rundir.read_json(run_dir / "environment.json")
     changed = []
-    folder = data_stage.local_folder(recipe.data.name, data_root)
-    if folder is not None:
-        for split in (recipe.data.train_split, recipe.data.eval_split):
-            path = data_stage.split_file(folder, split)
-            recorded, current = env["data"].get("files", {}).get(f"{folder.name}/{path.name}"), data_stage.md5(path)
-            if recorded != current:
-                changed.append(f"data file {path} (md5 {current[:12]}…, run used {str(recorded)[:12]}…)")
+    for split, path in (data_stage.local_files(recipe.data, data_root) or {}).items():
+        recorded = env["data"].get("files", {}).get(data_stage.file_key(recipe.data, split, path))
+        current = data_stage.md5(path)
+        if recorded != current:
+            changed.append(f"data file {path} (md5 {current[:12]}…, run used {str(recorded)[:12]}…)")
     recorded = env["model"].get("fingerprint")
     current = models.weights_fingerprint(models.resolve(recipe.model.name, recipe.model.revision))
     if recorded and current and recorded != current:
