@@ -1,12 +1,17 @@
-"""Raw splits from the Hub (online) or from a local data folder (offline), with file hashes for the record.
+"""Raw splits from the Hub (online), a local data folder (offline) or the recipe's own files, with file hashes for
+the record.
 
-Local layout: <data_dir>/<folder>/<split>.{tsv,csv,jsonl,json,conll}, where <folder> is the last part of
-the dataset name ("glue/sst2" -> "sst2"), or Data(name=...) itself when it is a folder.
-Task-specific preprocessing (tokenizing, label alignment) lives with each task in peftlab/tasks/.
+Local layout: <data_dir>/<folder>/<split>.{tsv,csv,jsonl,json,parquet,conll}, where <folder> is the last part of
+the dataset name ("glue/sst2" -> "sst2"), or Data(name=...) itself when it is a folder. Or Data(files={split: path}),
+relative paths read from the data directory (else the current directory). A file is read by its extension: CSV
+(standard quoting), TSV (GLUE's: no quoting), JSON lines, JSON (SQuAD's nested layout is flattened, other JSON read
+as records), Parquet through datasets; CoNLL by read_conll (datasets has no CoNLL reader).
+Task-specific preprocessing (tokenizing, label alignment, chat rendering) lives with each task in peftlab/tasks/.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -15,7 +20,7 @@ from pathlib import Path
 from .errors import PeftlabError, check
 
 DATA_DIR_ENV = "PEFTLAB_DATA_DIR"
-SUFFIXES = (".tsv", ".csv", ".jsonl", ".json", ".conll")
+SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet", ".conll")
 # "glue/<task>" is the usual way to name a GLUE task; on the Hub it is config <task> of nyu-mll/glue.
 HUB_SHORTCUTS = {"glue": "nyu-mll/glue"}
 # Local folder names whose Hub dataset has another id (the Hub copies also name their splits differently:
@@ -32,8 +37,8 @@ class Splits:
 
     train: object
     eval: object
-    source: str  # "local:<folder>" or "hub:<id>"
-    files: dict = field(default_factory=dict)  # file name -> md5 (local data only)
+    source: str  # "local:<folder>", "files:<folder relative paths are read from>" or "hub:<id>"
+    files: dict = field(default_factory=dict)  # file (file_key) -> md5 (local data only)
     generate: object = None
     selection: object = None
     test: object = None
@@ -68,26 +73,56 @@ def md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def changed_files(data, root: Path | None, recorded: dict, splits) -> list[str]:
-    """The local files of `splits` whose md5 differs from the one a run recorded (Splits.files: "folder/file" ->
-    md5), as 'path (md5 …, the run's …)'. Hub data has no files to compare: nothing is reported for it."""
-    folder = local_folder(data.name, root)
+def changed_files(data, root: Path | None, recorded: dict, splits=None) -> list[str]:
+    """The local files of `splits` (default: every split the recipe reads) whose md5 differs from the one a run
+    recorded (environment.json's data files: file_key -> md5), as 'path (md5 …, the run's …)'. Hub data has no
+    files to compare: nothing is reported for it."""
+    files = local_files(data, root) or {}
     changed = []
-    for split in dict.fromkeys(splits) if folder is not None else ():
-        path = split_file(folder, split)
-        current, used = md5(path), recorded.get(f"{folder.name}/{path.name}")
+    for split in dict.fromkeys(s for s in (files if splits is None else splits) if s in files):
+        path = files[split]
+        current, used = md5(path), recorded.get(file_key(data, split, path))
         if current != used:
             changed.append(f"{path} (md5 {current[:12]}…, the run's {used[:12] + '…' if used else 'not recorded'})")
     return changed
+
+
+def file_type(path: str | Path) -> str:
+    return Path(path).suffix.lower()
 
 
 def split_file(folder: Path, split: str) -> Path:
     for suffix in SUFFIXES:
         if (folder / f"{split}{suffix}").is_file():
             return folder / f"{split}{suffix}"
-    found = sorted(p.name for p in folder.iterdir() if p.suffix in SUFFIXES)
+    found = sorted(p.name for p in folder.iterdir() if file_type(p) in SUFFIXES)
     raise PeftlabError(f"split '{split}' not found in {folder} (files: {', '.join(found) or 'none'}); "
                        f"set data.train_split/data.eval_split to one of them")
+
+
+def local_files(data, root: Path | None) -> dict[str, Path] | None:
+    """The local file of every split the recipe reads, or None for Hub data. data.files' relative paths are read
+    from the data directory when there is one (as dataset folders are), else from the current directory."""
+    if not data.files:
+        folder = local_folder(data.name, root)
+        return None if folder is None else {split: split_file(folder, split) for split in split_names(data)}
+    paths = {}
+    for split in split_names(data):
+        path = Path(data.files[split]).expanduser()
+        paths[split] = path if path.is_absolute() or root is None else root / path
+        check(paths[split].is_file(), f"data.files[{split!r}]: no file {paths[split]}; fix the path (relative paths "
+                                      f"are read from {f'the data directory {root}' if root else 'the current directory'})")
+    return paths
+
+
+def file_key(data, split: str, path: Path) -> str:
+    """A data file's name in environment.json: as data.files gives it, else <folder>/<file>."""
+    return data.files[split] if data.files else f"{path.parent.name}/{path.name}"
+
+
+def title(name: str, files: dict | None) -> str:
+    """The data as reports name it: the dataset, or its files."""
+    return name or ", ".join(dict.fromkeys((files or {}).values()))
 
 
 def require_utf8(path: Path) -> None:
@@ -101,14 +136,28 @@ def require_utf8(path: Path) -> None:
                            f"e.g. iconv -f latin1 -t utf-8 {path.name}") from None
 
 
+def _parquet(path: Path):
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except Exception as err:  # pyarrow's errors (ArrowInvalid, OSError) say what is wrong in their first line
+        raise PeftlabError(f"{path}: not readable as Parquet ({str(err).strip().splitlines()[0][:120]}); fix the "
+                           "file") from None
+
+
 def _header_columns(path: Path) -> list[str] | None:
-    """Column names from the first line of a local file, without reading the rest."""
+    """Column names from the first line (the schema of a Parquet file), without reading the rest."""
+    if file_type(path) == ".parquet":
+        return _parquet(path).schema_arrow.names
     require_utf8(path)
     with open(path, encoding="utf-8") as fh:
-        first = fh.readline().rstrip("\n")
-    if path.suffix in (".tsv", ".csv"):
-        return first.split("\t" if path.suffix == ".tsv" else ",")
-    if path.suffix == ".jsonl":
+        first = fh.readline().rstrip("\r\n")
+    if file_type(path) == ".tsv":
+        return first.split("\t")
+    if file_type(path) == ".csv":
+        return next(csv.reader([first]), [])  # a header may quote its names
+    if file_type(path) == ".jsonl":
         import json
 
         try:
@@ -119,43 +168,48 @@ def _header_columns(path: Path) -> list[str] | None:
 
 
 def has_rows(path: Path) -> bool:
-    """A line after the header (CSV/TSV) or a first line (JSON lines) that is not blank."""
+    """A line after the header (CSV/TSV), a first line (JSON lines, JSON, CoNLL) that is not blank, a row
+    (Parquet)."""
+    if file_type(path) == ".parquet":
+        return _parquet(path).metadata.num_rows > 0
     with open(path, encoding="utf-8") as fh:
         lines = (line for line in fh if line.strip())
         first = next(lines, None)
-        return first is not None and (path.suffix not in (".tsv", ".csv") or next(lines, None) is not None)
+        return first is not None and (file_type(path) not in (".tsv", ".csv") or next(lines, None) is not None)
+
+
+COLUMNS_FIX = "set data.text/data.label (data.columns for a data.chat_format) to the right names"
 
 
 def preflight(data, root: Path | None, columns: list[str]) -> None:
     """Cheap checks before a run directory exists: folder, split files and columns of local data."""
-    folder = local_folder(data.name, root)
-    if folder is None:
-        return  # Hub data is checked when loaded
-    for split in split_names(data):
-        path = split_file(folder, split)
+    paths = local_files(data, root)
+    for path in dict.fromkeys((paths or {}).values()):  # Hub data is checked when loaded
         found = _header_columns(path)
         check(found is None or has_rows(path), f"{path}: the split is empty (a header and no examples); "
                                                 "supply a file with at least one example")
         missing = [c for c in columns if found is not None and c not in found]
         check(not missing, f"{path.name}: no column {', '.join(map(repr, missing))} (columns: {', '.join(found or [])}); "
-                           "set data.text/data.label to the right names")
+                           + COLUMNS_FIX)
 
 
 def read_conll(path: Path):
-    """CoNLL: `token<TAB>tag` per line, a blank line between sentences. (datasets has no CoNLL loader.)"""
+    """CoNLL: a word per line, its tag in the last column (`token<TAB>tag` as WNUT-17, or CoNLL-2003's
+    space-separated `token POS chunk tag`), a blank line between sentences; `-DOCSTART-` lines are skipped.
+    Columns are split at tabs when the line has one (a token may then hold spaces), else at whitespace."""
     from datasets import Dataset
 
     tokens, tags, sentences = [], [], []
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
+        if not line.strip() or line.startswith("-DOCSTART-"):
             if tokens:
                 sentences.append({"tokens": tokens, "tags": tags})
             tokens, tags = [], []
             continue
-        parts = line.split("\t")
-        check(len(parts) == 2, f"{path}:{lineno}: expected 'token<TAB>tag', got {line!r}")
+        parts = line.split("\t") if "\t" in line else line.split()
+        check(len(parts) >= 2, f"{path}:{lineno}: expected 'token<TAB>tag' (or columns with the tag last), got {line!r}")
         tokens.append(parts[0])
-        tags.append(parts[1])
+        tags.append(parts[-1])
     if tokens:
         sentences.append({"tokens": tokens, "tags": tags})
     check(bool(sentences), f"{path}: the split is empty; supply a file with at least one example")
@@ -193,28 +247,35 @@ def read_squad(path: Path):
     return Dataset.from_list(rows)
 
 
+# How datasets reads each file type: its builder, options, and what the file is called in an error.
+# TSV: GLUE's files carry raw quote characters, so no quoting (3: QUOTE_NONE); CSV: standard quoting, as pandas, the
+# csv module and spreadsheets write it (a text with a comma is quoted). na_filter off keeps "null"/"NA" as text.
+READERS = {".tsv": ("csv", {"delimiter": "\t", "quoting": 3, "keep_default_na": False, "na_filter": False}, "TSV"),
+           ".csv": ("csv", {"keep_default_na": False, "na_filter": False}, "CSV"),
+           ".jsonl": ("json", {}, "JSON or JSON lines"), ".json": ("json", {}, "JSON or JSON lines"),
+           ".parquet": ("parquet", {}, "Parquet")}
+
+
 def read_file(path: Path):
     from datasets import load_dataset
+    from datasets.exceptions import DatasetGenerationError
 
-    require_utf8(path)
-    if path.suffix == ".conll":
-        return read_conll(path)
-    if path.suffix == ".json" and (squad := read_squad(path)) is not None:
-        return squad
-    if path.suffix in (".tsv", ".csv"):
-        # quoting=3 (QUOTE_NONE): these files carry raw quote characters; na_filter off keeps "null"/"NA" text.
-        dataset = load_dataset("csv", data_files=str(path), split="train",
-                               delimiter="\t" if path.suffix == ".tsv" else ",",
-                               quoting=3, keep_default_na=False, na_filter=False)
+    kind = file_type(path)
+    if kind == ".parquet":
+        _parquet(path)  # a damaged file in one line, not datasets' deeper error
     else:
-        from datasets.exceptions import DatasetGenerationError
-
-        try:
-            dataset = load_dataset("json", data_files=str(path), split="train")
-        except (DatasetGenerationError, StopIteration) as err:  # not JSON (the cause says where), or an empty file
-            cause = err.__cause__ or err
-            detail = str(cause).strip().splitlines()[0][:120] if str(cause).strip() else "an empty file"
-            raise PeftlabError(f"{path}: not readable as JSON or JSON lines ({detail}); fix the file") from None
+        require_utf8(path)
+    if kind == ".conll":
+        return read_conll(path)
+    if kind == ".json" and (squad := read_squad(path)) is not None:
+        return squad
+    builder, options, what = READERS[kind]
+    try:
+        dataset = load_dataset(builder, data_files=str(path), split="train", **options)
+    except (DatasetGenerationError, StopIteration) as err:  # malformed (the cause says where), or an empty file
+        cause = err.__cause__ or err
+        detail = str(cause).strip().splitlines()[0][:120] if str(cause).strip() else "an empty file"
+        raise PeftlabError(f"{path}: not readable as {what} ({detail}); fix the file") from None
     check(len(dataset) > 0, f"{path}: the split is empty; supply a file with at least one example")
     return dataset
 
@@ -237,11 +298,11 @@ def load_splits(data, root: Path | None) -> Splits:
     examples. The selection examples are held out of the train split first, then train_limit draws from the rest;
     eval_limit (eval and test splits) and generate_limit draw subsets of theirs. Subsets keep the split's order
     and are nested: a larger limit adds examples (one permutation per split)."""
-    folder = local_folder(data.name, root)
-    if folder is not None:
-        paths = {split: split_file(folder, split) for split in split_names(data)}
+    paths = local_files(data, root)
+    if paths is not None:
         read = {split: read_file(path) for split, path in paths.items()}
-        source, files = f"local:{folder}", {f"{folder.name}/{p.name}": md5(p) for p in paths.values()}
+        files = {file_key(data, split, path): md5(path) for split, path in paths.items()}
+        source = f"files:{root or Path.cwd()}" if data.files else f"local:{paths[data.train_split].parent}"
     else:
         read, source, files = _load_hub(data)
     full_train = read[data.train_split]
@@ -291,4 +352,4 @@ def _load_hub(data) -> tuple[dict, str, dict]:
 def require_columns(dataset, columns: list[str], split: str) -> None:
     missing = [c for c in columns if c not in dataset.column_names]
     check(not missing, f"{split} split has no column {', '.join(map(repr, missing))} (columns: "
-                       f"{', '.join(dataset.column_names)}); set data.text/data.label to the right names")
+                       f"{', '.join(dataset.column_names)}); " + COLUMNS_FIX)

@@ -23,6 +23,7 @@ import torch
 from . import data as data_stage
 from . import rundir
 from .artifacts import EXPORT_RECORD, load_trained
+from .data import title
 from .errors import PeftlabError, check
 from .evaluation import eval_inputs, evaluate_split
 from .methods import METHODS
@@ -122,7 +123,7 @@ def model_card(trained, record: dict) -> str:
         f"- Base model: `{recipe.model.name}` (weights sha256 `{record['base_fingerprint']}`)",
         f"- Method: {recipe.method.kind}, trained on a {quant}; merged into {BASE_WORDS[base]}, saved as {record['dtype']}",
         f"- Task: {recipe.model.task}, labels {trained.labels}",
-        f"- Data: {recipe.data.name}, validation split `{recipe.data.eval_split}`",
+        f"- Data: {title(recipe.data.name, recipe.data.files)}, validation split `{recipe.data.eval_split}`",
         f"- Run: `{trained.run_dir.name}`; validation {_scores(metrics['task_metrics'])}",
         "",
         "## How this export was made and checked",

@@ -54,7 +54,10 @@ class Model:
 
 @dataclass(frozen=True)
 class Data:
-    name: str  # Hub dataset ("glue/sst2", "user/ds") or local folder; offline: <data_dir>/<last part of name>
+    name: str = ""  # Hub dataset ("glue/sst2", "user/ds") or local folder; offline: <data_dir>/<last part of name>
+    # or your own files, split name -> path (.csv .tsv .jsonl .json .parquet .conll); relative paths are read from the
+    # data directory (--data-dir / $PEFTLAB_DATA_DIR), else from the current directory. Give name or files.
+    files: dict[str, str] | None = None
     text: str = "text"  # input column
     text_pair: str | None = None  # second input column for sentence-pair tasks
     label: str = "label"
@@ -82,8 +85,12 @@ class Data:
     generate_split: str | None = None  # split whose first generate_limit prompts are answered by greedy decoding
     generate_limit: int | None = None
     max_new_tokens: int = 256
+    # instruction data in a common shape, rendered with the chat template (peftlab/chat.py); None: text -> label
+    chat_format: Literal["alpaca", "sharegpt", "messages"] | None = None
+    columns: dict[str, str] | None = None  # the chat format's column names -> the data's, e.g. {"output": "answer"}
 
     def check(self, where: str) -> None:
+        self.check_source(where)
         check(8 <= self.max_length <= 8192, f"{where}.max_length={self.max_length}: use a value in 8..8192")
         for name in ("train_limit", "eval_limit"):
             value = getattr(self, name)
@@ -108,6 +115,27 @@ class Data:
                 re.compile(self.strip_regex)
             except re.error as err:
                 raise PeftlabError(f"{where}.strip_regex={self.strip_regex!r}: not a regular expression ({err})") from None
+        if self.chat_format is not None:
+            from .chat import check_chat_data
+
+            check_chat_data(self, where)
+        else:
+            check(self.columns is None, f"{where}.columns maps the columns of a data.chat_format; for other data name "
+                                        "the columns with data.text/data.label")
+
+    def check_source(self, where: str) -> None:
+        """A Hub id or folder (name) or local files, and a file for every split the recipe reads."""
+        from .data import SUFFIXES, file_type, split_names
+
+        check(bool(self.name) != bool(self.files), f"{where}: give data.name (a Hub dataset or a folder) or "
+                                                   "data.files (split -> file), not both and not neither")
+        for split, path in (self.files or {}).items():
+            check(file_type(path) in SUFFIXES, f"{where}.files[{split!r}]={path!r}: unknown file type; use one of "
+                                               f"{', '.join(SUFFIXES)}")
+        missing = [s for s in split_names(self) if self.files and s not in self.files]
+        check(not missing, f"{where}.files has no split {', '.join(map(repr, missing))} (files: "
+                           f"{', '.join(self.files or [])}); add its file to data.files or set data.train_split/"
+                           "eval_split/test_split/generate_split to one of them")
 
 
 @dataclass(frozen=True)
@@ -198,7 +226,7 @@ class Recipe:
         if self.model.task != "causal_lm":
             defaults = Data(self.data.name)
             for name in ("prompt_template", "strip_regex", "packing", "generate_split", "generate_limit",
-                         "max_new_tokens"):
+                         "max_new_tokens", "chat_format"):
                 check(getattr(self.data, name) == getattr(defaults, name),
                       f"{where}.data.{name} is for model.task='causal_lm'; remove it for {self.model.task!r}")
         elif self.data.packing:  # their virtual tokens / key-value prefixes would bridge the packed examples
@@ -228,6 +256,9 @@ def _matches(value: Any, tp: Any) -> bool:
     if origin is list:
         (item,) = typing.get_args(tp)
         return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if origin is dict:
+        key, item = typing.get_args(tp)
+        return isinstance(value, dict) and all(_matches(k, key) and _matches(v, item) for k, v in value.items())
     if tp is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if tp is int:
@@ -360,11 +391,14 @@ def _set(obj: Any, keys: list[str], text: str, path: str) -> Any:
                            + (f" (did you mean '{hint[0]}'?)" if hint else "")
                            + f"; valid fields: {', '.join(names)}")
     current = getattr(obj, key)
+    tp = typing.get_type_hints(type(obj))[key]
+    if dict in {typing.get_origin(a) for a in (tp, *typing.get_args(tp))}:  # the dict fields map str -> str
+        check(len(keys) == 2, f"--set {path}: set one entry of it, e.g. {path}.<key>=...")
+        return dataclasses.replace(obj, **{key: (current or {}) | {keys[1]: text}})  # --set data.files.train=x.csv
     if len(keys) > 1:
         check(dataclasses.is_dataclass(current), f"--set {path}: '{key}' has no sub-fields")
         return dataclasses.replace(obj, **{key: _set(current, keys[1:], text, path)})
     check(not dataclasses.is_dataclass(current), f"--set {path}: set one of its fields, e.g. {path}.<field>=...")
-    tp = typing.get_type_hints(type(obj))[key]
     return dataclasses.replace(obj, **{key: _parse_value(text, tp, path)})
 
 

@@ -75,7 +75,7 @@ def input_differences(run_dir: Path, recipe, data_root: Path | None) -> list[str
         return []  # stopped before it read its inputs: nothing to compare
     env = rundir.read_json(run_dir / "environment.json")
     changed = [f"data file {change}" for change in data_stage.changed_files(
-        recipe.data, data_root, env["data"].get("files", {}), (recipe.data.train_split, recipe.data.eval_split))]
+        recipe.data, data_root, env["data"].get("files", {}))]
     recorded = env["model"].get("fingerprint")
     current = models.weights_fingerprint(models.resolve(recipe.model.name, recipe.model.revision))
     if recorded and current and recorded != current:

@@ -1,10 +1,12 @@
-"""Causal language modelling (instruction tuning of a decoder LM): prompt -> response, loss on the response only.
+"""Causal language modelling (instruction tuning of a decoder LM): prompt -> response, loss on the responses only.
 
-Each row holds a prompt (data.text) and its response (data.label). The prompt is rendered as a user turn with the
-tokenizer's chat template (the response as the assistant turn), or with data.prompt_template (a str.format
-template over the row's columns; the response then ends with the tokenizer's eos token). Prompt and response are
-tokenized apart, exactly as generation later sees the prompt, and every prompt token is labelled -100: the loss
-and the perplexity count response tokens only (the end-of-turn token included, so the model learns to stop).
+Each row holds a prompt (data.text) and its response (data.label), or, with data.chat_format, an instruction or a
+conversation in the alpaca, sharegpt or OpenAI messages shape (peftlab/chat.py). The row is rendered with the
+tokenizer's chat template (prompt as a user turn, response as the assistant turn), or with data.prompt_template (a
+str.format template over the row's columns; the response then ends with the tokenizer's eos token). The prompts and
+the responses are tokenized apart, a prompt exactly as generation later sees it, and every token outside the
+responses is labelled -100: the loss and the perplexity count the assistant turns only, each with its end-of-turn
+token (so the model learns to stop), every assistant turn of a multi-turn conversation.
 Examples longer than data.max_length tokens are left out, not cut: a cut-off worked solution would teach the model
 to stop before its final answer. How many were left out is printed.
 
@@ -22,9 +24,9 @@ eval_loss averages per-batch means; the perplexity is computed from summed token
 `preprocess_logits` reduces each batch's logits to (NLL sum, token count) per example so the vocabulary-sized
 logits are never gathered (in training and evaluation the output layer runs on the labelled positions only:
 levers.labelled_nll, which yields those per-example sums directly). Generation: greedy, batched with left padding, on
-data.generate_limit rows of data.generate_split (drawn with the data seed, data.load_splits); exact match of the final
-numeric answer (see `final_number`), for the base model before
-training and for the trained model after.
+data.generate_limit rows of data.generate_split (drawn with the data seed, data.load_splits), each answering its row's
+last assistant turn (a conversation up to it is the prompt); exact match of the final numeric answer (see
+`final_number`) against that turn, for the base model before training and for the trained model after.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-from .. import levers, rundir
+from .. import chat, levers, rundir
 from ..data import require_columns
 from ..errors import PeftlabError, check
 from ..evaluation import evaluate
@@ -89,7 +91,7 @@ def final_number(text: str) -> str | None:
 # ------------------------------------------------------------------------------------------- interface
 
 def columns(recipe) -> list[str]:
-    return [recipe.data.text, recipe.data.label]
+    return chat.columns(recipe.data)
 
 
 def labels(recipe, train) -> list[str]:
@@ -101,36 +103,34 @@ def model_kwargs(label_names: list[str]) -> dict:
     return {}
 
 
+def _template_prompt(data, row: dict) -> str:
+    try:
+        return data.prompt_template.format_map(row)
+    except (KeyError, IndexError) as err:
+        raise PeftlabError(f"data.prompt_template={data.prompt_template!r} names {err}, which is not a column "
+                           f"({', '.join(row)}); fix the template") from None
+
+
 def prompt_text(tokenizer, data, row: dict) -> str:
-    """The prompt as the model sees it, ending where the response begins."""
+    """The prompt of a prompt/response row (no chat_format) as the model sees it, ending where the response begins."""
     if data.prompt_template is not None:
-        try:
-            return data.prompt_template.format_map(row)
-        except (KeyError, IndexError) as err:
-            raise PeftlabError(f"data.prompt_template={data.prompt_template!r} names {err}, which is not a column "
-                               f"({', '.join(row)}); fix the template") from None
-    check(bool(getattr(tokenizer, "chat_template", None)),
-          "the tokenizer has no chat template; set data.prompt_template, e.g. 'Question: {question}\\nAnswer: '")
-    return tokenizer.apply_chat_template([{"role": "user", "content": row[data.text]}], tokenize=False,
-                                         add_generation_prompt=True)
+        return _template_prompt(data, row)
+    return chat.generation_prompt(tokenizer, [{"role": "user", "content": row[data.text]}])
 
 
-def response_text(tokenizer, data, row: dict, prompt: str) -> str:
-    """What follows the prompt in training: the response as the template closes it (end-of-turn included)."""
-    answer = row[data.label]
-    if data.strip_regex:
-        answer = re.sub(data.strip_regex, "", answer)
-    if data.prompt_template is not None:
-        check(tokenizer.eos_token is not None, "the tokenizer has no eos token to end responses with; add one")
-        return answer + tokenizer.eos_token
-    conversation = tokenizer.apply_chat_template(
-        [{"role": "user", "content": row[data.text]}, {"role": "assistant", "content": answer}], tokenize=False)
-    check(conversation.startswith(prompt), "the chat template does not render the prompt as the start of the "
-                                           "conversation; set data.prompt_template instead")
-    return conversation[len(prompt):]
+def pieces(tokenizer, data, row: dict, where: str) -> list[tuple[str, bool]]:
+    """The example as text pieces, True on those the loss counts: each response as the template closes it."""
+    conversation = [turn | {"content": re.sub(data.strip_regex, "", turn["content"])}
+                    if data.strip_regex and turn["role"] == "assistant" else turn
+                    for turn in chat.messages(row, data, where)]
+    if data.prompt_template is None:
+        return chat.render(tokenizer, conversation, where)
+    check(tokenizer.eos_token is not None, "the tokenizer has no eos token to end responses with; add one")
+    return [(_template_prompt(data, row), False), (conversation[-1]["content"] + tokenizer.eos_token, True)]
 
 
 def prepare(dataset, tokenizer, recipe, label_names: list[str], split: str):
+    """Pieces tokenized apart (a prompt exactly as generation later sees it), labels -100 outside the responses."""
     data = recipe.data
     require_columns(dataset, columns(recipe), split)
 
@@ -138,15 +138,14 @@ def prepare(dataset, tokenizer, recipe, label_names: list[str], split: str):
         rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
         out = {"input_ids": [], "labels": [], "length": [], "example_id": indices}
         for row, index in zip(rows, indices):
-            for column in (data.text, data.label):
-                check(isinstance(row[column], str) and row[column].strip() != "",
-                      f"{split} split, row {index}: empty text in column '{column}'; remove or fill that row")
-            prompt = prompt_text(tokenizer, data, row)
-            prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            response_ids = tokenizer(response_text(tokenizer, data, row, prompt), add_special_tokens=False)["input_ids"]
-            out["input_ids"].append(prompt_ids + response_ids)
-            out["labels"].append([IGNORE] * len(prompt_ids) + response_ids)
-            out["length"].append(len(prompt_ids) + len(response_ids))
+            ids, labels_ = [], []
+            for text, trained in pieces(tokenizer, data, row, f"{split} split, row {index}"):
+                piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+                ids += piece
+                labels_ += piece if trained else [IGNORE] * len(piece)
+            out["input_ids"].append(ids)
+            out["labels"].append(labels_)
+            out["length"].append(len(ids))
         return out
 
     encoded = dataset.map(encode, batched=True, with_indices=True, remove_columns=dataset.column_names,
@@ -266,14 +265,23 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     return texts, generated
 
 
+def generation_case(tokenizer, data, row: dict, where: str) -> tuple[str, str, str]:
+    """(prompt, question, reference reply) of a row: generation answers its last assistant turn."""
+    if data.chat_format is None:
+        return prompt_text(tokenizer, data, row), row[data.text], row[data.label]
+    context, reply = chat.last_exchange(chat.messages(row, data, where))
+    return chat.generation_prompt(tokenizer, context, where), context[-1]["content"], reply
+
+
 def generation_eval(model, tokenizer, recipe, rows) -> dict:
     """Greedy answers to the generation prompts, their final numbers, exact match and speed."""
     data = recipe.data
-    references = [final_number(row[data.label]) for row in rows]
+    cases = [generation_case(tokenizer, data, row, f"{data.generate_split} split, row {i}") for i, row in enumerate(rows)]
+    prompts, questions, references = zip(*cases) if cases else ((), (), ())
+    references = [final_number(reply) for reply in references]
     missing = [i for i, r in enumerate(references) if r is None]
     check(not missing, f"{data.generate_split} split, row {missing[0] if missing else ''}: the reference has no final "
                        "number; exact match needs numeric answers (set data.generate_split=None for other data)")
-    prompts = [prompt_text(tokenizer, data, row) for row in rows]
     started = time.perf_counter()
     texts, generated = generate(model, tokenizer, prompts, data.max_new_tokens, levers.generation_batch_size(recipe))
     seconds = time.perf_counter() - started
@@ -281,8 +289,8 @@ def generation_eval(model, tokenizer, recipe, rows) -> dict:
     correct = [a == r for a, r in zip(answers, references)]
     return {"exact_match": sum(correct) / len(correct), "new_tokens": generated, "seconds": seconds,
             "tokens_per_second": generated / max(seconds, 1e-9),
-            "outputs": [{"question": row[data.text], "reference": ref, "generation": text, "answer": answer,
-                         "correct": ok} for row, ref, text, answer, ok in zip(rows, references, texts, answers, correct)]}
+            "outputs": [{"question": question, "reference": ref, "generation": text, "answer": answer, "correct": ok}
+                        for question, ref, text, answer, ok in zip(questions, references, texts, answers, correct)]}
 
 
 class Evaluation:
@@ -379,6 +387,6 @@ def predict(model, tokenizer, texts: list[str], label_names: list[str], max_leng
     check(temperature >= 0, f"--temperature={temperature}: use 0 for greedy decoding or a positive value to sample")
     check(max_new_tokens >= 1, f"--max-new-tokens={max_new_tokens}: use a positive count")
     check(all(t.strip() for t in texts), "empty prompt: give the question or instruction to answer")
-    prompts = [prompt_text(tokenizer, data, {data.text: t}) for t in texts]
+    prompts = [prompt_text(tokenizer, data, {data.text: t}) for t in texts]  # one user turn, whatever the chat_format
     outputs, _ = generate(model, tokenizer, prompts, max_new_tokens, temperature=temperature)
     return [{"prompt": t, "generation": o, "final_number": final_number(o)} for t, o in zip(texts, outputs)]
