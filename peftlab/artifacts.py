@@ -37,8 +37,14 @@ def check_base(run_dir: Path, resolved: models.Resolved) -> None:
                                f"{resolved.path} has {current[:12]}…: load the run with the base model it was trained on")
 
 
-def load_trained(run_dir: Path, quantized: bool = True) -> Trained:
-    """quantized=False loads the base in full precision even if the run trained on a 4/8-bit base."""
+BASES = ("as_trained", "original", "dequantized")  # which base load_trained puts the run's weights on
+
+
+def load_trained(run_dir: Path, base: str = "as_trained") -> Trained:
+    """The run's weights on its base: "as_trained" (quantized if the run trained on a 4/8-bit base), "original"
+    (the base's own full-precision weights) or "dequantized" (the quantized base as training saw it, turned back
+    into float layers by transformers' dequantize: bitsandbytes' dequantize_4bit / int8 row scales, per layer)."""
+    check(base in BASES, f"base={base!r}: use one of {', '.join(BASES)}")
     run_dir = rundir.require_finished(run_dir)
     recipe = recipe_from_dict(rundir.read_json(run_dir / "recipe.json"))
     labels = rundir.read_json(run_dir / "metrics.json")["labels"]
@@ -46,8 +52,10 @@ def load_trained(run_dir: Path, quantized: bool = True) -> Trained:
     resolved = models.resolve(recipe.model.name, recipe.model.revision)
     check_base(run_dir, resolved)
     tokenizer = models.load_tokenizer(models.Resolved(str(run_dir / "tokenizer"), "local"), recipe.model)
-    base = build_base(recipe, task, resolved, labels, quantized=quantized)
-    model = recipe.method.load(base, run_dir)
+    model = build_base(recipe, task, resolved, labels, quantized=base != "original")
+    if base == "dequantized" and recipe.quant is not None:
+        model = model.dequantize()  # before the adapter wraps it: peft then adds plain (mergeable) float layers
+    model = recipe.method.load(model, run_dir)
     model.eval()
     return Trained(recipe, task, model, tokenizer, labels, run_dir)
 
@@ -59,6 +67,14 @@ def load_export(export_dir: Path) -> Trained:
     task = get_task(recipe.model.task)
     model = task.MODEL_CLASS.from_pretrained(export_dir).eval()
     return Trained(recipe, task, model, AutoTokenizer.from_pretrained(export_dir), record["labels"], export_dir)
+
+
+def recorded_data_files(path: Path) -> dict:
+    """The data files a run read ("folder/file" -> md5), for a run directory or an export (from its source run)."""
+    path = Path(path)
+    if (path / EXPORT_RECORD).is_file():
+        return rundir.read_json(path / EXPORT_RECORD).get("data_files", {})
+    return rundir.read_json(path / "environment.json")["data"].get("files", {})
 
 
 def load_any(path: Path) -> Trained:

@@ -73,6 +73,20 @@ def md5(path: Path) -> str:
     return digest.hexdigest()
 
 
+def changed_files(data, root: Path | None, recorded: dict, splits=None) -> list[str]:
+    """The local files of `splits` (default: every split the recipe reads) whose md5 differs from the one a run
+    recorded (environment.json's data files: file_key -> md5), as 'path (md5 …, the run's …)'. Hub data has no
+    files to compare: nothing is reported for it."""
+    files = local_files(data, root) or {}
+    changed = []
+    for split in dict.fromkeys(s for s in (files if splits is None else splits) if s in files):
+        path = files[split]
+        current, used = md5(path), recorded.get(file_key(data, split, path))
+        if current != used:
+            changed.append(f"{path} (md5 {current[:12]}…, the run's {used[:12] + '…' if used else 'not recorded'})")
+    return changed
+
+
 def file_type(path: str | Path) -> str:
     return Path(path).suffix.lower()
 
@@ -153,14 +167,15 @@ def _header_columns(path: Path) -> list[str] | None:
     return None  # .json / .conll: structure checked when read
 
 
-def _has_rows(path: Path) -> bool:
-    """A line after the header (CSV/TSV), a first line (JSON lines) that is not blank, a row (Parquet)."""
+def has_rows(path: Path) -> bool:
+    """A line after the header (CSV/TSV), a first line (JSON lines, JSON, CoNLL) that is not blank, a row
+    (Parquet)."""
     if file_type(path) == ".parquet":
         return _parquet(path).metadata.num_rows > 0
     with open(path, encoding="utf-8") as fh:
         lines = (line for line in fh if line.strip())
-        next(lines, None)
-        return file_type(path) == ".jsonl" or next(lines, None) is not None
+        first = next(lines, None)
+        return first is not None and (file_type(path) not in (".tsv", ".csv") or next(lines, None) is not None)
 
 
 COLUMNS_FIX = "set data.text/data.label (data.columns for a data.chat_format) to the right names"
@@ -171,7 +186,7 @@ def preflight(data, root: Path | None, columns: list[str]) -> None:
     paths = local_files(data, root)
     for path in dict.fromkeys((paths or {}).values()):  # Hub data is checked when loaded
         found = _header_columns(path)
-        check(found is None or _has_rows(path), f"{path}: the split is empty (a header and no examples); "
+        check(found is None or has_rows(path), f"{path}: the split is empty (a header and no examples); "
                                                 "supply a file with at least one example")
         missing = [c for c in columns if found is not None and c not in found]
         check(not missing, f"{path.name}: no column {', '.join(map(repr, missing))} (columns: {', '.join(found or [])}); "

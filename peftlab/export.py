@@ -1,20 +1,26 @@
 """Folding a run's adapter into the base weights and exporting a model that plain transformers loads, verified
 against the adapter as trained (python -m peftlab.merge is the command).
 
-The merge always goes into a fresh full-precision base, never into 4-bit/8-bit weights (peft #2321,
-transformers #31293: rounding there destroys quality). Verification is part of the export: logits of
-the adapter model as trained vs the export on the longest validation examples and others at random, over real
-(not padded) positions: max |Δlogit|, and label agreement or, for regression, max |Δ score|; and the export's own
-validation score."""
+The merge never goes into 4-bit/8-bit weights (peft #2321, transformers #31293: rounding there destroys quality).
+It goes into float weights of one of two bases: the base's original full-precision weights (`original`, the
+default), or, for a run trained on a quantized base, that base as the adapter saw it, its quantized weights
+de-quantized to float (`dequantized`): the first puts back the precision quantization removed, which the adapter
+never saw; the second reproduces the model as trained up to float rounding (bitsandbytes' 8-bit layers also
+quantize activations, so there only approximately). For such a run both are built and measured, one is written.
+Verification is part of the export: logits of the adapter model as trained vs the export on the longest validation
+examples and others at random, over real (not padded) positions: max |Δlogit|, and label agreement or, for
+regression, max |Δ score|; and the export's own validation score."""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from . import data as data_stage
 from . import rundir
 from .artifacts import EXPORT_RECORD, load_trained
 from .data import title
@@ -24,11 +30,12 @@ from .methods import METHODS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PEFT_KEY_MARKERS = ("lora_", "base_layer", "modules_to_save", "original_module", "ia3_", "magnitude")
+BASES = ("original", "dequantized")  # what the adapter is merged into (artifacts.load_trained's base)
 
 
-def merged_model(run_dir: Path, dtype: torch.dtype):
-    """Base in full precision + the run's weights, merged into plain transformers modules."""
-    trained = load_trained(run_dir, quantized=False)
+def merged_model(run_dir: Path, dtype: torch.dtype, base: str = "original"):
+    """A float base (BASES) + the run's weights, merged into plain transformers modules."""
+    trained = load_trained(run_dir, base=base)
     if not hasattr(trained.model, "merge_and_unload"):  # full fine-tuning: the weights are the model already
         return trained, trained.model.to(dtype)
     try:  # safe_merge: peft checks the merged weights for NaN before they replace the base's
@@ -95,30 +102,50 @@ def peft_keys(state_dict) -> list[str]:
     return [k for k in state_dict if any(marker in k for marker in PEFT_KEY_MARKERS)]
 
 
+def _scores(metrics: dict) -> str:
+    return ", ".join(f"{k} {x:.4f}" for k, x in metrics.items())
+
+
+BASE_WORDS = {"original": "the base's original full-precision weights",
+              "dequantized": "the quantized base as training saw it, de-quantized to float"}
+
+
 def model_card(trained, record: dict) -> str:
     recipe, metrics = trained.recipe, rundir.read_json(trained.run_dir / "metrics.json")
-    v = record["verification"]
+    v, base = record["verification"], record["base"]
     quant = recipe.quant.kind + " base" if recipe.quant else "full-precision base"
+    loaded = {"original": "loaded the base in full precision",
+              "dequantized": f"loaded the base quantized ({recipe.quant.kind if recipe.quant else ''}) as in "
+                             "training, de-quantized it with transformers' `dequantize`"}[base]
     lines = [
         f"# {recipe.name} (merged export)",
         "",
         f"- Base model: `{recipe.model.name}` (weights sha256 `{record['base_fingerprint']}`)",
-        f"- Method: {recipe.method.kind}, trained on a {quant}; merged into the full-precision base, saved as {record['dtype']}",
+        f"- Method: {recipe.method.kind}, trained on a {quant}; merged into {BASE_WORDS[base]}, saved as {record['dtype']}",
         f"- Task: {recipe.model.task}, labels {trained.labels}",
         f"- Data: {title(recipe.data.name, recipe.data.files)}, validation split `{recipe.data.eval_split}`",
-        f"- Run: `{trained.run_dir.name}`; validation {', '.join(f'{k} {v:.4f}' for k, v in metrics['task_metrics'].items())}",
+        f"- Run: `{trained.run_dir.name}`; validation {_scores(metrics['task_metrics'])}",
         "",
         "## How this export was made and checked",
         "",
-        f"`{record['command']}` loaded the base in full precision, applied the adapter, merged it with peft's",
+        f"`{record['command']}` {loaded}, applied the adapter, merged it with peft's",
         "`merge_and_unload`, and saved plain transformers weights (no peft needed to load them).",
         f"On {v['compared_examples']} validation examples (the longest and others at random) the adapter model as",
         f"trained and this export differ by at most {v['max_abs_logit_diff']:.3g} in a logit; {agreement(v)}.",
-        f"Export on the reported split: {', '.join(f'{k} {x:.4f}' for k, x in record['export_metrics'].items())}.",
+        f"Export on the reported split: {_scores(record['export_metrics'])}.",
     ]
     if recipe.quant:
-        lines += ["", "The adapter was trained on a quantized base, so the full-precision export is not bit-identical",
-                  "to the model as trained: the difference above is real and expected."]
+        other = next(b for b in BASES if b != base)
+        lines += ["", "## Which base: original or de-quantized",
+                  "", f"The adapter was trained on a {quant}. Merged into the original full-precision weights, the",
+                  "export puts back the precision quantization removed, which the adapter never saw: not bit-identical",
+                  "to the model as trained, and the difference is real and expected. Merged into the de-quantized",
+                  "weights, it is the model as trained up to float rounding. Both were built and measured:", "",
+                  "| base | max abs logit difference to the model as trained | agreement | export on the reported split |",
+                  "|---|---|---|---|"]
+        lines += [f"| {b}{' (this folder)' if b == base else ''} | {m['verification']['max_abs_logit_diff']:.3g} | "
+                  f"{agreement(m['verification'])} | {_scores(m['export_metrics'])} |" for b, m in record["bases"].items()]
+        lines += ["", f"`python -m peftlab.merge {record['source_run']} --out DIR --base {other}` writes the other one."]
     auto = trained.task.MODEL_CLASS.__name__
     lines += ["", "```python", f"from transformers import {auto}, AutoTokenizer",
               f"model = {auto}.from_pretrained(\"<this folder>\")",
@@ -126,7 +153,25 @@ def model_card(trained, record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def export(run_dir: Path, out: Path, dtype_name: str, data_root, n_compare: int, command: str) -> dict:
+def _verified(run_dir: Path, folder: Path, dtype_name: str, base: str, reference, data_root, prepared,
+              n_compare: int) -> dict:
+    """Merge into `base`, save in `folder`, load it back as a user would, and measure it against the model as trained
+    (`reference`) on the prepared reported split: its verification and its score."""
+    trained, merged = merged_model(run_dir, DTYPES[dtype_name], base)
+    leftover = peft_keys(merged.state_dict())
+    check(not leftover, f"merge left peft modules behind ({leftover[:3]}); this method cannot be exported")
+    merged.save_pretrained(folder)
+    trained.tokenizer.save_pretrained(folder)
+    plain = type(merged).from_pretrained(folder, dtype=DTYPES[dtype_name]).eval()
+    verification = compare_logits(reference.model, plain, trained.tokenizer, trained.task,
+                                  verification_examples(prepared[1], n_compare))
+    # scored the same way a run is evaluated
+    return {"verification": verification,
+            "export_metrics": evaluate_split(replace(reference, model=plain), data_root, prepared)}
+
+
+def export(run_dir: Path, out: Path, dtype_name: str, data_root, n_compare: int, command: str,
+           base: str = "original") -> dict:
     run_dir = rundir.require_finished(run_dir)
     recipe = rundir.read_json(run_dir / "recipe.json")
     method = METHODS[recipe["method"]["kind"]]
@@ -136,32 +181,34 @@ def export(run_dir: Path, out: Path, dtype_name: str, data_root, n_compare: int,
     check(not recipe["model"].get("head"), "the run has an MLP head, which plain transformers cannot load (no head "
           f"class for it): an export would come back with a random linear head; use the run directory "
           f"(python -m peftlab.predict {run_dir})")
+    check(base in BASES, f"--base {base}: use one of {', '.join(BASES)}")
+    check(base == "original" or recipe.get("quant"), f"--base {base}: run {run_dir} trained on a full-precision "
+                                                      "base, there is nothing to de-quantize; drop --base")
     check(not out.exists(), f"{out} already exists: remove it or choose another --out")
     check(out.parent.is_dir(), f"--out {out}: the folder {out.parent} does not exist; create it first or choose "
                                "another --out")
 
     reference = load_trained(run_dir)  # base (quantized if it was) + adapter: the model as trained
-    trained, merged = merged_model(run_dir, DTYPES[dtype_name])
-    leftover = peft_keys(merged.state_dict())
-    check(not leftover, f"merge left peft modules behind ({leftover[:3]}); this method cannot be exported")
-
+    prepared = eval_inputs(reference, data_root)  # read and tokenized once: logit checks and scoring
+    env = rundir.read_json(run_dir / "environment.json")
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
-        merged.save_pretrained(tmp)
-        trained.tokenizer.save_pretrained(tmp)
-        plain = type(merged).from_pretrained(tmp, dtype=DTYPES[dtype_name]).eval()  # as a user would load it
-        prepared = eval_inputs(trained, data_root)  # read and tokenized once: logit check and scoring
-        examples = prepared[1]
-        verification = compare_logits(reference.model, plain, trained.tokenizer, trained.task,
-                                      verification_examples(examples, n_compare))
-        reference.model = plain  # evaluate the export the same way a run is evaluated
-        record = {"source_run": str(run_dir), "dtype": dtype_name, "command": command, "verification": verification,
-                  "export_metrics": evaluate_split(reference, data_root, prepared),
+        measured = {}  # the base asked for, written; for a quantized run the other too, measured and removed
+        for each in [base] + [b for b in BASES if b != base and reference.recipe.quant is not None]:
+            folder = tmp if each == base else tmp / f".{each}"
+            measured[each] = _verified(run_dir, folder, dtype_name, each, reference, data_root, prepared, n_compare)
+            if folder != tmp:
+                shutil.rmtree(folder)
+        changed = data_stage.changed_files(reference.recipe.data, data_root, env["data"].get("files", {}),
+                                           [reference.recipe.data.eval_split])
+        record = {"source_run": str(run_dir), "dtype": dtype_name, "command": command, "base": base,
+                  **measured[base], "bases": measured,
                   "run_metrics": rundir.read_json(run_dir / "metrics.json")["task_metrics"],
-                  "trained_on_quantized_base": trained.recipe.quant is not None,
-                  "base_fingerprint": rundir.read_json(run_dir / "environment.json")["model"]["fingerprint"]}
-        rundir.write_json(tmp / EXPORT_RECORD, record | {"recipe": recipe, "labels": trained.labels})
-        rundir.write_atomic(tmp / "README.md", model_card(trained, record))
+                  "data_matches_run": not changed, "data_files": env["data"].get("files", {}),
+                  "trained_on_quantized_base": reference.recipe.quant is not None,
+                  "base_fingerprint": env["model"]["fingerprint"]}
+        rundir.write_json(tmp / EXPORT_RECORD, record | {"recipe": recipe, "labels": reference.labels})
+        rundir.write_atomic(tmp / "README.md", model_card(reference, record))
         tmp.rename(out)  # only a complete, verified export ever carries the final name
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

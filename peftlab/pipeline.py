@@ -31,6 +31,7 @@ from . import (
     run_report,
     rundir,
     speed,
+    tracking,
 )
 from . import data as data_stage
 from .errors import PeftlabError, check
@@ -145,6 +146,7 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
         "processes": distributed.world_size(),
         "speed": speed.settings(recipe),
         "levers": levers.settings(recipe) | {"budget": budget, "allocator": levers.allocator_settings()},
+        "report_to": tracking.trackers(recipe.train.report_to),
     }
     if main_process:
         rundir.write_json(run_dir / "environment.json", resume.environment(resuming, env) if resuming else env)
@@ -158,7 +160,7 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
     quant_storage = measure.quantized_storage(model)
     trainer = build_trainer(recipe, task, model, tokenizer, train_ds, inputs.selection, run_dir / "checkpoints",
                             metrics_for(task, inputs.selection, splits.selection, label_names, recipe), label_names,
-                            meter)
+                            meter, run_dir=run_dir)
     checkpoints.train(trainer, resuming.checkpoint if resuming else None)
     seconds = train_seconds(trainer)  # over all processes of a resumed run
     state = trainer.state

@@ -157,7 +157,7 @@ def _saved_by_layer(model, batch: int, seq: int, autocast: bool, vocab: int) -> 
 
 def _on_gradient(tensor, callback) -> None:
     """Call `callback` when backward reaches `tensor` (an input that needs no gradient never does: the working set is
-    then the whole backward's). Returns None: a forward hook's return value would replace the module's output."""
+    then the whole backward's). Returns None: a forward pre-hook's return value would replace the module's input."""
     tensor = tensor[0] if isinstance(tensor, tuple) else tensor
     if tensor.requires_grad:
         tensor.register_hook(lambda grad: callback(grad) and None)

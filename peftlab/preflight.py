@@ -9,7 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
-from . import models
+from . import models, tracking
 from .errors import check
 
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")
@@ -46,6 +46,7 @@ def check_writable(path: Path, option: str) -> None:
 
 def run_checks(recipe, runs_dir: Path, reports_dir: Path | None) -> None:
     check_device(recipe)
+    tracking.check_installed(recipe.train.report_to)
     check_model(recipe)
     check_writable(runs_dir, "--runs-dir")
     if reports_dir is not None:

@@ -163,6 +163,9 @@ class Train:
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: the GPU when torch sees one, else the CPU
     # "auto": bf16 autocast on a CPU with native bf16 (not on a quantized base), else float32 (peftlab/speed.py)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # trackers Trainer reports to (peftlab/tracking.py): "auto" is TensorBoard when installed, [] none, or names such
+    # as ["tensorboard", "wandb", "mlflow"]
+    report_to: Literal["auto"] | list[str] = "auto"
 
     def check(self, where: str) -> None:
         check(0 < self.epochs <= 100, f"{where}.epochs={self.epochs}: use a value in (0, 100]")
@@ -185,6 +188,10 @@ class Train:
               f"{where}.checkpoint_steps={self.checkpoint_steps}: use a positive step count, or None")
         check(self.keep_checkpoints >= 1, f"{where}.keep_checkpoints={self.keep_checkpoints}: must be >= 1 "
                                           "(the newest checkpoint is what --resume continues from)")
+        if self.report_to not in ("auto", []):  # names: transformers' list of trackers is imported only then
+            from .tracking import check_names
+
+            check_names(self.report_to, where)
 
 
 @dataclass(frozen=True)

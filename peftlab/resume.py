@@ -19,7 +19,8 @@ from .errors import check
 
 AUTO = "auto"  # --resume without a directory
 RESUMABLE = ("interrupted", "failed")
-MAY_DIFFER = {"train.checkpoint_steps", "train.keep_checkpoints", "train.logging_steps"}
+# what changes how a run is checkpointed, logged or tracked, not what it trains
+MAY_DIFFER = {"train.checkpoint_steps", "train.keep_checkpoints", "train.logging_steps", "train.report_to"}
 
 
 @dataclass(frozen=True)
@@ -73,12 +74,8 @@ def input_differences(run_dir: Path, recipe, data_root: Path | None) -> list[str
     if not (run_dir / "environment.json").is_file():
         return []  # stopped before it read its inputs: nothing to compare
     env = rundir.read_json(run_dir / "environment.json")
-    changed = []
-    for split, path in (data_stage.local_files(recipe.data, data_root) or {}).items():
-        recorded = env["data"].get("files", {}).get(data_stage.file_key(recipe.data, split, path))
-        current = data_stage.md5(path)
-        if recorded != current:
-            changed.append(f"data file {path} (md5 {current[:12]}…, run used {str(recorded)[:12]}…)")
+    changed = [f"data file {change}" for change in data_stage.changed_files(
+        recipe.data, data_root, env["data"].get("files", {}))]
     recorded = env["model"].get("fingerprint")
     current = models.weights_fingerprint(models.resolve(recipe.model.name, recipe.model.revision))
     if recorded and current and recorded != current:
@@ -128,8 +125,9 @@ def environment(resume: Resume, env: dict) -> dict:
     recorded = rundir.read_json(path)
     entry = {"command": env["command"], "from_step": resume.step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
              "host": socket.gethostname()}
-    if env.get("versions") != recorded.get("versions"):
-        entry["versions"] = env.get("versions")
+    for key in ("versions", "report_to"):  # what this process ran with, where it differs from the first
+        if env.get(key) != recorded.get(key):
+            entry[key] = env.get(key)
     recorded.setdefault("resumed", []).append(entry)
     return recorded
 

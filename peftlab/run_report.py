@@ -4,6 +4,8 @@ without training."""
 
 from __future__ import annotations
 
+import os
+import shlex
 import shutil
 from pathlib import Path
 
@@ -270,6 +272,23 @@ def plot_training_curve(log_history: list[dict], metric: str, selected_step: int
     return True
 
 
+def _tracking(run: str, env: dict) -> str | None:
+    """Where Trainer reported the run to (environment.json: report_to, and a resumption's where it differed)."""
+    names = dict.fromkeys(env.get("report_to") or [])
+    for resumed in env.get("resumed", []):
+        names |= dict.fromkeys(resumed.get("report_to") or [])
+    if not names:
+        return None
+    text = "## Tracking\n\n"
+    if "tensorboard" in names:
+        text += (f"TensorBoard event files: [`{rundir.TENSORBOARD}/`]({rundir.TENSORBOARD}) in the run directory. "
+                 f"Open them with\n\n```\ntensorboard --logdir {shlex.quote(str(Path(run) / rundir.TENSORBOARD))}\n```\n\n")
+    others = [name for name in names if name != "tensorboard"]
+    if others:
+        text += f"Also reported to {', '.join(others)}, as run `{Path(run).name}`."
+    return text.rstrip()
+
+
 def _result(m: dict, predictions: dict, task, protocol: dict | None) -> str:
     """The reported (and test) figures with their 95 % intervals; per entity type for token classification."""
     per_type = _per_type_keys(m["task_metrics"])
@@ -312,6 +331,7 @@ def render(record: dict, curve: str | None = None) -> str:
     ] + ([_protocol(protocol)] if protocol else []) + ([_before_after(m)] if "before" in m else []) + [
         _error_analysis(recipe["model"]["task"], predictions.get("reported", []), m.get("labels") or []),
         f"## Training curve\n\n![training curve]({curve})" if curve else None,
+        _tracking(record["dir"], env),
         "## Cost\n\n" + table(["measure", "value"], [
             ["trainable parameters", f"{m['trainable_params']:,} ({m['trainable_percent']:.3f} % of {m['total_params']:,})"],
             ["train time (steps only, no evaluation)", f"{m['train_seconds']:.1f} s"],
@@ -367,7 +387,9 @@ def write(run: Path, reports_dir: Path | None, finished: bool = True) -> Path:
         if drawn:  # beside the report copy, in a folder of its own as comparisons keep their plots
             (reports_dir / name).mkdir(parents=True, exist_ok=True)
             shutil.copyfile(Path(run) / CURVE, reports_dir / name / CURVE)
-        rundir.write_atomic(reports_dir / f"{name}.md", text.replace(f"]({CURVE})", f"]({name}/{CURVE})"))
+        events = os.path.relpath(Path(run) / rundir.TENSORBOARD, reports_dir)  # the copy links the run's folder
+        rundir.write_atomic(reports_dir / f"{name}.md", text.replace(f"]({CURVE})", f"]({name}/{CURVE})")
+                            .replace(f"]({rundir.TENSORBOARD})", f"]({events})"))
         shutil.copyfile(Path(run) / "metrics.json", reports_dir / f".{name}.json.tmp")
         (reports_dir / f".{name}.json.tmp").replace(reports_dir / f"{name}.json")
     return Path(run) / "report.md"

@@ -12,6 +12,7 @@ runs/<recipe>-<timestamp>/
                     predictions_test.jsonl likewise for a labelled test split (data.test_split)
   adapter/ | model/ the trained weights (standard peft format, or a full model); tokenizer/
   report.md, training_curve.png
+  tensorboard/      TensorBoard event files, when Trainer reported to TensorBoard (peftlab/tracking.py)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .errors import PeftlabError, check
 
 FINISHED = "finished"
 PREDICTIONS = {"reported": "predictions.jsonl", "test": "predictions_test.jsonl"}
+TENSORBOARD = "tensorboard"
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -14,7 +14,7 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, Traini
 from transformers.trainer_callback import ExportableState, PrinterCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from . import checkpoints, distributed, levers, memory, speed
+from . import checkpoints, distributed, levers, memory, speed, tracking
 
 
 class EvaluateAtEnd(TrainerCallback):
@@ -110,7 +110,8 @@ def total_steps(recipe, n_train: int) -> tuple[int, int]:
 
 
 def training_arguments(recipe, out_dir: Path, n_train: int, best_metric: str, greater_is_better: bool = True,
-                       loss_over_items: bool = False, eval_batch_size: int | None = None) -> TrainingArguments:
+                       loss_over_items: bool = False, eval_batch_size: int | None = None,
+                       run_name: str | None = None) -> TrainingArguments:
     t = recipe.train
     eval_batch_size = eval_batch_size or t.eval_batch_size
     per_epoch, total = total_steps(recipe, n_train)
@@ -153,7 +154,8 @@ def training_arguments(recipe, out_dir: Path, n_train: int, best_metric: str, gr
         data_seed=t.seed,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         length_column_name="length",
-        report_to=[],
+        report_to=tracking.trackers(t.report_to),
+        run_name=run_name,  # how W&B, MLflow ... name the run: after its run directory
         disable_tqdm=True,
         dataloader_num_workers=0,
         use_cpu=t.device == "cpu" or not torch.cuda.is_available(),
@@ -247,7 +249,9 @@ def make_trainer(model, labelled_logits: bool = False, **kwargs) -> Trainer:
 
 
 def build_trainer(recipe, task, model, tokenizer, train_ds, eval_ds, out_dir: Path, compute_metrics,
-                  labels: list[str], meter: memory.MemoryMeter | None = None) -> Trainer:
+                  labels: list[str], meter: memory.MemoryMeter | None = None, run_dir: Path | None = None) -> Trainer:
+    """run_dir: the run directory, where TensorBoard writes (tensorboard/) and after which trackers name the run;
+    None: out_dir."""
     from .losses import compute_loss_func
 
     loss_func = compute_loss_func(recipe.train.loss, labels)
@@ -264,7 +268,8 @@ def build_trainer(recipe, task, model, tokenizer, train_ds, eval_ds, out_dir: Pa
         model=model,
         labelled_logits=getattr(task, "LABELLED_LOGITS", False),
         args=training_arguments(recipe, out_dir, len(train_ds), task.BEST_METRIC, getattr(task, "GREATER_IS_BETTER", True),
-                                loss_over_items=loss_over_items, eval_batch_size=eval_batch_size),
+                                loss_over_items=loss_over_items, eval_batch_size=eval_batch_size,
+                                run_name=run_dir.name if run_dir else None),
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         data_collator=task.collator(tokenizer),
@@ -273,6 +278,7 @@ def build_trainer(recipe, task, model, tokenizer, train_ds, eval_ds, out_dir: Pa
         callbacks=callbacks,
         compute_loss_func=loss_func,
     )
+    tracking.log_into(trainer, run_dir or out_dir)
     trainer.train_autocast = torch.bfloat16 if bf16 else None
     # Over micro-batches Trainer sums the losses: it must divide a per-micro-batch mean (BERT-style heads) by the
     # accumulation steps, not a loss already divided by the whole batch's item count (its guess from the model's

@@ -30,6 +30,8 @@ field variants at the API level; this table is the end-to-end list.)
 | --set wrong type | --set method.r=big: expected int |
 | unknown device | train.device='tpu': expected one of 'auto', 'cpu', 'cuda' |
 | GPU asked for, none present | train.device='cuda' but torch … sees no CUDA GPU …; use --set train.device=auto |
+| unknown tracker | train.report_to: unknown tracker 'tensorbord' (did you mean 'tensorboard'?); use 'auto', [] for none … |
+| tracker not installed | train.report_to: clearml is not installed here (usable: …); pip install clearml, or leave it out … |
 | model path missing | model folder … does not exist: fix the path in Model(name=...) |
 | model folder is not a model | model folder … has no config.json: point Model(name=...) at a saved Hugging Face model |
 | model folder without weights | … has a config.json but no weights …: point Model(name=...) at a complete saved model |
@@ -70,6 +72,13 @@ field variants at the API level; this table is the end-to-end list.)
 | comparison record garbled | …/comparison.json: not readable JSON (…); restore the file … |
 | JSON data file broken | train.json: not readable as JSON or JSON lines (…); fix the file |
 | merge --out under a missing folder | --out …: the folder … does not exist; create it first or choose another --out |
+| merge --base dequantized, full-precision run | --base dequantized: run … trained on a full-precision base, there is nothing to de-quantize; drop --base |
+| predict --input of an unknown type | --input reviews.xlsx: unknown file type '.xlsx'; give a .jsonl, .csv, .tsv file |
+| predict --input without the text column | --input …: no column 'sentence' (columns: review); this run reads 'sentence' (data.text): rename the columns |
+| predict --input empty | --input …: no rows to predict (an empty file or a header only); give a file with at least one row |
+| predict --input with an empty text | --input …, row 2: empty 'sentence' (1 such rows); fill or remove them |
+| predict --output unwritable | --output …: cannot write in … (missing or read-only); create it or choose another --output |
+| predict --eval on other data | --eval: …validation.tsv (md5 …): not the data the run was evaluated on; pass --data-dir with the run's data, or --allow-other-data … |
 | data file missing | data.files['train']: no file …; fix the path (relative paths are read from the data directory …) |
 | data file of unknown type | data.files['train']='mine/train.xlsx': unknown file type; use one of .csv, .tsv, … |
 | split not in data.files | data.files has no split 'validation' (files: train); add its file to data.files or set … |
@@ -80,6 +89,7 @@ field variants at the API level; this table is the end-to-end list.)
 from __future__ import annotations
 
 import errno
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -199,6 +209,10 @@ def nan_loss(b: Bad):
                  data=data)
 
 
+def nothing_created(b: Bad) -> None:
+    assert not b.runs.exists()  # refused before the run directory (and its folder) is created
+
+
 def nan_loss_keeps_last_good_checkpoint(b: Bad, message: str) -> None:
     step = int(message.split(" at step ")[1].split()[0])
     kept = Path(message.split("the last good checkpoint is kept: ")[1].split(";")[0])
@@ -281,6 +295,24 @@ def garbled_comparison(b: Bad):
     return "compare", [str(folder), "--report-only", "--reports-dir", str(b.reports)]
 
 
+def predict_file(b: Bad, name: str, content: str, output: Path | None = None) -> tuple[str, list[str]]:
+    """predict --input of a file written here; the output must not appear (nothing half-written)."""
+    source = b.tmp / name
+    source.write_text(content)
+    b.output = output or b.tmp / "predictions.jsonl"
+    return "predict", [str(b.finished_run()), "--input", str(source), "--output", str(b.output)]
+
+
+def no_output(b: Bad, message: str) -> None:
+    assert not b.output.exists() and not list(b.output.parent.glob(f".{b.output.name}.*"))
+
+
+def other_eval_data(b: Bad):
+    rows = sentiment_rows(64, seed=2)
+    rows[3] = ("an edited sentence", rows[3][1])
+    return "predict", [str(b.finished_run()), "--eval", "--data-dir", str(b.data(validation=rows))]
+
+
 @dataclass
 class Case:
     name: str
@@ -337,6 +369,13 @@ CASES = [
     pytest.param(Case("GPU asked for, none present", lambda b: b.run(None, "--set", "train.device=cuda"),
                       "train.device='cuda' but torch", "use --set train.device=auto"),
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")),
+    Case("unknown tracker", lambda b: b.run(b.recipe(train="report_to=['tensorbord']")),
+         "unknown tracker 'tensorbord' (did you mean 'tensorboard'?)", "use 'auto', [] for none"),
+    pytest.param(Case("tracker not installed", lambda b: b.run(None, "--set", "train.report_to=clearml"),
+                      "train.report_to: clearml is not installed here", "pip install clearml, or leave it out",
+                      after=lambda b, message: nothing_created(b)),
+                 marks=pytest.mark.skipif(importlib.util.find_spec("clearml") is not None,
+                                          reason="clearml is installed")),
     Case("model path missing", lambda b: b.run(b.recipe([(str(b.bert), str(b.tmp / "no-such-model"))])),
          "no-such-model does not exist", "fix the path in Model(name=...)"),
     Case("model folder is not a model", lambda b: b.run(b.recipe([(str(b.bert), str(b.good_data))])),
@@ -416,6 +455,23 @@ CASES = [
     Case("merge --out under a missing folder", lambda b: ("merge", [str(b.finished_run()), "--out",
                                                                      str(b.tmp / "no" / "such" / "export")]),
          "does not exist", "create it first or choose another --out"),
+    Case("merge --base dequantized, full-precision run", lambda b: ("merge", [str(b.finished_run()), "--out",
+                                                                               str(b.tmp / "x"), "--base", "dequantized"]),
+         "trained on a full-precision base, there is nothing to de-quantize", "drop --base"),
+    Case("predict --input of an unknown type", lambda b: predict_file(b, "reviews.xlsx", "sentence\na good film\n"),
+         "unknown file type '.xlsx'", "give a .jsonl, .csv, .tsv file", no_output),
+    Case("predict --input without the text column", lambda b: predict_file(b, "in.csv", "review\na good film\n"),
+         "no column 'sentence' (columns: review)", "this run reads 'sentence' (data.text): rename the columns", no_output),
+    Case("predict --input empty", lambda b: predict_file(b, "in.jsonl", "\n"), "no rows to predict",
+         "give a file with at least one row", no_output),
+    Case("predict --input with an empty text",
+         lambda b: predict_file(b, "in.jsonl", '{"sentence": "a good film"}\n{"sentence": " "}\n'),
+         "row 2: empty 'sentence'", "fill or remove them", no_output),
+    Case("predict --output unwritable", lambda b: predict_file(b, "in.csv", "sentence\na good film\n",
+                                                               output=b.tmp / "no" / "such" / "out.jsonl"),
+         "cannot write in", "create it or choose another --output", no_output),
+    Case("predict --eval on other data", other_eval_data, "validation.tsv (md5",
+         "not the data the run was evaluated on; pass --data-dir with the run's data, or --allow-other-data"),
     Case("data file missing", lambda b: b.run(b.recipe([FILES]), data=b.tmp), "data.files['train']: no file",
          "fix the path (relative paths are read from the data directory"),
     Case("data file of unknown type", lambda b: b.run(b.recipe([(FILES[0], FILES[1].replace("train.csv", "train.xlsx"))])),

@@ -15,7 +15,7 @@ import textwrap
 import pytest
 import torch
 
-from peftlab import rundir
+from peftlab import rundir, tracking
 
 from conftest import run_recipe, write_recipe
 
@@ -298,6 +298,8 @@ def test_two_processes_ctrl_c_then_resume_matches_uninterrupted(tmp_path, tiny_b
                for d in (uninterrupted, run_dir)]
     assert history[1] == history[0] and len(history[0]) == 4
     assert [r["from_step"] for r in rundir.read_json(run_dir / "environment.json")["resumed"]] == [3]
+    if tracking.is_tensorboard_available():  # TensorBoard logs from the main process only: one file per launch
+        assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 2
 
 
 # The main process fails with an error that is not a PeftlabError while it creates the run directory for all.

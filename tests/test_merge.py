@@ -108,13 +108,20 @@ def test_non_mergeable_method_is_refused(tmp_path, tiny_bert, data_dir, capsys):
     assert not (tmp_path / "x").exists()
 
 
-def test_qlora_merge_goes_into_full_precision_base(tmp_path, data_dir):
-    model_dir = make_bert(tmp_path / "bert64", hidden=64)
-    recipe = write_recipe(tmp_path / "r.py", model_dir, method="LoRA(r=4, target='all-linear')",
-                          train="max_steps=6, lr=1e-2, batch_size=16", extra="quant=Quant4bit(),")
-    run_dir = run_recipe(tmp_path, recipe, data_dir)
-    record = _export(run_dir, tmp_path / "export", data_dir)
-    assert record["trained_on_quantized_base"]
+def quantized_run(tmp: Path, data_dir: Path, quant: str) -> Path:
+    recipe = write_recipe(tmp / "r.py", make_bert(tmp / "bert64", hidden=64), method="LoRA(r=4, target='all-linear')",
+                          train="max_steps=6, lr=1e-2, batch_size=16", extra=f"quant={quant},")
+    return run_recipe(tmp, recipe, data_dir)
+
+
+@pytest.fixture(scope="module")
+def qlora_run(tmp_path_factory, data_dir):
+    return quantized_run(tmp_path_factory.mktemp("merge-qlora"), data_dir, "Quant4bit()")
+
+
+def test_qlora_merge_goes_into_full_precision_base(qlora_run, data_dir, tmp_path):
+    record = _export(qlora_run, tmp_path / "export", data_dir)
+    assert record["trained_on_quantized_base"] and record["base"] == "original"
     # NF4 rounding of the base is gone in the export: a real, reported difference, not zero and not huge
     assert 1e-6 < record["verification"]["max_abs_logit_diff"] < 1.0
     from safetensors.torch import load_file
@@ -122,6 +129,52 @@ def test_qlora_merge_goes_into_full_precision_base(tmp_path, data_dir):
     weights = load_file(tmp_path / "export" / "model.safetensors")
     assert weights["bert.encoder.layer.0.attention.self.query.weight"].dtype == torch.float32
     assert "quantized" in (tmp_path / "export" / "README.md").read_text()
+    # the merge into the de-quantized base was built and measured too, so the card can offer the choice
+    assert set(record["bases"]) == {"original", "dequantized"} and record["bases"]["original"] == {
+        "verification": record["verification"], "export_metrics": record["export_metrics"]}
+    assert "--base dequantized" in (tmp_path / "export" / "README.md").read_text()
+
+
+def _differences(record: dict) -> tuple[float, float]:
+    return tuple(record["bases"][b]["verification"]["max_abs_logit_diff"] for b in ("dequantized", "original"))
+
+
+def test_dequantized_merge_reproduces_the_model_as_trained(qlora_run, data_dir, tmp_path):
+    """The adapter learned on NF4-rounded weights: folded into those weights de-quantized, the export is the model
+    as trained (float rounding apart), unlike the merge into the original weights; plain transformers loads it."""
+    out = tmp_path / "dequantized"
+    record = _export(qlora_run, out, data_dir, "--base", "dequantized")
+    dequantized, original = _differences(record)
+    assert record["base"] == "dequantized" and record["verification"]["max_abs_logit_diff"] == dequantized
+    assert dequantized < 1e-5 < original
+    card = (out / "README.md").read_text()
+    assert f"| dequantized (this folder) | {dequantized:.3g} |" in card and f"| original | {original:.3g} |" in card
+    config = json.loads((out / "config.json").read_text())
+    assert "quantization_config" not in config
+    # a fresh process with plain transformers (peft not importable) gives the logits of the adapter on the 4-bit base
+    texts = ["a great lovely film", "the plot was dull and the acting a boring mess"]
+    code = ("import json, sys; sys.modules['peft'] = None\n"
+            "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
+            f"m = AutoModelForSequenceClassification.from_pretrained({str(out)!r}).eval()\n"
+            f"t = AutoTokenizer.from_pretrained({str(out)!r})\n"
+            f"print(json.dumps(m(**t({texts!r}, padding=True, return_tensors='pt')).logits.tolist()))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-500:]
+    trained = artifacts.load_trained(qlora_run)
+    with torch.no_grad():
+        expected = trained.model(**trained.tokenizer(texts, padding=True, return_tensors="pt")).logits
+    assert torch.allclose(torch.tensor(json.loads(done.stdout.strip().splitlines()[-1])), expected, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_dequantized_merge_of_an_8bit_run(tmp_path, data_dir):
+    """LLM.int8 quantizes activations too, so no float export reproduces it exactly; the de-quantized weights still
+    leave out the weights' rounding, the part of the difference a merge can remove."""
+    run_dir = quantized_run(tmp_path, data_dir, "Quant8bit()")
+    record = _export(run_dir, tmp_path / "export", data_dir, "--base", "dequantized")
+    dequantized, original = _differences(record)
+    assert 0 < dequantized < original
+    assert record["bases"]["dequantized"]["verification"]["label_agreement"] == 1.0
 
 
 def test_verification_covers_random_and_the_longest_examples(lora_run, data_dir, tmp_path):

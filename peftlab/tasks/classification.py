@@ -106,12 +106,22 @@ def score_predictions(records: list[dict]) -> dict:
     return classification_scores(predictions, references)
 
 
+def encode_texts(tokenizer, texts: list[str], max_length: int, device) -> dict:
+    """One padded batch of texts; a text holding a TAB is a sentence pair, as in the data files:
+    "A man plays.<TAB>Someone plays." """
+    pairs = [t.split("\t", 1) if "\t" in t else [t, None] for t in texts]
+    firsts, seconds = [p[0] for p in pairs], [p[1] for p in pairs]
+    check(all(s is None for s in seconds) or all(s is not None for s in seconds),
+          "give either all texts as sentence pairs (separated by a TAB) or none")
+    batch = tokenizer(firsts, None if seconds[0] is None else seconds, truncation=True, max_length=max_length,
+                      padding=True, return_tensors="pt")
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 @torch.no_grad()
 def predict(model, tokenizer, texts: list[str], label_names: list[str], max_length: int = 128) -> list[dict]:
     model.eval()
-    batch = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-    batch = {k: v.to(model.device) for k, v in batch.items()}
-    probs = torch.softmax(model(**batch).logits.float(), dim=-1)
+    probs = torch.softmax(model(**encode_texts(tokenizer, texts, max_length, model.device)).logits.float(), dim=-1)
     best = probs.argmax(dim=-1)
     return [{"text": t, "label": label_names[int(i)], "probability": float(p[i])}
             for t, i, p in zip(texts, best, probs)]

@@ -202,15 +202,14 @@ def score_predictions(records: list[dict]) -> dict:
 @torch.no_grad()
 def predict(model, tokenizer, texts: list[str], label_names: list[str], max_length: int = 384, context=None,
             stride: int = 128, n_best: int = 20, max_answer_length: int = 30) -> list[dict]:
-    """Answer each question (texts) from one context."""
-    check(bool(context and context.strip()), "qa: give the passage the questions are about with --context")
+    """Answer each question (texts) from its context: one passage for all of them, or a list of one per question."""
+    contexts = [context] * len(texts) if context is None or isinstance(context, str) else list(context)
+    check(all(c and c.strip() for c in contexts), "qa: give the passage the questions are about with --context")
     model.eval()
     _check_room(tokenizer, texts, range(len(texts)), max_length, stride, "question")
-    encoded = _windows(tokenizer, texts, [context] * len(texts), max_length, stride, padding=True,
-                       return_tensors="pt")
+    encoded = _windows(tokenizer, texts, contexts, max_length, stride, padding=True, return_tensors="pt")
     offsets = [_offset_array(_context_offsets(encoded, f)) for f in range(len(encoded["input_ids"]))]
     out = model(**{k: encoded[k].to(model.device) for k in MODEL_INPUTS})
     answers = decode(out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy(),
-                     encoded["overflow_to_sample_mapping"].tolist(), offsets, [context] * len(texts), n_best,
-                     max_answer_length)
+                     encoded["overflow_to_sample_mapping"].tolist(), offsets, contexts, n_best, max_answer_length)
     return [{"question": q, **a} for q, a in zip(texts, answers)]

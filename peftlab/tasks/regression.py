@@ -11,7 +11,7 @@ from transformers import AutoModelForSequenceClassification
 from ..data import require_columns
 from ..errors import PeftlabError, check
 from ..metrics import correlation
-from .classification import collator, columns, input_texts, logits_of  # noqa: F401 — inputs and padding as classification
+from .classification import collator, columns, encode_texts, input_texts, logits_of  # noqa: F401 — inputs and padding as classification
 
 MODEL_CLASS = AutoModelForSequenceClassification
 PEFT_TASK_TYPE = "SEQ_CLS"
@@ -89,15 +89,8 @@ def score_predictions(records: list[dict]) -> dict:
 @torch.no_grad()
 def predict(model, tokenizer, texts: list[str], label_names: list[str], max_length: int = 128,
             label_scale: float = 1.0) -> list[dict]:
-    """A text holding a TAB is a sentence pair, as in the data files: "A man plays.<TAB>Someone plays."
-    Scores come back on the data's scale (the model learned target / label_scale)."""
+    """A text holding a TAB is a sentence pair (classification.encode_texts). Scores come back on the data's scale
+    (the model learned target / label_scale)."""
     model.eval()
-    pairs = [t.split("\t", 1) if "\t" in t else [t, None] for t in texts]
-    firsts, seconds = [p[0] for p in pairs], [p[1] for p in pairs]
-    check(all(s is None for s in seconds) or all(s is not None for s in seconds),
-          "give either all texts as sentence pairs (separated by a TAB) or none")
-    batch = tokenizer(firsts, None if seconds[0] is None else seconds, truncation=True, max_length=max_length,
-                      padding=True, return_tensors="pt")
-    batch = {k: v.to(model.device) for k, v in batch.items()}
-    scores = model(**batch).logits.float().reshape(-1)
+    scores = model(**encode_texts(tokenizer, texts, max_length, model.device)).logits.float().reshape(-1)
     return [{"text": t, label_names[0]: float(s) * label_scale} for t, s in zip(texts, scores)]
