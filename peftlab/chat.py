@@ -86,9 +86,9 @@ def messages(row: dict, data, where: str) -> list[dict]:
                   {"role": "assistant", "content": _text(row[column(data, "output")], where,
                                                          f"column '{column(data, 'output')}'")}]
     else:
-        conversation = row[column(data, shape)]
-        check(isinstance(conversation, list), f"{where}: column '{column(data, shape)}' is not a list of turns; "
-                                              "fix that row")
+        name = column(data, CHAT_COLUMNS[shape][0][0])  # "conversations" or "messages"
+        conversation = row[name]
+        check(isinstance(conversation, list), f"{where}: column '{name}' is not a list of turns; fix that row")
         turns += [_turn(turn, where, i) for i, turn in enumerate(conversation, 1)]
     spoken = [t["role"] for t in turns if t["role"] != "system"]
     check(spoken[:1] == ["user"], f"{where}: the conversation must start with a user turn (after any system turn); "

@@ -79,6 +79,11 @@ field variants at the API level; this table is the end-to-end list.)
 | predict --input with an empty text | --input …, row 2: empty 'sentence' (1 such rows); fill or remove them |
 | predict --output unwritable | --output …: cannot write in … (missing or read-only); create it or choose another --output |
 | predict --eval on other data | --eval: …validation.tsv (md5 …): not the data the run was evaluated on; pass --data-dir with the run's data, or --allow-other-data … |
+| data file missing | data.files['train']: no file …; fix the path (relative paths are read from the data directory …) |
+| data file of unknown type | data.files['train']='mine/train.xlsx': unknown file type; use one of .csv, .tsv, … |
+| split not in data.files | data.files has no split 'validation' (files: train); add its file to data.files or set … |
+| column missing in a Parquet file | train.parquet: no column 'sentence' (columns: review, label); set data.text/data.label … |
+| CSV data file broken | train.csv: not readable as CSV (…EOF inside string…); fix the file |
 """
 
 from __future__ import annotations
@@ -467,7 +472,36 @@ CASES = [
          "cannot write in", "create it or choose another --output", no_output),
     Case("predict --eval on other data", other_eval_data, "validation.tsv (md5",
          "not the data the run was evaluated on; pass --data-dir with the run's data, or --allow-other-data"),
+    Case("data file missing", lambda b: b.run(b.recipe([FILES]), data=b.tmp), "data.files['train']: no file",
+         "fix the path (relative paths are read from the data directory"),
+    Case("data file of unknown type", lambda b: b.run(b.recipe([(FILES[0], FILES[1].replace("train.csv", "train.xlsx"))])),
+         "data.files['train']='mine/train.xlsx': unknown file type", "use one of .csv, .tsv"),
+    Case("split not in data.files", lambda b: b.run(b.recipe([(FILES[0], 'files={"train": "mine/train.csv"}')])),
+         "data.files has no split 'validation' (files: train)", "add its file to data.files"),
+    Case("column missing in a Parquet file", lambda b: b.run(b.recipe([(FILES[0], FILES[1].replace(".csv", ".parquet"))]),
+                                                              data=_own_files(b, ".parquet", ("review", "label"))),
+         "train.parquet: no column 'sentence' (columns: review, label)", "set data.text/data.label"),
+    Case("CSV data file broken", lambda b: b.run(b.recipe([FILES]), data=_own_files(
+        b, ".csv", train='sentence,label\n"a good film,1\n')), "train.csv: not readable as CSV (", "fix the file"),
 ]
+FILES = ('"glue/sst2"', 'files={"train": "mine/train.csv", "validation": "mine/validation.csv"}')
+
+
+def _own_files(b: Bad, suffix: str, header=("sentence", "label"), train: str | None = None) -> Path:
+    """The data directory of a recipe with files={"train": "mine/train<suffix>", ...}."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = b.tmp / "own" / "mine"
+    folder.mkdir(parents=True)
+    for split, rows in (("train", sentiment_rows(16, seed=1)), ("validation", sentiment_rows(4, seed=2))):
+        if suffix == ".parquet":
+            pq.write_table(pa.Table.from_pylist([dict(zip(header, row)) for row in rows]), folder / f"{split}.parquet")
+        else:
+            (folder / f"{split}.csv").write_text(",".join(header) + "\n" + "".join(f"{t},{y}\n" for t, y in rows))
+    if train is not None:
+        (folder / f"train{suffix}").write_text(train)
+    return folder.parent
 
 
 def _a_file(b: Bad) -> Path:

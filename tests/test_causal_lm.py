@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import textwrap
 from pathlib import Path
 
@@ -390,15 +391,25 @@ def test_4bit_gradients_survive_an_evaluation(llama):
 
 # ------------------------------------------------------------------------------------------- bad input
 
-@pytest.mark.parametrize("data, message", [
-    ("eval_split='train'", "the reported split must not be the train split"),
-    ("selection=1.5", "use a fraction of the train split in"),
-    ("selection=0", "use a fraction of the train split in"),
-    ("strip_regex='(('", "not a regular expression"),
+SPLITS, COLUMNS = 'eval_split="test", selection=16,', 'text="question", label="answer", '  # dropped from the recipe
+
+
+@pytest.mark.parametrize("data, drop, message", [
+    ("eval_split='train'", SPLITS, "the reported split must not be the train split"),
+    ("selection=1.5", SPLITS, "use a fraction of the train split in"),
+    ("selection=0", SPLITS, "use a fraction of the train split in"),
+    ("strip_regex='(('", SPLITS, "not a regular expression"),
+    ('chat_format="messages", columns={"dialog": "x"}', COLUMNS,
+     "'dialog' is not a column of chat_format='messages'; map some of messages"),
+    ('chat_format="alpaca", prompt_template="{instruction}"', COLUMNS,
+     "data is rendered with the tokenizer's chat template; remove prompt_template"),
+    ('chat_format="alpaca", text="question"', COLUMNS, "map the columns of chat_format='alpaca' with data.columns"),
+    ('chat_format="messages", files={"train": "a.jsonl"}', COLUMNS,
+     "give data.name .a Hub dataset or a folder. or data.files"),
 ])
-def test_bad_causal_recipes(tmp_path, llama, data, message):
+def test_bad_causal_recipes(tmp_path, llama, data, drop, message):
     path = write_recipe(tmp_path / "r.py", llama, data=data)
-    path.write_text(path.read_text().replace("eval_split=\"test\", selection=16,", ""))
+    path.write_text(path.read_text().replace(drop, ""))
     with pytest.raises(PeftlabError, match=message):
         load_recipe(path)
 
@@ -419,3 +430,152 @@ def test_template_errors(llama):
     tokenizer.chat_template = None
     with pytest.raises(PeftlabError, match="no chat template; set data.prompt_template"):
         causal_lm.prompt_text(tokenizer, load_recipe_data(), {"question": "what is 1"})
+
+
+# ------------------------------------------------------------------------------------------- chat formats
+
+def conversations(n: int, seed: int) -> list[list[dict]]:
+    """Sums as chat messages; every other conversation opens with a system turn and asks a follow-up sum after the
+    first answer (two assistant turns)."""
+    rows = sums(2 * n, seed)
+    out = []
+    for first, second in zip(rows[::2], rows[1::2]):
+        turns = [{"role": "user", "content": first["question"]}, {"role": "assistant", "content": first["answer"]}]
+        if len(out) % 2:
+            turns = [{"role": "system", "content": "so what is the answer"}, *turns,
+                     {"role": "user", "content": "and " + second["question"]},
+                     {"role": "assistant", "content": second["answer"]}]
+        out.append(turns)
+    return out
+
+
+def as_sharegpt(turns: list[dict]) -> dict:
+    names = {"user": "human", "assistant": "gpt", "system": "system"}
+    return {"conversations": [{"from": names[t["role"]], "value": t["content"]} for t in turns]}
+
+
+def _chat_features(rows: list[dict], **data):
+    from datasets import Dataset
+
+    from peftlab import Data, LoRA, Model, Recipe
+
+    recipe = Recipe("t", Model("unused", task="causal_lm"), Data("x", **data), LoRA())
+    tokenizer = make_chat_tokenizer()
+    return tokenizer, causal_lm.prepare(Dataset.from_list(rows), tokenizer, recipe, [], "train")
+
+
+def test_every_chat_format_reads_single_turns_as_the_prompt_response_form():
+    rows = sums(4, seed=0)
+    _, plain = _chat_features(rows, text="question", label="answer")
+    turns = [[{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["answer"]}] for r in rows]
+    shaped = {"alpaca": [{"instruction": r["question"], "input": "", "output": r["answer"]} for r in rows],
+              "sharegpt": [as_sharegpt(t) for t in turns],
+              "messages": [{"messages": t} for t in turns]}
+    for shape, shape_rows in shaped.items():
+        _, features = _chat_features(shape_rows, chat_format=shape)
+        assert list(features["input_ids"]) == list(plain["input_ids"]), shape
+        assert list(features["labels"]) == list(plain["labels"]), shape
+    # the recipe maps the data's own column names onto the shape's
+    _, mapped = _chat_features(rows, chat_format="alpaca", columns={"instruction": "question", "output": "answer"})
+    assert list(mapped["labels"]) == list(plain["labels"])
+    _, renamed = _chat_features([{"dialog": t} for t in turns], chat_format="messages", columns={"messages": "dialog"})
+    assert list(renamed["labels"]) == list(plain["labels"])
+
+
+def test_alpaca_input_and_system_columns():
+    from peftlab import Data, chat
+
+    row = {"instruction": "add these", "input": "3 plus 4", "output": "7", "system": "be brief"}
+    assert chat.messages(row, Data("x", chat_format="alpaca"), "row 0") == [
+        {"role": "system", "content": "be brief"}, {"role": "user", "content": "add these\n\n3 plus 4"},
+        {"role": "assistant", "content": "7"}]
+
+
+def test_multi_turn_labels_are_every_assistant_turn_token_by_token():
+    """The tiny template opens a turn with '<|im_start|>{role}\\n' and closes it with '{content}<|im_end|>\\n'. The
+    labels must be the assistant turns' content and end of turn, token for token, and -100 on everything else."""
+    turns = conversations(2, seed=5)[1]
+    assert [t["role"] for t in turns] == ["system", "user", "assistant", "user", "assistant"]
+    tokenizer, features = _chat_features([{"messages": turns}], chat_format="messages", strip_regex=r"<<[^>]*>>")
+    feature = features[0]
+    stripped = [t | {"content": re.sub(r"<<[^>]*>>", "", t["content"])} if t["role"] == "assistant" else t
+                for t in turns]
+    expected_ids, expected_labels = [], []
+    for turn in stripped:
+        header = tokenizer(f"<|im_start|>{turn['role']}\n", add_special_tokens=False)["input_ids"]
+        body = tokenizer(turn["content"] + "<|im_end|>\n", add_special_tokens=False)["input_ids"]
+        expected_ids += header + body
+        expected_labels += [-100] * len(header) + (body if turn["role"] == "assistant" else [-100] * len(body))
+    assert feature["input_ids"] == expected_ids
+    assert feature["labels"] == expected_labels
+    rendered = tokenizer.apply_chat_template(stripped, tokenize=False)  # the whole conversation, tokenized at once
+    assert tokenizer(rendered, add_special_tokens=False)["input_ids"] == feature["input_ids"]
+    trained = [t for t in feature["labels"] if t != -100]
+    assert trained.count(tokenizer.eos_token_id) == 2 and "<<" not in tokenizer.decode(trained)
+
+
+def test_generation_answers_the_last_assistant_turn():
+    from peftlab import Data
+
+    turns = conversations(2, seed=5)[1]
+    tokenizer = make_chat_tokenizer()
+    prompt, question, reference = causal_lm.generation_case(tokenizer, Data("x", chat_format="sharegpt"),
+                                                            as_sharegpt(turns), "row 0")
+    assert prompt == tokenizer.apply_chat_template(turns[:-1], tokenize=False, add_generation_prompt=True)
+    assert question == turns[3]["content"] and reference == turns[4]["content"]
+
+
+@pytest.mark.parametrize("turns, message", [
+    ([{"role": "user", "content": "what is 1"}], "train split, row 0: no assistant turn, nothing to train on"),
+    ([{"role": "assistant", "content": "1"}, {"role": "user", "content": "what"}], "must start with a user turn"),
+    ([{"role": "user", "content": "what is 1"}, {"role": "tool", "content": "1"}],
+     "turn 2 has role 'tool'; use system, user .human. or assistant .gpt."),
+    ([{"role": "user", "content": " "}, {"role": "assistant", "content": "1"}], "empty text in turn 1"),
+])
+def test_bad_conversations(turns, message):
+    with pytest.raises(PeftlabError, match=message):
+        _chat_features([{"messages": turns}], chat_format="messages")
+
+
+def test_a_template_that_rewrites_earlier_turns_is_refused():
+    from peftlab import chat
+
+    tokenizer = make_chat_tokenizer()  # shortens earlier assistant turns, as templates that drop old reasoning do
+    tokenizer.chat_template = CHAT_TEMPLATE.replace("{{ m['content'] }}", "{{ m['content'] if loop.last or "
+                                                                          "m['role'] != 'assistant' else 'so' }}")
+    with pytest.raises(PeftlabError, match="does not render the start of this conversation as the start of the whole"):
+        chat.render(tokenizer, conversations(2, seed=5)[1], "row 1")
+
+
+@pytest.fixture(scope="module")
+def chat_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("chat")
+    write_jsonl(root / "chats" / "train.jsonl", [as_sharegpt(t) for t in conversations(120, seed=1)])
+    write_jsonl(root / "chats" / "test.jsonl", [as_sharegpt(t) for t in conversations(8, seed=2)])
+    return root
+
+
+def test_a_conversation_recipe_runs_end_to_end(tmp_path, llama, chat_dir, capsys):
+    """ShareGPT files with multi-turn conversations: trained on every assistant turn, generation answers the last
+    user turn, the files' md5s are recorded, and predict --eval re-scores the run from them."""
+    from peftlab.data import md5
+
+    path = write_recipe(tmp_path / "r.py", llama)
+    path.write_text(path.read_text().replace(
+        'Data("sums", text="question", label="answer", max_length=64',
+        'Data(files={"train": "chats/train.jsonl", "test": "chats/test.jsonl"}, chat_format="sharegpt", max_length=96'))
+    run = run_recipe(tmp_path, path, chat_dir)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["task_metrics"]["perplexity"] < 0.5 * metrics["before"]["perplexity"]
+    test = conversations(8, seed=2)
+    outputs = json.loads((run / "generations.json").read_text())["after"]
+    records = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+    picked = [test[r["id"]] for r in records if r["kind"] == "generation"]  # ids: rows of the test file
+    assert [o["question"] for o in outputs] == [t[-2]["content"] for t in picked]
+    assert [o["reference"] for o in outputs] == [causal_lm.final_number(t[-1]["content"]) for t in picked]
+    env = json.loads((run / "environment.json").read_text())
+    assert env["data"]["files"] == {f"chats/{s}.jsonl": md5(chat_dir / "chats" / f"{s}.jsonl") for s in ("train", "test")}
+    capsys.readouterr()
+    assert predict.main([str(run), "--eval", "--data-dir", str(chat_dir)]) == 0
+    rescored = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["eval"]
+    assert rescored["perplexity"] == pytest.approx(metrics["task_metrics"]["perplexity"], rel=1e-5)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import runpy
 from pathlib import Path
 
 import pytest
@@ -14,12 +15,14 @@ from peftlab import Data, load_recipe, resume, rundir
 from peftlab import data as data_stage
 from peftlab.errors import PeftlabError
 from peftlab.recipe import recipe_from_dict, recipe_to_dict
+from peftlab.tasks import get_task
 
 from conftest import run_recipe, sentiment_rows, write_recipe, write_tsv
 
 # a quoted word and commas (CSV quotes the text), texts pandas would read as missing values
 TRICKY = [('a "great" film , really', 1), ("null", 0), ("NA , dull", 0)]
 LABELS = ["negative", "positive"]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def write_rows(path: Path, rows, header=("review", "sentiment")) -> Path:
@@ -207,3 +210,39 @@ def test_a_csv_recipe_trains_exactly_as_the_folder_recipe(tmp_path, tiny_bert, d
     assert env["data"]["files"] == {f"mine/{s}.csv": data_stage.md5(root / "mine" / f"{s}.csv")
                                     for s in ("train", "validation")}
     assert "on mine/train.csv, mine/validation.csv with" in (runs[1] / "report.md").read_text()
+
+
+def test_the_example_recipes_read_what_the_script_builds(tmp_path):
+    """scripts/make_format_examples.py on a small copy of the shared data: the six example recipes find their files,
+    the three SST-2 copies hold the same examples, and the ShareGPT and messages files the same conversations."""
+    from peftlab.chat import messages
+
+    source = tmp_path / "source"
+    write_tsv(source / "sst2" / "train.tsv", sentiment_rows(60, seed=1) + TRICKY)
+    write_tsv(source / "sst2" / "validation.tsv", sentiment_rows(10, seed=2))
+    for split, n in (("train", 60), ("test", 20)):
+        (source / "gsm8k").mkdir(exist_ok=True)
+        (source / "gsm8k" / f"{split}.jsonl").write_text("".join(
+            json.dumps({"question": f"What is {i} plus {i}?", "answer": f"{i} + {i} = <<{i}+{i}={2 * i}>>{2 * i}\n"
+                                                                        f"#### {2 * i}"}) + "\n" for i in range(n)))
+    script = runpy.run_path(str(REPO / "scripts" / "make_format_examples.py"))
+    assert script["main"](["--source", str(source), "--out", str(tmp_path / "data" / "formats")]) == 0
+    names = [f"lora_sst2_{kind}" for kind in ("csv", "jsonl", "parquet")] + [
+        f"lora_gsm8k_{kind}" for kind in ("alpaca", "sharegpt", "messages")]
+    recipes = {name: load_recipe(REPO / "recipes" / f"{name}.py") for name in names}
+    splits = {}
+    for name, recipe in recipes.items():
+        data_stage.preflight(recipe.data, tmp_path / "data", get_task(recipe.model.task).columns(recipe))
+        splits[name] = data_stage.load_splits(recipe.data, tmp_path / "data")
+    for part in ("train", "selection", "eval"):
+        csv_rows, jsonl_rows, parquet_rows = (getattr(splits[f"lora_sst2_{kind}"], part)[:]
+                                              for kind in ("csv", "jsonl", "parquet"))
+        assert csv_rows == jsonl_rows == parquet_rows and set(csv_rows["sentiment"]) <= set(LABELS)
+        sharegpt, chats = (getattr(splits[f"lora_gsm8k_{kind}"], part) for kind in ("sharegpt", "messages"))
+        read = [[messages(row, recipes[f"lora_gsm8k_{kind}"].data, "row") for row in rows]
+                for kind, rows in (("sharegpt", sharegpt), ("messages", chats))]
+        assert read[0] == read[1]
+    conversations = [messages(row, recipes["lora_gsm8k_messages"].data, "row") for row in splits["lora_gsm8k_messages"].train]
+    assert any(sum(turn["role"] == "assistant" for turn in turns) == 2 for turns in conversations)  # follow-ups
+    alpaca = splits["lora_gsm8k_alpaca"].train[0]
+    assert alpaca["input"] == "" and alpaca["output"].endswith(f"#### {2 * int(alpaca['instruction'].split()[2])}")
