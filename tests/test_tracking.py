@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from peftlab import tracking
+from peftlab import resume, run_report, rundir, tracking
 from peftlab.errors import PeftlabError
-from peftlab.recipe import load_recipe
+from peftlab.recipe import load_recipe, recipe_to_dict
 from peftlab.training import training_arguments
 
 from conftest import run_recipe, write_recipe
@@ -81,6 +81,22 @@ def test_unknown_or_missing_trackers_are_refused(tmp_path, tiny_bert, monkeypatc
     tracking.check_installed(["tensorboard"])
     with pytest.raises(PeftlabError, match="wandb is not installed here .*pip install wandb"):
         tracking.check_installed(["tensorboard", "wandb"])
+
+
+def test_trackers_may_change_on_resume_and_the_report_names_every_one(tmp_path, tiny_bert):
+    """Trackers change how a run is logged, not what it trains: a resume may name others, and its record says so."""
+    path = write_recipe(tmp_path / "r.py", tiny_bert, train=TRAIN)
+    run = tmp_path / "runs" / "tiny-20260101-000000"
+    rundir.write_json(run / "recipe.json", recipe_to_dict(load_recipe(path)))
+    assert resume.recipe_differences(run, load_recipe(path, ["train.report_to=wandb"])) == []
+    assert resume.recipe_differences(run, load_recipe(path, ["train.lr=0.1"])) != []
+    rundir.write_json(run / "environment.json", {"command": "first", "report_to": ["tensorboard"], "versions": {}})
+    env = resume.environment(resume.Resume(run, None), {"command": "again", "report_to": ["wandb"], "versions": {}})
+    assert env["report_to"] == ["tensorboard"] and env["resumed"][0]["report_to"] == ["wandb"]
+    section = run_report._tracking(str(run), env)
+    assert f"tensorboard --logdir {run / 'tensorboard'}" in section and "Also reported to wandb, as run " \
+        "`tiny-20260101-000000`" in section
+    assert run_report._tracking(str(run), {"report_to": []}) is None
 
 
 def _state(step: int, main: bool = True) -> TrainerState:
