@@ -114,9 +114,9 @@ def model_card(trained, record: dict) -> str:
     recipe, metrics = trained.recipe, rundir.read_json(trained.run_dir / "metrics.json")
     v, base = record["verification"], record["base"]
     quant = recipe.quant.kind + " base" if recipe.quant else "full-precision base"
-    loaded = {"original": "loaded the base in full precision",
-              "dequantized": f"loaded the base quantized ({recipe.quant.kind if recipe.quant else ''}) as in "
-                             "training, de-quantized it with transformers' `dequantize`"}[base]
+    loaded = ("loaded the base in full precision" if base == "original" else
+              f"loaded the base quantized ({recipe.quant.kind}) as in training, de-quantized it with transformers' "
+              "`dequantize`")
     lines = [
         f"# {recipe.name} (merged export)",
         "",
@@ -140,7 +140,9 @@ def model_card(trained, record: dict) -> str:
                   "", f"The adapter was trained on a {quant}. Merged into the original full-precision weights, the",
                   "export puts back the precision quantization removed, which the adapter never saw: not bit-identical",
                   "to the model as trained, and the difference is real and expected. Merged into the de-quantized",
-                  "weights, it is the model as trained up to float rounding. Both were built and measured:", "",
+                  "weights, it is the model as trained up to float rounding" + (
+                      " (and LLM.int8's rounding of activations, which no float model reproduces)"
+                      if recipe.quant.kind == "8bit" else "") + ". Both were built and measured:", "",
                   "| base | max abs logit difference to the model as trained | agreement | export on the reported split |",
                   "|---|---|---|---|"]
         lines += [f"| {b}{' (this folder)' if b == base else ''} | {m['verification']['max_abs_logit_diff']:.3g} | "
