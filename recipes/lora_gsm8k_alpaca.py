@@ -3,9 +3,9 @@ as a user turn (instruction, then the input after a blank line when there is one
 tokenizer's chat template; the loss counts the assistant turn and its end-of-turn token only.
 
 The files come from scripts/make_format_examples.py (1,000 GSM8K training problems, 300 test problems); relative paths
-are read from the data directory (--data-dir or $PEFTLAB_DATA_DIR), so build them into <data dir>/formats. Sized for
-a few minutes on a 2-core CPU: 80 training rows, selection on 32 held out of train, perplexity reported on 48 test
-rows and exact match of the final answer on 10 of them (greedy, before and after training).
+are read from the data directory (--data-dir or $PEFTLAB_DATA_DIR), so build them into <data dir>/formats. A short
+example run: 80 training rows, selection on 32 held out of train, perplexity reported on 48 test rows and exact match
+of the final answer on 10 of them (greedy, before and after training).
 """
 
 from dataclasses import replace

@@ -1,7 +1,7 @@
 """lora_gsm8k_alpaca on OpenAI-style chat data: {"messages": [{"role": "system" | "user" | "assistant", "content": ...}]}.
 Every fourth conversation of the files holds two problems (a follow-up question after the first worked answer)
 behind a system turn: the loss counts both assistant turns; generation answers the last one, with the first
-exchange as context. The same conversations as lora_gsm8k_sharegpt, in the other shape."""
+exchange as context. lora_gsm8k_sharegpt reads the same conversations in the ShareGPT shape."""
 
 from dataclasses import replace
 
