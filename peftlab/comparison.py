@@ -128,15 +128,15 @@ UNFIT = re.compile(r"does not fit.*\(plan: ([^)]*)\)")  # levers.fit_budget's er
 
 
 def run_variant(variant: Variant, comparison: Comparison, out_root: Path, reports_dir: Path,
-                budget: int | None = None) -> dict:
+                budget: int | None = None, base_cache: Path | None = None) -> dict:
     runs_dir = out_root / variant.label
     # a report is named after its recipe: with several seeds each seed's goes to its own folder, none overwritten
     own_reports = reports_dir / f"seed{variant.seed}" if len(comparison.seeds) > 1 else reports_dir
     own_reports = own_reports if variant.lr is None else own_reports / f"lr{variant.lr:g}"  # one per grid point
     command = [sys.executable, "-m", "peftlab.run", str(variant.recipe), "--runs-dir", str(runs_dir),
                "--reports-dir", str(own_reports)]
-    if hasattr(get_task(load_recipe(variant.recipe, comparison.overrides).model.task), "Evaluation"):  # the base scored once per base
-        command += ["--base-cache", str(out_root / "base")]
+    if base_cache is not None:
+        command += ["--base-cache", str(base_cache)]
     if not variant.is_recipe_run:
         command += ["--set", f"train.seed={variant.seed}"]
     for item in comparison.overrides + ([] if variant.lr is None else [f"train.lr={variant.lr!r}"]):
@@ -172,13 +172,17 @@ def run_all(args, argv: list[str], console) -> dict:
               "command": shlex.join(["python", "-m", "peftlab.compare", *argv])}
     started = time.perf_counter()
     reports_dir = args.reports_dir / comparison.name
+    # where a task scores the base model before training, the variants sharing a base score it once (--base-cache)
+    scores_base = {path: hasattr(get_task(load_recipe(path, comparison.overrides).model.task), "Evaluation")
+                   for path in dict.fromkeys(v.recipe for v in variants)}
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
         task = progress.add_task("comparison", total=len(variants) + sum(len(g) - 1 for g in grids.values()))
 
         def run(variant: Variant) -> dict:
             progress.update(task, description=f"{comparison.name}: {variant.label}")
-            result = run_variant(variant, comparison, out_root, reports_dir, getattr(args, "budget", None))
+            result = run_variant(variant, comparison, out_root, reports_dir, getattr(args, "budget", None),
+                                 out_root / "base" if scores_base[variant.recipe] else None)
             record["variants"].append(result)
             state = "[green]done" if result["state"] == "finished" else \
                 f"[yellow]{result['error']}" if result["state"] == "does not fit" else f"[red]failed: {result['error']}"
