@@ -64,12 +64,9 @@ def evaluate_plan(row: dict) -> dict:
     recipe = recipe_mod.load_recipe(row["recipe"], row["overrides"])
     inputs = prepare_inputs(recipe, data_dir(None))
     batch = row["largest_batch"]
-    prediction = plan.predict(recipe, inputs.task, inputs.resolved, inputs.labels, batch["sequence"],
-                              batch=batch["tokens"] // batch["sequence"])
-    if "runtime_rss_bytes" in row:  # the variant's own process before its model loaded, not this one
-        prediction["predicted_train_peak_rss_bytes"] = plan.resident(
-            row["runtime_rss_bytes"], prediction["predicted_train_peak_bytes"], prediction["parts"])
-    return prediction
+    # the RSS plan starts from the variant's own process before its model loaded, where measured, not this one
+    return plan.predict(recipe, inputs.task, inputs.resolved, inputs.labels, batch["sequence"],
+                        batch=batch["tokens"] // batch["sequence"], runtime=row.get("runtime_rss_bytes"))
 
 
 def table(rows: list[dict]) -> str:

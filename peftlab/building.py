@@ -72,4 +72,19 @@ def prepare_inputs(recipe, data_root: Path | None) -> Inputs:
 
 
 def predict_memory(recipe, inputs: Inputs) -> dict:
+    """The plan for the worst batch the recipe can meet (micro-batch x its longest training example): what a budget
+    is checked against, before training."""
     return plan.predict(recipe, inputs.task, inputs.resolved, inputs.labels, max(inputs.train["length"]))
+
+
+def predict_memory_at(recipe, inputs: Inputs, largest: dict, before: dict) -> dict | None:
+    """The plan again for the largest batch training met (`largest`: tokens and sequence), the process before the
+    model as `before` (the first plan) saw it: the like-for-like figure for the measured peak, since sampled
+    batches rarely reach the worst case. None where no step was profiled."""
+    if not largest["tokens"]:
+        return None
+    rows = largest["tokens"] // largest["sequence"]
+    if (rows, min(largest["sequence"], recipe.data.max_length)) == (before["batch"], before["sequence"]):
+        return before
+    return plan.predict(recipe, inputs.task, inputs.resolved, inputs.labels, largest["sequence"], batch=rows,
+                        runtime=before["parts"]["runtime"])

@@ -105,11 +105,19 @@ def _row_cells(row: dict, main: str, others: list[str], fig, raw: tuple[str, ...
         + [_difference_cell(delta, _scale(main, raw)) if delta else "no shared seed"]
 
 
-MEMORY_HEADER = ["model state", "training peak (live tensors)", "plan (error)", "training RSS", "evaluation RSS"]
+MEMORY_HEADER = ["model state", "training peak (live tensors)", "plan at that batch (error)", "training RSS",
+                 "evaluation RSS"]
 
 
 def _memory(row: dict, key: str) -> float | None:
     values = [r["metrics"].get("memory", {}).get(key) for r in row["runs"]]
+    return statistics.fmean(values) if values and None not in values else None
+
+
+def _planned(row: dict) -> float | None:
+    """The plan for the largest batch each run trained (records before it: the plan made for the worst batch)."""
+    values = [(m := r["metrics"].get("memory", {})).get("plan_at_largest_batch", {}).get("train_peak_bytes")
+              or m.get("predicted_train_peak_bytes") for r in row["runs"]]
     return statistics.fmean(values) if values and None not in values else None
 
 
@@ -122,7 +130,7 @@ def memory_cells(row: dict) -> list[str]:
     """Model state, training peak of live tensors, the plan with its error, training and evaluation RSS (means over
     seeds; see peftlab/memory.py for how each is measured)."""
     state = [r["metrics"].get("memory", {}).get("model_state_bytes") for r in row["runs"]]
-    live, planned = _memory(row, "train_peak_bytes"), _memory(row, "predicted_train_peak_bytes")
+    live, planned = _memory(row, "train_peak_bytes"), _planned(row)
     error = f" ({100 * (planned - live) / live:+.1f} %)" if live and planned else ""
     return [human_bytes(statistics.fmean(s["total"] for s in state) if None not in state else None),
             human_bytes(live), human_bytes(planned) + error,
@@ -242,7 +250,8 @@ def render(record: dict, rows: list[dict], first: dict, figs: dict, plot_dir: st
         f"variant) and seeds ({'higher' if greater else 'lower'} {main} is better; variants are ranked by it). "
         f"With {len(record['seeds'])} seed(s) the seed part of the interval is coarse. Memory: model state = weights "
         f"as stored + gradients + optimizer state; training peak = peak of live tensors during training steps; plan "
-        f"= its prediction before the run; training / evaluation RSS = the process's peak resident memory in each "
+        f"= the plan's figure for the largest batch the run trained (rows x tokens; the plan a budget is checked "
+        f"against is for the worst batch, micro-batch x the longest example, and is in each run's report); training / evaluation RSS = the process's peak resident memory in each "
         f"phase (README, section Memory). Wall time of the whole comparison: {record['wall_seconds'] / 60:.1f} min.",
         _protocol_line(first),
         "## Results\n\n" + table(header, [_row_cells(r, main, others, figs.get(r["name"]), raw) for r in rows]),

@@ -246,35 +246,38 @@ class MemoryMeter(TrainerCallback):
                 return fn(*args, **kwargs)
         return measured
 
-    def record(self, prediction: dict | None = None) -> dict:
-        """The "memory" object of metrics.json; `prediction` is plan.predict's, if one was made."""
+    def record(self, prediction: dict | None = None, at_largest: dict | None = None) -> dict:
+        """The "memory" object of metrics.json; `prediction` is plan.predict's before training (worst batch), if one
+        was made, and `at_largest` its plan for the largest batch trained, which the errors compare with."""
         out = {
             "model_state_bytes": self.state_bytes,
             "train_peak_bytes": self.train_peak or None,
             "train_peak_measured_by": "torch.cuda.max_memory_allocated" if torch.cuda.is_available() else
             "profiler allocator events (CPU)",
             "profiled_steps": self.profiled_steps,
-            "largest_batch": {"tokens": self._largest[0], "sequence": self._largest[1]},
+            "largest_batch": self.largest_batch(),
             "train_peak_rss_bytes": self.rss.peaks.get("train"),
             "eval_peak_rss_bytes": self.rss.peaks.get("eval"),
             "rss_measured_by": self.rss.method,
         }
         if prediction is not None:
-            out |= plan_errors(prediction, out)
+            out |= {"predicted_train_peak_bytes": prediction["predicted_train_peak_bytes"],
+                    "predicted_train_peak_rss_bytes": prediction["predicted_train_peak_rss_bytes"]}
+            out |= plan_errors(at_largest or prediction, out)
         return out
 
+    def largest_batch(self) -> dict:
+        """The largest batch the profiled steps met: its tokens (rows x sequence) and sequence length."""
+        return {"tokens": self._largest[0], "sequence": self._largest[1]}
 
-def plan_errors(prediction: dict, measured: dict) -> dict:
-    """The plan next to what it predicts, with its error in % of the measurement."""
+
+def plan_errors(plan: dict, measured: dict) -> dict:
+    """The plan for the batch measured (its rows and sequence), next to the measurement, with its error in %."""
     def error(predicted, actual):
         return None if not (predicted and actual) else 100 * (predicted - actual) / actual
 
-    live, rss = prediction.get("predicted_train_peak_bytes"), prediction.get("predicted_train_peak_rss_bytes")
-    return {"predicted_train_peak_bytes": live, "predicted_train_peak_rss_bytes": rss,
+    live, rss = plan.get("predicted_train_peak_bytes"), plan.get("predicted_train_peak_rss_bytes")
+    return {"plan_at_largest_batch": {"batch": plan.get("batch"), "sequence": plan.get("sequence"),
+                                      "train_peak_bytes": live, "train_peak_rss_bytes": rss},
             "plan_error_percent": error(live, measured["train_peak_bytes"]),
             "plan_rss_error_percent": error(rss, measured["train_peak_rss_bytes"])}
-
-
-def meter(trainer) -> MemoryMeter:
-    """The trainer's MemoryMeter (added by build_trainer)."""
-    return next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, MemoryMeter))

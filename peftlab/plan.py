@@ -243,8 +243,10 @@ def transient_bytes(parts: dict, checkpointed: bool) -> int:
     return kept + max(at_loss, one_layer)
 
 
-def predict(recipe, task, resolved, label_names: list[str], longest: int, batch: int | None = None) -> dict:
-    """Predicted training peak of `recipe` for a batch of its longest training example (`longest` tokens)."""
+def predict(recipe, task, resolved, label_names: list[str], longest: int, batch: int | None = None,
+            runtime: int | None = None) -> dict:
+    """Predicted training peak of `recipe` for `batch` rows (default: its micro-batch) of `longest` tokens;
+    `runtime`: the process's RSS before the model loaded (default: this process now, before its model)."""
     from .heads import attach as attach_head
     from .methods.base import Context
     from .models import load_config
@@ -299,7 +301,7 @@ def predict(recipe, task, resolved, label_names: list[str], longest: int, batch:
     last_gradient = 4 * max((p.numel() for p in model.parameters() if p.requires_grad), default=0)
     peak = parts["weights"] + parts["optimizer"] + max(transient, parts["gradients"] + last_gradient)
     on_gpu = torch.cuda.is_available()
-    runtime = 0 if on_gpu else runtime_rss(recipe)
+    runtime = 0 if on_gpu else runtime if runtime is not None else runtime_rss(recipe)
     return {"predicted_train_peak_bytes": peak,
             "predicted_train_peak_rss_bytes": None if on_gpu else resident(runtime, peak, parts | {"transient": transient_bytes(parts, False)}),
             "parts": parts | {"runtime": runtime, "transient": transient}, "device": "cuda" if on_gpu else "cpu",

@@ -69,6 +69,10 @@ def _evaluations(log_history: list[dict]) -> str:
                   [[e["step"], f"{e.get('epoch', 0):.2f}"] + [_fmt(e[k]) for k in keys] for e in evals])
 
 
+def _batch(plan: dict) -> str:
+    return f" ({plan['batch']} x {plan['sequence']} tokens)" if plan.get("batch") else ""
+
+
 def _memory_rows(memory: dict | None) -> list[list[str]]:
     """The run's "memory" object (peftlab/memory.py says how each figure is measured)."""
     if not memory:
@@ -76,16 +80,20 @@ def _memory_rows(memory: dict | None) -> list[list[str]]:
     state = memory.get("model_state_bytes") or {}
     error = memory.get("plan_error_percent")
     rss_error = memory.get("plan_rss_error_percent")
+    # records before the plan was re-made for the largest batch trained kept only the worst batch's
+    at = memory.get("plan_at_largest_batch") or {"train_peak_bytes": memory.get("predicted_train_peak_bytes"),
+                                                 "train_peak_rss_bytes": memory.get("predicted_train_peak_rss_bytes")}
     return [
         ["model state (weights as stored + gradients + optimizer)",
          (f"{human_bytes(state.get('total'))} = {human_bytes(state.get('weights'))} + "
           f"{human_bytes(state.get('gradients'))} + {human_bytes(state.get('optimizer'))}")],
         ["training peak, live tensors", (f"{human_bytes(memory.get('train_peak_bytes'))} "
                                          f"({memory.get('train_peak_measured_by')}; steps {memory.get('profiled_steps')})")],
-        ["plan of the training peak", human_bytes(memory.get("predicted_train_peak_bytes"))
+        ["plan of the training peak, worst batch (before training)", human_bytes(memory.get("predicted_train_peak_bytes"))],
+        [f"plan at the largest batch trained{_batch(at)}", human_bytes(at.get("train_peak_bytes"))
          + (f" (error {error:+.1f} %)" if error is not None else "")],
         ["training peak, process RSS", human_bytes(memory.get("train_peak_rss_bytes"))],
-        ["plan of the training RSS", human_bytes(memory.get("predicted_train_peak_rss_bytes"))
+        ["plan of the training RSS at that batch", human_bytes(at.get("train_peak_rss_bytes"))
          + (f" (error {rss_error:+.1f} %)" if rss_error is not None else "")],
         ["evaluation peak, process RSS", (f"{human_bytes(memory.get('eval_peak_rss_bytes'))} "
                                           f"({memory.get('rss_measured_by')})")],

@@ -119,7 +119,8 @@ def test_report_matches_run_records(comparison):
         memory = [m["memory"] for m in metrics]
         assert row[4] == human_bytes(sum(m["model_state_bytes"]["total"] for m in memory) / 2)
         assert row[5] == human_bytes(sum(m["train_peak_bytes"] for m in memory) / 2)
-        assert row[6].startswith(human_bytes(sum(m["predicted_train_peak_bytes"] for m in memory) / 2) + " (")
+        planned = sum(m["plan_at_largest_batch"]["train_peak_bytes"] for m in memory) / 2
+        assert row[6].startswith(human_bytes(planned) + " (")
         assert row[7] == human_bytes(sum(m["train_peak_rss_bytes"] for m in memory) / 2)
         assert row[8] == human_bytes(sum(m["eval_peak_rss_bytes"] for m in memory) / 2)
     # each seed's own run report, none overwritten by another seed's

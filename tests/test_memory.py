@@ -112,6 +112,12 @@ def test_run_records_the_memory_object(tmp_path, data_dir):
     assert set(mem["model_state_bytes"]) == {"weights", "gradients", "optimizer", "total"}
     assert mem["train_peak_bytes"] >= mem["model_state_bytes"]["total"]
     assert mem["predicted_train_peak_bytes"] > 0 and mem["plan_error_percent"] is not None
+    # the error is the plan's for the largest batch trained (rows x sequence), not the worst batch's
+    at, largest = mem["plan_at_largest_batch"], mem["largest_batch"]
+    assert (at["batch"], at["sequence"]) == (largest["tokens"] // largest["sequence"], largest["sequence"])
+    assert mem["plan_error_percent"] == pytest.approx(
+        100 * (at["train_peak_bytes"] - mem["train_peak_bytes"]) / mem["train_peak_bytes"])
+    assert at["train_peak_bytes"] <= mem["predicted_train_peak_bytes"]
 
 
 @pytest.mark.parametrize("method", ["FullFineTuning()", "LoRA(r=8, alpha=16, target='all-linear')"])
