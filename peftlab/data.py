@@ -322,8 +322,10 @@ def load_splits(data, root: Path | None) -> Splits:
         whole, picked = read[split], sorted(int(i) for i in picked)
         subset = whole.select(picked)
         setattr(splits, "generate" if part == "generation" else part, subset)
-        # ids: the dataset's own where it has them (SQuAD question ids), else row numbers in the split
-        splits.ids[part] = subset["id"] if "id" in whole.column_names else picked
+        # ids: the dataset's own where they name one example each (SQuAD question ids), else row numbers in the split
+        # (STS-B's "id" column repeats across its source files)
+        own = whole["id"] if "id" in whole.column_names else None
+        splits.ids[part] = subset["id"] if own is not None and len(set(own)) == len(own) else picked
         splits.sizes[part] = {"split": split, "examples": len(picked), "of": len(whole)}
     return splits
 

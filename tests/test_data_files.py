@@ -246,3 +246,20 @@ def test_the_example_recipes_read_what_the_script_builds(tmp_path):
     assert any(sum(turn["role"] == "assistant" for turn in turns) == 2 for turns in conversations)  # follow-ups
     alpaca = splits["lora_gsm8k_alpaca"].train[0]
     assert alpaca["input"] == "" and alpaca["output"].endswith(f"#### {2 * int(alpaca['instruction'].split()[2])}")
+
+
+def test_example_ids_are_the_datasets_own_only_where_they_are_unique(tmp_path):
+    """SQuAD-style unique ids are kept; STS-B's "id" column repeats across its source files, so row numbers serve
+    (predictions.jsonl keys each example once)."""
+    header = "id\tsentence\tlabel\n"
+    repeated = "".join(f"{i % 5}\tsentence number {i}\t{i % 2}\n" for i in range(40))
+    unique = "".join(f"q{i}\tsentence number {i}\t{i % 2}\n" for i in range(40))
+    for name, body in (("repeated", repeated), ("unique", unique)):
+        for split in ("train", "validation"):
+            (tmp_path / name).mkdir(exist_ok=True)
+            (tmp_path / name / f"{split}.tsv").write_text(header + body)
+    data = {"text": "sentence", "selection": 0.2, "eval_limit": 10}
+    repeated_ids = data_stage.load_splits(Data("repeated", **data), tmp_path).ids["eval"]
+    unique_ids = data_stage.load_splits(Data("unique", **data), tmp_path).ids["eval"]
+    assert len(set(repeated_ids)) == 10 and all(isinstance(i, int) for i in repeated_ids)
+    assert len(set(unique_ids)) == 10 and all(str(i).startswith("q") for i in unique_ids)
