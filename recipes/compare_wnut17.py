@@ -4,7 +4,7 @@ chosen per method.
 
 Each method runs its family's 3-point learning-rate grid (lr_search.DEFAULT_GRIDS) on seed 0, keeps the rate with
 the best selection-split entity F1, then runs seeds 1 and 2 at it: 4 methods × (3 + 2) = 20 runs. Three seeds:
-LoRA at one borrowed rate ranged 22.6-47.1 % F1 over seeds 0-2 (one seed would mislead).
+LoRA's F1 at one borrowed rate moved by tens of points between seeds (one seed would mislead).
 Cost on a 2-core CPU: about 25 min (~70 s a run: ~50 s of training, evaluation a few seconds per pass).
 """
 
