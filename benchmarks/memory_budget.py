@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,7 +36,8 @@ RECIPES = ("full_gsm8k", "lora_gsm8k", "qlora_gsm8k")
 SHORT = ["data.generate_split=None", "data.selection=16", "data.eval_limit=16"]
 # Part 2: LoRA with one lever changed from the default (checkpointing on, micro-batch = batch, label-only logits,
 # allocator returning freed memory to the OS)
-LEVER_VARIANTS = {  # the defaults row is part 1's LoRA run without a budget
+LEVER_VARIANTS = {
+    "defaults (all levers on)": ([], {}),
     "no gradient checkpointing": (["train.gradient_checkpointing=False"], {}),
     "full-vocabulary logits": ([], {"PEFTLAB_DISABLE": "labelled_logits"}),
     "glibc allocator untouched": ([], {"PEFTLAB_DISABLE": "allocator"}),
@@ -82,17 +84,22 @@ def budget_rows(results: list[dict]) -> list[list]:
     return rows
 
 
-def lever_rows(results: list[dict]) -> list[list]:
-    base = results[0][1].get("samples_per_second")  # the defaults row
+def lever_rows(results: list[tuple[str, list[dict]]]) -> list[list]:
+    """One row per setting: samples/s as the mean and range over its repeats, and its ratio to the defaults'."""
+    def speeds(runs):
+        return [r["samples_per_second"] for r in runs if "error" not in r]
+
+    base = statistics.fmean(speeds(results[0][1]) or [0])
     rows = []
-    for name, r in results:
-        if "error" in r:
-            rows.append([name, "failed: " + r["error"], "", "", "", "", ""])
+    for name, runs in results:
+        failed = [r for r in runs if "error" in r]
+        if failed:
+            rows.append([name, "failed: " + failed[0]["error"], "", "", "", "", ""])
             continue
-        m = r["memory"]
-        rows.append([name, f"{r['samples_per_second']:.2f}", f"{r['samples_per_second'] / base:.2f}×" if base else "",
-                     gib(m["train_peak_bytes"]), gib(m["train_peak_rss_bytes"]), gib(m["eval_peak_rss_bytes"]),
-                     f"{r['perplexity']:.4f}"])
+        m, speed = runs[0]["memory"], speeds(runs)
+        rows.append([name, f"{statistics.fmean(speed):.3f} ({min(speed):.3f}-{max(speed):.3f})",
+                     f"{statistics.fmean(speed) / base:.2f}×" if base else "", gib(m["train_peak_bytes"]),
+                     gib(m["train_peak_rss_bytes"]), gib(m["eval_peak_rss_bytes"]), f"{runs[0]['perplexity']:.4f}"])
     return rows
 
 
@@ -112,8 +119,11 @@ def render(record: dict) -> str:
         "## Recipes under each budget\n\n" + table(
             ["recipe", "budget", "levers chosen", "plan", "training peak (live)", "peak within budget",
              "training RSS", "samples/s"], budget_rows(record["budgets"])),
-        "## Speed cost of each lever\n\nNot measured in this run (--skip-levers)." if len(record["levers"]) < 2 else
-        "## Speed cost of each lever (LoRA, one lever changed from the defaults)\n\n" + table(
+        "## Speed cost of each lever\n\nNot measured in this run (--skip-levers)." if not record["levers"] else
+        "## Speed cost of each lever (LoRA, one lever changed from the defaults)\n\n"
+        f"Each setting ran {record['lever_repeats']} times, {record['lever_steps']} optimizer steps each, the "
+        "settings in a rotated order every repeat so that drift hits all alike; samples/s is the mean (range) over "
+        "the repeats, peaks and perplexity are the first repeat's.\n\n" + table(
             ["setting", "samples/s", "speed vs defaults", "training peak (live)", "training RSS", "evaluation RSS",
              "perplexity (16 test problems)"],
             lever_rows(record["levers"])),
@@ -126,7 +136,7 @@ def render(record: dict) -> str:
         ] + [[f"data md5 `{name}`", digest] for name, digest in record["data_files"].items()]),
         "## Runs\n\n" + table(["recipe", "budget / setting", "command"],
                               [[r["recipe"], r["budget"] or "", f"`{r['command']}`"] for r in record["budgets"]]
-                              + [[r["recipe"], name, f"`{r['command']}`"] for name, r in record["levers"][1:]]),
+                              + [[runs[0]["recipe"], name, f"`{runs[0]['command']}`"] for name, runs in record["levers"]]),
     ]) + "\n"
 
 
@@ -136,25 +146,33 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--out", type=Path, default=REPO / "reports")
     parser.add_argument("--skip-levers", action="store_true", help="only part 1 (the recipes under each budget)")
+    parser.add_argument("--lever-steps", type=int, default=4, help="optimizer steps of each part 2 run")
+    parser.add_argument("--lever-repeats", type=int, default=2, help="runs of each part 2 setting")
     args = parser.parse_args()
     short = SHORT + [f"train.max_steps={args.steps}", f"data.train_limit={8 * args.steps}"]
     started = time.perf_counter()
-    budgets, levers = [], []
+    budgets = []
     with tempfile.TemporaryDirectory(prefix="memory_budget-") as tmp:
         for budget in [None, *args.budgets]:
             for recipe in RECIPES:
                 budgets.append(run(recipe, short, {}, budget, Path(tmp) / f"{recipe}-{budget}"))
                 print(json.dumps({k: budgets[-1].get(k) for k in ("recipe", "budget", "error")}), flush=True)
-        levers.append(("defaults (all levers on)", next(r for r in budgets if r["recipe"] == "lora_gsm8k"
-                                                        and r["budget"] is None)))
-        for name, (sets, env) in {} if args.skip_levers else LEVER_VARIANTS.items():
-            levers.append((name, run("lora_gsm8k", short + sets, env, None, Path(tmp) / f"lever-{len(levers)}")))
-            print(name, levers[-1].get("samples_per_second"), levers[-1].get("error"), flush=True)
+        lever_short = SHORT + [f"train.max_steps={args.lever_steps}", f"data.train_limit={8 * args.lever_steps}"]
+        names = list(LEVER_VARIANTS)
+        levers = {name: [] for name in names}
+        for repeat in range(0 if args.skip_levers else args.lever_repeats):
+            for name in names[repeat % len(names):] + names[:repeat % len(names)]:
+                sets, env = LEVER_VARIANTS[name]
+                levers[name].append(run("lora_gsm8k", lever_short + sets, env, None,
+                                        Path(tmp) / f"lever-{names.index(name)}-{repeat}"))
+                print(name, levers[name][-1].get("samples_per_second"), levers[name][-1].get("error"), flush=True)
+        levers = [(name, runs) for name, runs in levers.items() if runs]
     first = next(r for r in budgets if "environment" in r)["environment"]
     record = {"command": shlex.join(["python", "benchmarks/memory_budget.py", *sys.argv[1:]]), "steps": args.steps,
+              "lever_steps": args.lever_steps, "lever_repeats": args.lever_repeats,
               "environment": first, "data_files": first["data"]["files"], "budgets": budgets, "levers": levers,
               "wall_seconds": time.perf_counter() - started}
-    for r in budgets + [r for _, r in levers]:
+    for r in budgets + [r for _, runs in levers for r in runs]:
         r.pop("environment", None)
         r.pop("run", None)  # temporary folders, gone after the run
     args.out.mkdir(parents=True, exist_ok=True)
