@@ -58,6 +58,7 @@ def run(recipe: str, sets: list[str], env: dict, budget: str | None, runs_dir: P
         metrics = rundir.read_json(runs[-1] / "metrics.json")
         environment = rundir.read_json(runs[-1] / "environment.json")
         return result | {"run": str(runs[-1]), "memory": metrics["memory"], "levers": environment["levers"],
+                         "load_average": [environment.get("load_average_at_start"), metrics.get("load_average_at_end")],
                          "samples_per_second": metrics["train_samples_per_second"],
                          "perplexity": metrics["task_metrics"].get("perplexity"), "environment": environment}
     lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.startswith("error:")]
@@ -103,6 +104,13 @@ def lever_rows(results: list[tuple[str, list[dict]]]) -> list[list]:
     return rows
 
 
+def _load(record: dict) -> str:
+    """Above the core count, other work shared the CPU: samples/s is slower than an idle machine's."""
+    loads = [x for r in record["budgets"] + [r for _, runs in record["levers"] for r in runs]
+             for x in r.get("load_average", []) if x is not None]
+    return f"{min(loads):.1f}-{max(loads):.1f}" if loads else "not recorded"
+
+
 def render(record: dict) -> str:
     env = record["environment"]
     v = env["versions"]
@@ -131,6 +139,7 @@ def render(record: dict) -> str:
             ["hardware", f"{env['cpu']} ({env['cpu_count']} cores), GPU: {env['gpu'] or 'none'}"],
             ["versions", ", ".join(f"{k} {val}" for k, val in v.items() if val)],
             ["peftlab commit", env.get("peftlab_commit")],
+            ["machine load (1-min average, runs' start and end)", _load(record)],
             ["seed", 0],
             ["wall time", f"{record['wall_seconds'] / 60:.1f} min"],
         ] + [[f"data md5 `{name}`", digest] for name, digest in record["data_files"].items()]),

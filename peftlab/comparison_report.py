@@ -230,6 +230,19 @@ def _protocol_line(first: dict) -> str:
         f". Checkpoints and learning rates are chosen on the selection part by {protocol.get('selection_metric')}."
 
 
+def _load_row(rows: list[dict], cores: int) -> list[list[str]]:
+    """The machine's 1-minute load average at the runs' starts and ends: above the core count, other work shared
+    the CPU and the time columns are slower than an idle machine's (memory and scores are unaffected)."""
+    loads = [x for row in rows for r in row["runs"]
+             for x in (r["environment"].get("load_average_at_start"), r["metrics"].get("load_average_at_end"))
+             if x is not None]
+    if not loads:
+        return []
+    busy = " (above the core count: other work shared the CPU, times are slower than on an idle machine)"
+    return [["machine load (1-min average, runs' start and end)",
+             f"{min(loads):.1f}-{max(loads):.1f}" + (busy if max(loads) > cores + 0.5 else "")]]
+
+
 def render(record: dict, rows: list[dict], first: dict, figs: dict, plot_dir: str) -> str:
     main, others = _metric_names(first, figs)
     raw = _raw_metrics(first)
@@ -264,6 +277,7 @@ def render(record: dict, rows: list[dict], first: dict, figs: dict, plot_dir: st
         _lr_section(record, raw),
         "## Environment\n\n" + table(["item", "value"], [
             ["hardware", f"{env['cpu']} ({env['cpu_count']} cores), GPU: {env['gpu'] or 'none'}"],
+            *_load_row(rows, env["cpu_count"]),
             ["versions", ", ".join(f"{k} {v}" for k, v in env["versions"].items())],
             ["peftlab commit", env.get("peftlab_commit")],
             ["seeds", seeds],

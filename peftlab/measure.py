@@ -110,6 +110,8 @@ def environment() -> dict:
         "cpu": _cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        # other work on the machine slows every time figure: the 1-minute load average, here and at the run's end
+        "load_average_at_start": os.getloadavg()[0],
         "gpu": gpu,
         "memory_total_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
         "versions": versions,

@@ -3,6 +3,7 @@ with the run directory's state kept honest on failure (python -m peftlab.run is 
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import time
@@ -201,6 +202,7 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
         "train_samples_per_second": min(samples, len(train_ds) * epochs_done) / max(seconds, 1e-9),
         "train_tokens_per_second": tokens / max(seconds, 1e-9),
         "wall_seconds": time.perf_counter() - started,  # of this process (the last one, if resumed)
+        "load_average_at_end": os.getloadavg()[0],
         "saved_bytes": measure.disk_bytes(run_dir / recipe.method.saves),
         **measure.peak_memory(),
         **({"peak_rss_bytes_per_process": peak_rss} if len(peak_rss) > 1 else {}),

@@ -373,6 +373,9 @@ def render(record: dict, curve: str | None = None) -> str:
             ["hardware", f"{env['cpu']} ({env['cpu_count']} cores, {env['torch_threads']} torch threads), "
                          f"GPU: {env['gpu'] or 'none'}, RAM {human_bytes(env['memory_total_bytes'])}"],
             ["python / platform", f"{env['python']} / {env['platform']}"],
+            ["machine load (1-min average, start / end)",
+             f"{env.get('load_average_at_start', float('nan')):.1f} / "
+             f"{record['metrics'].get('load_average_at_end', float('nan')):.1f}"],
             ["versions", ", ".join(f"{k} {v}" for k, v in env["versions"].items())],
             ["peftlab commit", env.get("peftlab_commit")],
             ["base weights sha256", env["model"].get("fingerprint")],

@@ -127,6 +127,10 @@ def test_report_matches_run_records(comparison):
     for seed in (0, 1):  # and per grid point: reports/<comparison>/seed<seed>/lr<lr>/
         own = comparison / "reports" / "cmp" / f"seed{seed}" / f"lr{record['lr_search']['full']['chosen']:g}"
         assert f"| seed | {seed} |" in (own / "full.md").read_text()
+    loads = [x for name in ("full", "lora") for v in _reported(record, name)
+             for x in (json.loads((Path(v["run"]) / "environment.json").read_text())["load_average_at_start"],
+                       json.loads((Path(v["run"]) / "metrics.json").read_text())["load_average_at_end"])]
+    assert f"| machine load (1-min average, runs' start and end) | {min(loads):.1f}-{max(loads):.1f}" in report
     assert (comparison / "reports" / "cmp" / "memory_vs_score.png").stat().st_size > 1000
     assert "(cmp/memory_vs_score.png)" in report and "python -m peftlab.compare" in report
 
