@@ -17,6 +17,7 @@ Settings run one after another in this process, compilation last (it leaves comp
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -163,6 +164,7 @@ def generation(recipe, inputs, model, settings: Settings, model_flops: flops.Mod
     new_tokens = settings.max_new_tokens or recipe.data.max_new_tokens
     results, first = [], None
     for size in settings.batch_sizes:
+        print(f"generation: batch {size} …", file=sys.stderr, flush=True)
         started = time.perf_counter()
         texts, counts = causal_lm.generate_counted(model, inputs.tokenizer, prompts, new_tokens, batch_size=size)
         seconds = time.perf_counter() - started
@@ -197,8 +199,10 @@ def bench(recipe_path: Path, settings: Settings, data_dir: str | None, out: Path
                                                                             model_flops, peak)}
     del model
     ordered = [v for v in settings.variants if v != "compile"] + [v for v in settings.variants if v == "compile"]
-    record["training"] = {name: train_variant(recipe_path, VARIANTS[name], settings, data_root, model_flops, peak)
-                          for name in ordered}
+    record["training"] = {}
+    for name in ordered:
+        print(f"training: {VARIANTS[name].describe} …", file=sys.stderr, flush=True)
+        record["training"][name] = train_variant(recipe_path, VARIANTS[name], settings, data_root, model_flops, peak)
     out.mkdir(parents=True, exist_ok=True)
     rundir.write_json(out / "bench_causal_lm.json", record)
     rundir.write_atomic(out / "bench_causal_lm.md", render(record))
