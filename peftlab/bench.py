@@ -1,5 +1,6 @@
 """python -m peftlab.bench RECIPE — training throughput of one recipe three ways, side by side: the
-tutorial Trainer, Trainer best practice, and peftlab (what each is and how rounds alternate: peftlab/benchmark.py).
+tutorial Trainer, Trainer best practice, and peftlab (what each is and how rounds alternate: peftlab/benchmark.py),
+with per-round speed-ups and each approach's model FLOPs utilisation against this machine's measured matmul peak.
 --seeds gives one round per seed, --repeats more rounds, --ablation reruns peftlab with each speed setting off,
 --profile times the stages of one run. Writes <out>/bench_throughput.md and .json.
 Run it alone on the machine (e.g. under the CPU lock): it is a timing.
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="also time the stages of one peftlab run")
     parser.add_argument("--data-dir", default=None, help=f"local data folder (default: ${data_stage.DATA_DIR_ENV})")
     parser.add_argument("--out", type=Path, default=Path("reports"), help="where bench_throughput.md/.json go")
-    parser.add_argument("--worker", choices=["tutorial", "best_practice", "ablation", "profile"],
+    parser.add_argument("--worker", choices=["tutorial", "best_practice", "limit", "ablation", "profile"],
                         help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -231,6 +231,34 @@ def test_batched_left_padded_generation_matches_one_by_one(llama, method):
     assert len(set(batched)) > 1  # not a degenerate model that says the same thing to everything
 
 
+def test_generation_batches_prompts_by_token_length_and_restores_their_order(llama, monkeypatch):
+    """Batches of prompts of similar token length, not character length (the second question has more characters
+    but fewer tokens than the first); outputs back in the prompts' order and the same as each prompt alone."""
+    from peftlab import LoRA
+
+    model = _wrapped(llama, LoRA(r=4, target="all-linear"))
+    for param in model.parameters():
+        if param.requires_grad:
+            torch.nn.init.normal_(param, std=0.5)
+    tokenizer = make_chat_tokenizer()
+    questions = ["what is 1 = 2 = 3 = 4", "what is 19 plus 18 plus 17", "what is 12", "what is 9 plus 1", "what is 10"]
+    prompts = [causal_lm.prompt_text(tokenizer, load_recipe_data(), {"question": q}) for q in questions]
+    widths, generate = [], model.generate
+
+    def recording(**inputs):
+        widths.append(inputs["attention_mask"].sum(1).tolist())
+        return generate(**inputs)
+
+    monkeypatch.setattr(model, "generate", recording)
+    texts, counts = causal_lm.generate_counted(model, tokenizer, prompts, max_new_tokens=6, batch_size=2)
+    monkeypatch.undo()
+    lengths = sorted(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
+    assert [n for batch in widths for n in batch] == lengths  # shortest first, by tokens
+    alone = [causal_lm.generate_counted(model, tokenizer, [p], max_new_tokens=6) for p in prompts]
+    assert texts == [t[0] for t, _ in alone] and counts == [c[0] for _, c in alone]
+    assert causal_lm.generate(model, tokenizer, prompts, max_new_tokens=6, batch_size=2) == (texts, sum(counts))
+
+
 def load_recipe_data():
     from peftlab import Data
 

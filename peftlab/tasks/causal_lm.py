@@ -241,14 +241,24 @@ def score_predictions(records: list[dict]) -> dict:
 
 # ------------------------------------------------------------------------------------------- generation
 
-@torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 16,
              temperature: float = 0.0) -> tuple[list[str], int]:
     """Continuations of the prompts (special tokens removed) and the number of tokens generated (up to and including
-    each end-of-sequence token). Greedy unless temperature > 0. Batches of similar length, padded on the left."""
+    each end-of-sequence token). Greedy unless temperature > 0."""
+    texts, counts = generate_counted(model, tokenizer, prompts, max_new_tokens, batch_size, temperature)
+    return texts, sum(counts)
+
+
+@torch.no_grad()
+def generate_counted(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 16,
+                     temperature: float = 0.0) -> tuple[list[str], list[int]]:
+    """generate(), with the tokens generated for each prompt. Batches of prompts of similar token length (sorted by
+    it: a batch pads to its longest prompt, on the left, and its rows run until the longest answer ends), the
+    outputs put back in the prompts' order."""
     model.eval()
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    texts, generated = [""] * len(prompts), 0
+    lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
+    order = sorted(range(len(prompts)), key=lengths.__getitem__)
+    texts, counts = [""] * len(prompts), [0] * len(prompts)
     eos = tokenizer.eos_token_id
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     for start in range(0, len(order), batch_size):
@@ -259,10 +269,10 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
                              eos_token_id=eos, use_cache=True, **sampling)
         new = out[:, encoded["input_ids"].shape[1]:]
         ended = new == eos
-        generated += int(torch.where(ended.any(1), ended.int().argmax(1) + 1, new.shape[1]).sum())
-        for i, text in zip(chosen, tokenizer.batch_decode(new, skip_special_tokens=True)):
-            texts[i] = text
-    return texts, generated
+        generated = torch.where(ended.any(1), ended.int().argmax(1) + 1, new.shape[1])
+        for i, text, n in zip(chosen, tokenizer.batch_decode(new, skip_special_tokens=True), generated.tolist()):
+            texts[i], counts[i] = text, n
+    return texts, counts
 
 
 def generation_case(tokenizer, data, row: dict, where: str) -> tuple[str, str, str]:

@@ -1,0 +1,257 @@
+"""Causal-LM throughput of one recipe (benchmarks/causal_lm_bench.py is the command; reports/bench_causal_lm.md):
+
+- training tokens/s through peftlab's own training path (building.build_model, training.build_trainer), the recipe
+  as it is and with one setting changed at a time: packing on (data.packing), padding-free batches (transformers'
+  DataCollatorWithFlattening: the whole batch as one row), bf16 off (PEFTLAB_DISABLE=bf16), torch.compile on.
+  A bounded number of steps after warm-up steps (the first steps pay for lazy initialisation and compilation);
+  tokens are real (non-pad) tokens of the batches those steps trained;
+- generation tokens/s of greedy batched generation with the key-value cache (tasks/causal_lm.generate: prompts
+  sorted by token length, left padding) at several batch sizes, on the recipe's generation prompts, with whether
+  each batch size gives the same texts as one prompt at a time;
+- the model FLOPs utilisation of each against this machine's measured matmul peak (peftlab/flops.py): training
+  against the peak of the precision it trains in (bf16 autocast: bf16), generation (float32) against fp32.
+
+Settings run one after another in this process, compilation last (it leaves compiled code behind).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import DataCollatorWithFlattening, TrainerCallback
+
+from . import building, flops, levers, measure, rundir, speed
+from . import data as data_stage
+from .errors import check
+from .recipe import load_recipe, recipe_to_dict
+from .run_report import table
+from .tasks import causal_lm, metrics_for
+from .training import build_trainer
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Variant:
+    describe: str
+    overrides: tuple[str, ...] = ()
+    disable: str = ""  # a speed switch turned off (PEFTLAB_DISABLE)
+    flatten: bool = False  # DataCollatorWithFlattening instead of the task's collator
+    compile: bool = False
+
+
+VARIANTS = {
+    "recipe": Variant("the recipe as it is"),
+    "packing": Variant("packing on: examples share rows of max_length tokens", ("data.packing=True",)),
+    "padding_free": Variant("padding-free: DataCollatorWithFlattening, the batch as one row", flatten=True),
+    "no_bf16": Variant("bf16 off: float32 training", disable="bf16"),
+    "compile": Variant("torch.compile(dynamic=True) on the model", compile=True),
+}
+
+
+@dataclass
+class Settings:
+    steps: int = 4  # measured training steps per variant
+    warmup: int = 2  # steps before them, not measured
+    prompts: int = 16  # generation prompts
+    max_new_tokens: int | None = None  # default: the recipe's
+    batch_sizes: tuple[int, ...] = (1, 4, 8, 16)
+    peak_seconds: float = 4.0
+    variants: tuple[str, ...] = tuple(VARIANTS)
+    overrides: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+class BatchLog:
+    """The collator, recording what each batch holds: its examples' lengths (packed rows split at their position
+    resets), real tokens and labelled tokens. Batches are collated in the order they are trained."""
+
+    def __init__(self, collate):
+        self.collate, self.batches = collate, []
+
+    def __call__(self, features):
+        lengths, labelled = [], 0
+        for f in features:
+            if "position_ids" in f:
+                starts = [i for i, p in enumerate(f["position_ids"]) if p == 0] + [len(f["input_ids"])]
+                lengths += [b - a for a, b in zip(starts, starts[1:])]
+            else:
+                lengths.append(len(f["input_ids"]))
+            labelled += sum(label != IGNORE for label in f["labels"][1:])
+        self.batches.append({"lengths": lengths, "tokens": sum(lengths), "labelled": labelled})
+        return self.collate(features)
+
+
+def flattening_collator():
+    """transformers' padding-free batches: one row, position ids restarting per example, the first label of each
+    example -100; no cache, so that Llama-style models keep the examples apart (as tasks/causal_lm.collator)."""
+    flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE)
+    return lambda features: flatten(features) | {"use_cache": False}
+
+
+class StepClock(TrainerCallback):
+    """Seconds of each training step; stops training after `stop` steps (no evaluation, no checkpoint)."""
+
+    def __init__(self, stop: int):
+        self.stop, self.seconds, self._last = stop, [], None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._last = self._last or time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        self.seconds.append(now - self._last)
+        self._last = now
+        control.should_training_stop = len(self.seconds) >= self.stop
+        control.should_evaluate = control.should_save = False
+        return control
+
+
+def train_variant(recipe_path: Path, variant: Variant, settings: Settings, data_root: Path | None,
+                  model_flops: flops.ModelFlops, peak: dict) -> dict:
+    """Tokens/s and MFU of the measured steps of one variant (or the error it ended with)."""
+    recipe = load_recipe(recipe_path, [*settings.overrides, *variant.overrides])
+    os.environ[speed.DISABLE_ENV] = variant.disable
+    try:
+        inputs = building.prepare_inputs(recipe, data_root)
+        model = building.build_model(recipe, inputs.task, inputs.resolved, inputs.labels)
+        if variant.compile:
+            model.compile(dynamic=True)
+        clock = StepClock(settings.warmup + settings.steps)
+        with tempfile.TemporaryDirectory() as out:
+            trainer = build_trainer(recipe, inputs.task, model, inputs.tokenizer, inputs.train, inputs.selection,
+                                    Path(out), metrics_for(inputs.task, inputs.selection, inputs.splits.selection,
+                                                           inputs.labels, recipe), inputs.labels)
+            log = BatchLog(flattening_collator() if variant.flatten else trainer.data_collator)
+            trainer.data_collator = log
+            trainer.add_callback(clock)
+            try:
+                trainer.train()
+            except Exception as err:  # a setting that does not work here is a result, recorded (e.g. compile)
+                return {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
+        bf16 = speed.use_bf16(recipe)
+    finally:
+        os.environ.pop(speed.DISABLE_ENV, None)
+    per_step = levers.accumulation_steps(recipe)
+    measured = log.batches[settings.warmup * per_step:(settings.warmup + settings.steps) * per_step]
+    seconds = sum(clock.seconds[settings.warmup:])
+    check(measured and seconds > 0, f"{recipe.name}: too few training steps to measure; lower --warmup/--steps "
+                                    "or raise data.train_limit")
+    tokens = sum(b["tokens"] for b in measured)
+    model_work = sum(model_flops.training(b["lengths"], b["labelled"]) for b in measured)
+    precision = "bf16" if bf16 else "fp32"
+    return {"steps": len(clock.seconds) - settings.warmup, "seconds": seconds, "tokens": tokens,
+            "tokens_per_second": tokens / seconds, "step_seconds": clock.seconds,
+            "examples": sum(len(b["lengths"]) for b in measured), "model_flops": model_work,
+            "precision": precision, "mfu": flops.mfu(model_work, seconds, peak[precision]),
+            "speed": speed.settings(recipe) | {"packing": recipe.data.packing}}
+
+
+# ---------------------------------------------------------------------------------------------- generation
+
+def generation(recipe, inputs, model, settings: Settings, model_flops: flops.ModelFlops, peak: dict) -> dict:
+    """Greedy batched generation at each batch size on the same prompts: tokens/s, MFU, same texts as batch 1."""
+    rows = list(inputs.splits.generate)[:settings.prompts]
+    check(rows, f"{recipe.name}: no generation prompts (data.generate_split); the bench generates from them")
+    prompts = [causal_lm.generation_case(inputs.tokenizer, recipe.data, row, f"row {i}")[0] for i, row in enumerate(rows)]
+    prompt_lengths = [len(ids) for ids in inputs.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    new_tokens = settings.max_new_tokens or recipe.data.max_new_tokens
+    results, first = [], None
+    for size in settings.batch_sizes:
+        print(f"generation: batch {size} …", file=sys.stderr, flush=True)
+        started = time.perf_counter()
+        texts, counts = causal_lm.generate_counted(model, inputs.tokenizer, prompts, new_tokens, batch_size=size)
+        seconds = time.perf_counter() - started
+        first = first or texts
+        work = model_flops.generation(prompt_lengths, counts)
+        results.append({"batch_size": size, "seconds": seconds, "new_tokens": sum(counts),
+                        "tokens_per_second": sum(counts) / seconds, "model_flops": work,
+                        "mfu": flops.mfu(work, seconds, peak["fp32"]), "same_texts_as_first": texts == first})
+    return {"prompts": len(prompts), "max_new_tokens": new_tokens, "prompt_tokens": prompt_lengths,
+            "recipe_batch_size": levers.generation_batch_size(recipe), "runs": results}
+
+
+# ------------------------------------------------------------------------------------------------ the bench
+
+def bench(recipe_path: Path, settings: Settings, data_dir: str | None, out: Path, command: str) -> dict:
+    """Measure, write <out>/bench_causal_lm.md and .json; the record."""
+    unknown = [v for v in settings.variants if v not in VARIANTS]
+    check(not unknown, f"unknown variant {', '.join(unknown)}; use any of {', '.join(VARIANTS)}")
+    recipe = load_recipe(recipe_path, settings.overrides)  # every check before anything runs
+    check(recipe.model.task == "causal_lm", f"{recipe_path}: model.task={recipe.model.task!r}; this bench measures "
+                                            "causal-LM recipes")
+    data_root = data_stage.data_dir(data_dir)
+    data_stage.preflight(recipe.data, data_root, causal_lm.columns(recipe))
+    inputs = building.prepare_inputs(recipe, data_root)
+    model = building.build_model(recipe, inputs.task, inputs.resolved, inputs.labels)
+    config = model.config
+    peak = flops.peak(getattr(config, "intermediate_size", None) or config.hidden_size, settings.peak_seconds)
+    model_flops = flops.model_flops(model, recipe.data.max_length, causal_lm=True)
+    record = {"command": command, "recipe": recipe_to_dict(recipe), "environment": measure.environment(),
+              "settings": vars(settings), "peak": peak,
+              "model_flops": model_flops.record(), "generation": generation(recipe, inputs, model, settings,
+                                                                            model_flops, peak)}
+    del model
+    ordered = [v for v in settings.variants if v != "compile"] + [v for v in settings.variants if v == "compile"]
+    record["training"] = {}
+    for name in ordered:
+        print(f"training: {VARIANTS[name].describe} …", file=sys.stderr, flush=True)
+        record["training"][name] = train_variant(recipe_path, VARIANTS[name], settings, data_root, model_flops, peak)
+    out.mkdir(parents=True, exist_ok=True)
+    rundir.write_json(out / "bench_causal_lm.json", record)
+    rundir.write_atomic(out / "bench_causal_lm.md", render(record))
+    return record
+
+
+# ------------------------------------------------------------------------------------------------- report
+
+def render(record: dict) -> str:
+    """Markdown from the bench record; computes nothing beyond ratios of what was measured."""
+    recipe, peak, env = record["recipe"], record["peak"], record["environment"]
+    base = record["training"].get("recipe", {}).get("tokens_per_second")
+    training = []
+    for name, result in record["training"].items():
+        if "error" in result:
+            training.append([name, VARIANTS[name].describe, "failed: " + result["error"], "", "", "", ""])
+            continue
+        training.append([name, VARIANTS[name].describe, f"{result['tokens_per_second']:.1f}",
+                         f"{result['tokens_per_second'] / base:.2f}×" if base else "—",
+                         ", ".join(f"{s:.1f}" for s in result["step_seconds"]), result["precision"],
+                         f"{100 * result['mfu']:.1f} %"])
+    gen = record["generation"]
+    generating = [[r["batch_size"] if r["batch_size"] != gen["recipe_batch_size"] else f"{r['batch_size']} (recipe)",
+                   r["new_tokens"], f"{r['seconds']:.1f}", f"{r['tokens_per_second']:.1f}", f"{100 * r['mfu']:.1f} %",
+                   "yes" if r["same_texts_as_first"] else "**no**"] for r in gen["runs"]]
+    s = record["settings"]
+    return "\n\n".join([
+        f"# Causal-LM throughput: {recipe['name']}",
+        "Generated by `benchmarks/causal_lm_bench.py` (library: `peftlab/causal_lm_bench.py`). Command:\n\n```\n"
+        + record["command"] + "\n```",
+        f"Model {recipe['model']['name']}, {recipe['method']['kind']} from the recipe, batch "
+        f"{recipe['train']['batch_size']}, max_length {recipe['data']['max_length']}. "
+        f"Machine peak (square {peak['size']} matmuls, `peftlab/flops.py`): fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s, "
+        f"bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s. Model FLOPs: forward and backward matmuls of every example at its "
+        "real length (frozen weights: input gradient only; attention's seq² products), the output layer on the "
+        "labelled tokens (training) or the generated ones (generation); MFU = model FLOPs/s ÷ the peak of the "
+        "precision the setting computes in.",
+        f"## Training\n\npeftlab's training path, {s['warmup']} warm-up steps then {s['steps']} measured; "
+        "tokens/s = real tokens of the measured steps ÷ their seconds; each setting changed alone against the recipe.\n\n"
+        + table(["setting", "what", "tokens/s", "vs recipe", "seconds per step (incl. warm-up)", "precision", "MFU"],
+                training),
+        f"## Generation\n\nGreedy, key-value cache, {gen['prompts']} prompts of the generation split sorted by "
+        f"token length, left padding, at most {gen['max_new_tokens']} new tokens, float32; tokens/s counts each "
+        "prompt's tokens up to its end-of-sequence token. \"same texts\": every output equal to the first batch "
+        "size's.\n\n" + table(["batch", "new tokens", "seconds", "tokens/s", "MFU", "same texts"], generating),
+        "## Environment\n\n" + table(["item", "value"], [
+            ["hardware", f"{env['cpu']} ({env['cpu_count']} cores, {env['torch_threads']} torch threads), "
+                         f"GPU: {env['gpu'] or 'none'}"],
+            ["versions", ", ".join(f"{k} {v}" for k, v in env["versions"].items())],
+            ["peftlab commit", env.get("peftlab_commit")]]),
+    ]) + "\n"
+

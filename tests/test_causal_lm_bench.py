@@ -1,0 +1,69 @@
+"""The causal-LM throughput bench on the tiny Llama: its padding-free batches keep examples apart, its batch log
+counts examples and tokens as trained, and a bounded bench writes its report."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from peftlab import causal_lm_bench, load_recipe, rundir
+from peftlab.building import prepare_inputs
+
+from test_causal_lm import make_chat_tokenizer, make_llama, sums, write_jsonl, write_recipe
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    return make_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="module")
+def sums_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    write_jsonl(root / "sums" / "train.jsonl", sums(160, seed=1))
+    write_jsonl(root / "sums" / "test.jsonl", sums(8, seed=2))
+    return root
+
+
+def test_padding_free_batches_give_the_padded_batches_loss(tmp_path, llama, sums_dir):
+    from transformers import AutoModelForCausalLM
+
+    recipe = load_recipe(write_recipe(tmp_path / "r.py", llama))
+    inputs = prepare_inputs(recipe, sums_dir)
+    features = [{k: inputs.train[i][k] for k in ("input_ids", "labels")} for i in range(4)]
+    model = AutoModelForCausalLM.from_pretrained(llama).eval()
+    padded = inputs.task.collator(make_chat_tokenizer())(features)
+    flat = causal_lm_bench.flattening_collator()(features)
+    assert flat["input_ids"].shape == (1, sum(len(f["input_ids"]) for f in features))
+    with torch.no_grad():
+        # each example attends to itself only: the same loss over the same response tokens
+        assert model(**flat).loss == pytest.approx(model(**padded).loss.item(), rel=1e-5)
+
+
+def test_batch_log_splits_packed_rows_into_their_examples():
+    log = causal_lm_bench.BatchLog(lambda features: "collated")
+    assert log([{"input_ids": [1, 2, 3, 4, 5], "labels": [-100, 2, -100, -100, 5], "position_ids": [0, 1, 0, 1, 2]},
+                {"input_ids": [1, 2], "labels": [-100, 2]}]) == "collated"
+    assert log.batches == [{"lengths": [2, 3, 2], "tokens": 7, "labelled": 3}]
+
+
+def test_a_bounded_bench_writes_its_report(tmp_path, llama, sums_dir):
+    recipe_path = write_recipe(tmp_path / "r.py", llama)
+    settings = causal_lm_bench.Settings(steps=1, warmup=1, prompts=4, max_new_tokens=6, batch_sizes=(1, 4),
+                                        peak_seconds=0.2, variants=("recipe", "packing", "padding_free", "no_bf16"))
+    record = causal_lm_bench.bench(recipe_path, settings, str(sums_dir), tmp_path / "out", "bench r.py")
+    training = record["training"]
+    assert set(training) == {"recipe", "packing", "padding_free", "no_bf16"}
+    for name, result in training.items():
+        assert "error" not in result and result["steps"] == 1 and result["tokens"] > 0, name
+        assert 0 < result["mfu"] and result["model_flops"] > 0
+    assert training["no_bf16"]["precision"] == "fp32" and training["packing"]["speed"]["packing"]
+    # packed rows hold several examples each: fewer rows than examples per step
+    assert training["packing"]["examples"] > 8 == training["recipe"]["examples"]
+    generation = record["generation"]
+    assert [r["batch_size"] for r in generation["runs"]] == [1, 4] and generation["prompts"] == 4
+    assert all(r["same_texts_as_first"] and r["new_tokens"] > 0 for r in generation["runs"])
+    text = (tmp_path / "out" / "bench_causal_lm.md").read_text()
+    assert rundir.read_json(tmp_path / "out" / "bench_causal_lm.json")["training"]["recipe"]["tokens"] == \
+        training["recipe"]["tokens"]
+    assert f"{training['recipe']['tokens_per_second']:.1f}" in text and "| 4 | " in text
