@@ -243,14 +243,18 @@ def score_predictions(records: list[dict]) -> dict:
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 16,
-             temperature: float = 0.0) -> tuple[list[str], int]:
+             temperature: float = 0.0, stop: list[str] | None = None, streamer=None) -> tuple[list[str], int]:
     """Continuations of the prompts (special tokens removed) and the number of tokens generated (up to and including
-    each end-of-sequence token). Greedy unless temperature > 0. Batches of similar length, padded on the left."""
+    each end-of-sequence token). Greedy unless temperature > 0. Batches of similar length, padded on the left.
+    `stop`: strings that end a generation too (transformers' stop_strings; the text keeps them); `streamer`: a
+    transformers streamer that sees the tokens as they come (one prompt at a time)."""
     model.eval()
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     texts, generated = [""] * len(prompts), 0
     eos = tokenizer.eos_token_id
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+    sampling |= {"stop_strings": stop, "tokenizer": tokenizer} if stop else {}
+    sampling |= {"streamer": streamer} if streamer is not None else {}
     for start in range(0, len(order), batch_size):
         chosen = order[start:start + batch_size]
         encoded = tokenizer([prompts[i] for i in chosen], add_special_tokens=False, padding=True, padding_side="left",
