@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from functools import partial
 
 
 @dataclass
@@ -99,7 +100,7 @@ class Batcher:
                     jobs[0].future.set_exception(err)
                 else:  # one request's bad input fails the batch: each again alone, so only that request gets it
                     for job in jobs:
-                        self._settle(job, lambda j=job: self.predict(adapter, j.inputs))
+                        self._settle(job, partial(self.predict, adapter, job.inputs))
                 continue
             for job in jobs:
                 job.future.set_result(results[:len(job.inputs)])

@@ -11,18 +11,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
-pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from peftlab import inference, serve, serving
+from peftlab.artifacts import load_trained
 
-from peftlab import inference, serve, serving  # noqa: E402
-from peftlab.artifacts import load_trained  # noqa: E402
-
-from conftest import make_bert, run_recipe, sentiment_rows, write_recipe, write_tsv  # noqa: E402
-from test_causal_lm import make_llama, sums  # noqa: E402
-from test_causal_lm import write_jsonl as write_causal_jsonl  # noqa: E402
-from test_causal_lm import write_recipe as causal_recipe  # noqa: E402
+from conftest import make_bert, run_recipe, sentiment_rows, write_recipe, write_tsv
+from test_causal_lm import make_llama, sums
+from test_causal_lm import write_jsonl as write_causal_jsonl
+from test_causal_lm import write_recipe as causal_recipe
 
 QUICK = "epochs=2, lr=5e-3, batch_size=16, logging_steps=5"
 TEXTS = [text for text, _ in sentiment_rows(6, seed=7)]
