@@ -66,25 +66,26 @@ def add_adapter(trained: Trained, name: str, run_dir: Path) -> Trained:
     one with model.set_adapter(name)). Refused, before loading, when it was trained on other base weights (the
     fingerprint check), for another task, quantization or head, or when the base holds no peft adapters to add to.
     Returns the adapter's view: its recipe and labels, the shared model and tokenizer."""
+    from peft import PeftConfig, PeftModel
+
     run_dir = rundir.require_finished(run_dir)
     recipe = recipe_from_dict(rundir.read_json(run_dir / "recipe.json"))
     labels = rundir.read_json(run_dir / "metrics.json")["labels"]
     base = trained.recipe
     where = f"adapter {name} ({run_dir})"
-    check(hasattr(trained.model, "load_adapter"), f"{where}: {trained.run_dir} holds no peft adapter to add others "
+    check(isinstance(trained.model, PeftModel), f"{where}: {trained.run_dir} holds no peft adapter to add others "
                                                   "to (a merged export or a full or bottleneck fine-tune); serve a run "
                                                   "directory of a LoRA, DoRA, IA3, prefix or prompt tuning run")
     check(recipe.model.task == base.model.task, f"{where}: its task is {recipe.model.task}, the served model's is "
                                                 f"{base.model.task}; serve it on its own")
     resolved = models.resolve(base.model.name, base.model.revision)
-    check(resolved.source != "hub" or (recipe.model.name, recipe.model.revision) == (base.model.name, base.model.revision),
+    same_name = (recipe.model.name, recipe.model.revision) == (base.model.name, base.model.revision)
+    check(resolved.source != "hub" or same_name,  # a Hub base has no fingerprint: its name and revision say which
           f"{where}: trained on {recipe.model.name}, the served base is {base.model.name}; serve it on its own")
     check_base(run_dir, resolved)
     check(recipe.quant == base.quant and recipe.model.head == base.model.head and len(labels) == len(trained.labels),
           f"{where}: its quantization, head or number of labels differ from {trained.run_dir}'s, so it cannot share "
           "that model; serve it on its own")
-    from peft import PeftConfig
-
     folder = run_dir / recipe.method.saves
     with readable_weights(folder):
         kind = PeftConfig.from_pretrained(folder).peft_type if (folder / "adapter_config.json").is_file() else None

@@ -21,6 +21,7 @@ from conftest import make_bert, run_recipe, sentiment_rows, write_recipe, write_
 from test_causal_lm import make_llama, sums
 from test_causal_lm import write_jsonl as write_causal_jsonl
 from test_causal_lm import write_recipe as causal_recipe
+from test_tasks import squad_examples, task_recipe, write_squad
 
 QUICK = "epochs=2, lr=5e-3, batch_size=16, logging_steps=5"
 TEXTS = [text for text, _ in sentiment_rows(6, seed=7)]
@@ -168,7 +169,8 @@ def test_other_bad_requests(client):
                400, "is a classification model"),
               (client.get("/v1/nowhere"), 404, "Not Found: /v1/nowhere"),
               (client.get("/v1/predict"), 405, "Method Not Allowed"),
-              (client.post("/v1/predict", content=b"x" * 10, headers={"content-length": "5000"}), 413, "5000 bytes")]
+              (client.post("/v1/predict", content=b"x" * 10, headers={"content-length": "5000"}), 413, "5000 bytes"),
+              (client.post("/v1/predict", content=iter([b'{"inputs": ["good"]}'])), 411, "no Content-Length")]
     for reply, status, words in checks:
         assert reply.status_code == status and words in reply.json()["error"]
 
@@ -190,6 +192,22 @@ def test_health_lists_the_adapters(client, classifiers):
     assert {a["task"] for a in adapters.values()} == {"classification"}
 
 
+@pytest.mark.slow
+def test_question_answering_takes_question_and_context(tmp_path, tiny_bert):
+    data = tmp_path / "data"
+    write_squad(data / "squad_v1.1" / "validation.json", squad_examples(40, seed=1))
+    write_squad(data / "squad_v1.1" / "test.json", squad_examples(4, seed=2))
+    run_dir = run_recipe(tmp_path, task_recipe(tmp_path / "r.py", tiny_bert, "qa", train="max_steps=2"), data)
+    examples = squad_examples(3, seed=3)
+    with client_for(serving.load_adapters(run_dir, {})) as qa:
+        reply = qa.post("/v1/predict", json={"inputs": [{"question": e["question"], "context": e["context"]}
+                                                        for e in examples]})
+        assert qa.post("/v1/predict", json={"inputs": [examples[0]["question"]]}).status_code == 400
+    alone = inference.predict_texts(load_trained(run_dir), [e["question"] for e in examples],
+                                    context=[e["context"] for e in examples])
+    assert [r["answer"] for r in reply.json()["predictions"]] == [r["answer"] for r in alone]
+
+
 # ------------------------------------------------------------------------------------------ start-up refusals
 
 def test_refuses_an_adapter_of_another_base_or_task(tmp_path, classifiers, causal, data_dir, capsys):
@@ -198,8 +216,8 @@ def test_refuses_an_adapter_of_another_base_or_task(tmp_path, classifiers, causa
     for extra, words in ((other, "base weights sha256"), (causal, "its task is causal_lm")):
         capsys.readouterr()
         assert serve.main([str(classifiers["default"]), "--adapter", f"x={extra}"]) == 2
-        err = capsys.readouterr().err
-        assert err.count("\n") == 1 and err.startswith("error: adapter x") and words in err
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and str(extra) in errors[0] and words in errors[0]
     assert serve.main([str(classifiers["default"]), "--adapter", f"default={classifiers['flipped']}"]) == 2
     assert "names the served run itself" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exited:
