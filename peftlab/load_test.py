@@ -148,16 +148,13 @@ def summary(results: list[tuple[float, bool]], seconds: float) -> dict:
             "p99_ms": float(p99)}
 
 
-def mean_batch(metrics: str) -> float | None:
-    """Inputs per model call, from the server's peftlab_batch_rows histogram (all adapters)."""
+def batch_totals(metrics: str) -> np.ndarray:
+    """(inputs, model calls) of /v1/predict so far, from the server's peftlab_batch_rows histogram (all adapters)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    totals = {"sum": 0.0, "count": 0.0}
-    for family in text_string_to_metric_families(metrics):
-        for sample in family.samples:
-            if sample.name in ("peftlab_batch_rows_sum", "peftlab_batch_rows_count"):
-                totals[sample.name.rsplit("_", 1)[1]] += sample.value
-    return totals["sum"] / totals["count"] if totals["count"] else None
+    names = ["peftlab_batch_rows_sum", "peftlab_batch_rows_count"]
+    return np.array([sum(s.value for family in text_string_to_metric_families(metrics) for s in family.samples
+                         if s.name == name) for name in names])
 
 
 def run_scenario(run: Path, scenario: Scenario, clients: int, requests: int, seconds: float,
@@ -167,12 +164,13 @@ def run_scenario(run: Path, scenario: Scenario, clients: int, requests: int, sec
         names = list(health["adapters"])
         row = SAMPLES[health["adapters"][names[0]]["task"]]
         drive(port, names, row, 1, len(names), 60)  # one request per adapter first: warm-up, not counted
-        started = time.perf_counter()
+        before, started = batch_totals(_get(port, "/metrics")[1].decode()), time.perf_counter()
         results = drive(port, names, row, clients, requests, seconds)
         elapsed = time.perf_counter() - started
+        rows, calls = batch_totals(_get(port, "/metrics")[1].decode()) - before
         return {"scenario": scenario.name, "adapters": scenario.adapters, "max_batch": scenario.max_batch,
                 "clients": clients, **summary(results, elapsed),
-                "mean_batch": mean_batch(_get(port, "/metrics")[1].decode()), "peak_rss_bytes": peak_rss(process.pid)}
+                "mean_batch": rows / calls if calls else None, "peak_rss_bytes": peak_rss(process.pid)}
 
 
 def load_test(run: Path, k: int, clients: int, requests: int, seconds: float, window_ms: float = 5) -> dict:

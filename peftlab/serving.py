@@ -198,7 +198,7 @@ class Server:
     def _use(self, name: str) -> Trained:
         """The adapter's view, its adapter made the active one (worker thread only)."""
         view = self.adapters[name]
-        if len(self.adapters) > 1:
+        if len(self.adapters) > 1 and view.model.active_adapter != name:
             view.model.set_adapter(name)
         return view
 
