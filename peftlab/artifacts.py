@@ -3,7 +3,7 @@ fingerprint, plus its weights) or a merged export (plain transformers weights pl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from transformers import AutoTokenizer
@@ -11,6 +11,7 @@ from transformers import AutoTokenizer
 from . import models, rundir
 from .building import build_base
 from .errors import check
+from .methods.base import readable_weights
 from .recipe import recipe_from_dict
 from .tasks import get_task
 
@@ -58,6 +59,43 @@ def load_trained(run_dir: Path, base: str = "as_trained") -> Trained:
     model = recipe.method.load(model, run_dir)
     model.eval()
     return Trained(recipe, task, model, tokenizer, labels, run_dir)
+
+
+def add_adapter(trained: Trained, name: str, run_dir: Path) -> Trained:
+    """Another run's adapter loaded beside `trained`'s into the same base model (peft multi-adapter; the caller picks
+    one with model.set_adapter(name)). Refused, before loading, when it was trained on other base weights (the
+    fingerprint check), for another task, quantization or head, or when the base holds no peft adapters to add to.
+    Returns the adapter's view: its recipe and labels, the shared model and tokenizer."""
+    from peft import PeftConfig, PeftModel
+
+    run_dir = rundir.require_finished(run_dir)
+    recipe = recipe_from_dict(rundir.read_json(run_dir / "recipe.json"))
+    labels = rundir.read_json(run_dir / "metrics.json")["labels"]
+    base = trained.recipe
+    where = f"adapter {name} ({run_dir})"
+    check(isinstance(trained.model, PeftModel), f"{where}: {trained.run_dir} holds no peft adapter to add others "
+                                                  "to (a merged export or a full or bottleneck fine-tune); serve a run "
+                                                  "directory of a LoRA, DoRA, IA3, prefix or prompt tuning run")
+    check(recipe.model.task == base.model.task, f"{where}: its task is {recipe.model.task}, the served model's is "
+                                                f"{base.model.task}; serve it on its own")
+    resolved = models.resolve(base.model.name, base.model.revision)
+    same_name = (recipe.model.name, recipe.model.revision) == (base.model.name, base.model.revision)
+    check(resolved.source != "hub" or same_name,  # a Hub base has no fingerprint: its name and revision say which
+          f"{where}: trained on {recipe.model.name}, the served base is {base.model.name}; serve it on its own")
+    check_base(run_dir, resolved)
+    check(recipe.quant == base.quant and recipe.model.head == base.model.head and len(labels) == len(trained.labels),
+          f"{where}: its quantization, head or number of labels differ from {trained.run_dir}'s, so it cannot share "
+          "that model; serve it on its own")
+    folder = run_dir / recipe.method.saves
+    with readable_weights(folder):
+        kind = PeftConfig.from_pretrained(folder).peft_type if (folder / "adapter_config.json").is_file() else None
+    check(kind == trained.model.peft_type, f"{where}: a {recipe.method.kind} adapter cannot join the served "
+                                           f"{base.method.kind} adapter (peft holds one kind per model); serve it on "
+                                           "its own")
+    with readable_weights(folder):
+        trained.model.load_adapter(folder, adapter_name=name)
+    trained.model.eval()
+    return replace(trained, recipe=recipe, labels=labels, run_dir=run_dir)
 
 
 def load_export(export_dir: Path) -> Trained:

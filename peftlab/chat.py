@@ -62,7 +62,7 @@ def _text(value, where: str, what: str) -> str:
     return value
 
 
-def _turn(turn, where: str, number: int) -> dict:
+def checked_turn(turn, where: str, number: int) -> dict:
     """One turn of a sharegpt or messages conversation, as {"role", "content"}."""
     check(isinstance(turn, dict), f"{where}: turn {number} is not an object with a role and a text; fix that row")
     role = turn.get("role") or turn.get("from")
@@ -89,7 +89,7 @@ def messages(row: dict, data, where: str) -> list[dict]:
         name = column(data, CHAT_COLUMNS[shape][0][0])  # "conversations" or "messages"
         conversation = row[name]
         check(isinstance(conversation, list), f"{where}: column '{name}' is not a list of turns; fix that row")
-        turns += [_turn(turn, where, i) for i, turn in enumerate(conversation, 1)]
+        turns += [checked_turn(turn, where, i) for i, turn in enumerate(conversation, 1)]
     spoken = [t["role"] for t in turns if t["role"] != "system"]
     check(spoken[:1] == ["user"], f"{where}: the conversation must start with a user turn (after any system turn); "
                                   "fix that row")

@@ -86,7 +86,7 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_commands_are_found():
     _, commands = graph()
-    assert {"peftlab.run", "peftlab.predict", "peftlab.merge", "peftlab.compare", "peftlab.report",
+    assert {"peftlab.run", "peftlab.predict", "peftlab.merge", "peftlab.serve", "peftlab.compare", "peftlab.report",
             "peftlab.bench"} <= commands
 
 

@@ -40,7 +40,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, StoppingCriteria, StoppingCriteriaList
 
 from .. import chat, levers, rundir
 from ..data import require_columns
@@ -241,17 +241,35 @@ def score_predictions(records: list[dict]) -> dict:
 
 # ------------------------------------------------------------------------------------------- generation
 
+class StopAt(StoppingCriteria):
+    """Ends each sequence once its generated text holds one of the stop strings. Written here rather than
+    transformers' stop_strings (StopStringCriteria): that one works out from the vocabulary how each token's text
+    could end a stop string, which fails on tokenizers whose tokens do not decode on their own (a WordLevel
+    vocabulary: "substring not found"); decoding the new tokens each step works with any tokenizer and costs
+    little next to a forward pass."""
+
+    def __init__(self, tokenizer, stop: list[str], prompt_length: int):
+        self.tokenizer, self.stop, self.prompt_length = tokenizer, stop, prompt_length
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length:], skip_special_tokens=True)
+        return torch.tensor([any(s in text for s in self.stop) for text in texts], device=input_ids.device)
+
+
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 16,
-             temperature: float = 0.0) -> tuple[list[str], int]:
+             temperature: float = 0.0, stop: list[str] | None = None, streamer=None) -> tuple[list[str], int]:
     """Continuations of the prompts (special tokens removed) and the number of tokens generated (up to and including
-    each end-of-sequence token). Greedy unless temperature > 0."""
-    texts, counts = generate_counted(model, tokenizer, prompts, max_new_tokens, batch_size, temperature)
+    each end-of-sequence token). Greedy unless temperature > 0. `stop`: strings that end a generation too (StopAt;
+    the text keeps them); `streamer`: a transformers streamer that sees the tokens as they come (one prompt at a
+    time)."""
+    texts, counts = generate_counted(model, tokenizer, prompts, max_new_tokens, batch_size, temperature, stop, streamer)
     return texts, sum(counts)
 
 
 @torch.no_grad()
 def generate_counted(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 16,
-                     temperature: float = 0.0) -> tuple[list[str], list[int]]:
+                     temperature: float = 0.0, stop: list[str] | None = None,
+                     streamer=None) -> tuple[list[str], list[int]]:
     """generate(), with the tokens generated for each prompt. Batches of prompts of similar token length (sorted by
     it: a batch pads to its longest prompt, on the left, and its rows run until the longest answer ends), the
     outputs put back in the prompts' order."""
@@ -261,12 +279,14 @@ def generate_counted(model, tokenizer, prompts: list[str], max_new_tokens: int, 
     texts, counts = [""] * len(prompts), [0] * len(prompts)
     eos = tokenizer.eos_token_id
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+    sampling |= {"streamer": streamer} if streamer is not None else {}
     for start in range(0, len(order), batch_size):
         chosen = order[start:start + batch_size]
         encoded = tokenizer([prompts[i] for i in chosen], add_special_tokens=False, padding=True, padding_side="left",
                             return_token_type_ids=False, return_tensors="pt").to(model.device)
+        stopping = StoppingCriteriaList([StopAt(tokenizer, stop, encoded["input_ids"].shape[1])] if stop else [])
         out = model.generate(**encoded, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=eos, use_cache=True, **sampling)
+                             eos_token_id=eos, use_cache=True, stopping_criteria=stopping, **sampling)
         new = out[:, encoded["input_ids"].shape[1]:]
         ended = new == eos
         generated = torch.where(ended.any(1), ended.int().argmax(1) + 1, new.shape[1])
