@@ -14,6 +14,7 @@ from pathlib import Path
 from . import comparison_stats, lr_search, rundir
 from .data import title
 from .measure import human_bytes
+from .memory import compared_plan
 from .run_report import _per_type_keys, load_record, table
 
 PLOT_MEMORY, PLOT_PARAMS = "memory_vs_score.png", "params_vs_score.png"
@@ -109,16 +110,12 @@ MEMORY_HEADER = ["model state", "training peak (live tensors)", "plan at that ba
                  "evaluation RSS"]
 
 
+def _mean(values: list) -> float | None:
+    return statistics.fmean(values) if values and None not in values else None
+
+
 def _memory(row: dict, key: str) -> float | None:
-    values = [r["metrics"].get("memory", {}).get(key) for r in row["runs"]]
-    return statistics.fmean(values) if values and None not in values else None
-
-
-def _planned(row: dict) -> float | None:
-    """The plan for the largest batch each run trained (records before it: the plan made for the worst batch)."""
-    values = [(m := r["metrics"].get("memory", {})).get("plan_at_largest_batch", {}).get("train_peak_bytes")
-              or m.get("predicted_train_peak_bytes") for r in row["runs"]]
-    return statistics.fmean(values) if values and None not in values else None
+    return _mean([r["metrics"].get("memory", {}).get(key) for r in row["runs"]])
 
 
 def training_peak(row: dict) -> float:
@@ -130,7 +127,8 @@ def memory_cells(row: dict) -> list[str]:
     """Model state, training peak of live tensors, the plan with its error, training and evaluation RSS (means over
     seeds; see peftlab/memory.py for how each is measured)."""
     state = [r["metrics"].get("memory", {}).get("model_state_bytes") for r in row["runs"]]
-    live, planned = _memory(row, "train_peak_bytes"), _planned(row)
+    live = _memory(row, "train_peak_bytes")
+    planned = _mean([compared_plan(r["metrics"].get("memory", {}))["train_peak_bytes"] for r in row["runs"]])
     error = f" ({100 * (planned - live) / live:+.1f} %)" if live and planned else ""
     return [human_bytes(statistics.fmean(s["total"] for s in state) if None not in state else None),
             human_bytes(live), human_bytes(planned) + error,

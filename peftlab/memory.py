@@ -271,6 +271,13 @@ class MemoryMeter(TrainerCallback):
         return {"tokens": self._largest[0], "sequence": self._largest[1]}
 
 
+def compared_plan(memory: dict) -> dict:
+    """The plan a run's measured peak is compared with: for the largest batch trained (records made before that plan
+    existed kept only the worst batch's, made before training)."""
+    return memory.get("plan_at_largest_batch") or {"train_peak_bytes": memory.get("predicted_train_peak_bytes"),
+                                                   "train_peak_rss_bytes": memory.get("predicted_train_peak_rss_bytes")}
+
+
 def plan_errors(plan: dict, measured: dict) -> dict:
     """The plan for the batch measured (its rows and sequence), next to the measurement, with its error in %."""
     def error(predicted, actual):

@@ -12,6 +12,7 @@ from pathlib import Path
 from . import rundir
 from .data import title
 from .measure import human_bytes
+from .memory import compared_plan
 from .metrics import answer_f1, entity_spans
 from .tasks import get_task
 
@@ -80,9 +81,7 @@ def _memory_rows(memory: dict | None) -> list[list[str]]:
     state = memory.get("model_state_bytes") or {}
     error = memory.get("plan_error_percent")
     rss_error = memory.get("plan_rss_error_percent")
-    # records before the plan was re-made for the largest batch trained kept only the worst batch's
-    at = memory.get("plan_at_largest_batch") or {"train_peak_bytes": memory.get("predicted_train_peak_bytes"),
-                                                 "train_peak_rss_bytes": memory.get("predicted_train_peak_rss_bytes")}
+    at = compared_plan(memory)
     return [
         ["model state (weights as stored + gradients + optimizer)",
          (f"{human_bytes(state.get('total'))} = {human_bytes(state.get('weights'))} + "
