@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))  # this checkout's peftlab, whatever is installed
 
 def measure_one(recipe_path: str, overrides: list[str], steps: int) -> dict:
     """Train a few steps of one variant in this process; its measured memory and the recipe's plan inputs."""
-    from peftlab import levers, memory, plan
+    from peftlab import memory, plan
     from peftlab import recipe as recipe_mod
     from peftlab.building import build_model, prepare_inputs
     from peftlab.data import data_dir
@@ -34,7 +34,6 @@ def measure_one(recipe_path: str, overrides: list[str], steps: int) -> dict:
     from peftlab.training import build_trainer
 
     quiet_libraries()
-    levers.apply_allocator()  # as pipeline.run does before anything takes memory: the RSS figures depend on it
     recipe = recipe_mod.load_recipe(recipe_path, [*overrides, f"train.max_steps={steps}"])
     inputs = prepare_inputs(recipe, data_dir(None))
     # the longest examples only: every step is a batch as long as the longest the recipe can see (what the plan is for)

@@ -50,6 +50,10 @@ VARIANTS = {
     "packing": Variant("packing on: examples share rows of max_length tokens", ("data.packing=True",)),
     "padding_free": Variant("padding-free: DataCollatorWithFlattening, the batch as one row", flatten=True),
     "no_bf16": Variant("bf16 off: float32 training", disable="bf16"),
+    "no_checkpointing": Variant("gradient checkpointing off", ("train.gradient_checkpointing=False",)),
+    "allocator_untouched": Variant("no malloc_trim after each step (glibc as it is)", disable="allocator"),
+    "packing_no_checkpointing": Variant("packing on and gradient checkpointing off",
+                                        ("data.packing=True", "train.gradient_checkpointing=False")),
     "compile": Variant("torch.compile(dynamic=True) on the model", compile=True),
 }
 
@@ -252,6 +256,7 @@ def render(record: dict) -> str:
             ["hardware", f"{env['cpu']} ({env['cpu_count']} cores, {env['torch_threads']} torch threads), "
                          f"GPU: {env['gpu'] or 'none'}"],
             ["versions", ", ".join(f"{k} {v}" for k, v in env["versions"].items())],
-            ["peftlab commit", env.get("peftlab_commit")]]),
+            ["peftlab commit", env.get("peftlab_commit")],
+            ["machine load (1-min average at start)", f"{env['load_average_at_start']:.1f}"]]),
     ]) + "\n"
 

@@ -8,7 +8,7 @@ for equal losses and gradients, tests/test_levers.py).
 - label-only logits (causal LM): the output layer runs only on positions that have a label, a chunk at a time,
   each chunk's logits recomputed in backward instead of kept (`labelled_nll`);
 - evaluation and generation batches no larger than what keeps them below the training peak;
-- the CPU allocator returns freed memory to the operating system (`apply_allocator`).
+- the CPU allocator returns freed memory to the operating system after every step (`release_freed_memory`).
 `fit_budget` chooses micro-batch and checkpointing for `--budget` from the plan's prediction.
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import functools
 import os
 from contextlib import contextmanager
 
@@ -175,48 +176,48 @@ def labelled_nll(hidden, labels, lm_head) -> tuple[torch.Tensor, torch.Tensor]:
 
 # ------------------------------------------------------------------------------------------ allocator
 
-MMAP_THRESHOLD = 2**20  # allocations from 1 MiB up are mmap-ed, and unmapped (returned to the OS) when freed
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter numbers (malloc.h)
-_applied: dict | None = None
-
 
 def _preloaded_allocator() -> str | None:
     preload = os.environ.get("LD_PRELOAD", "")
     return next((name for name in ("jemalloc", "tcmalloc", "mimalloc") if name in preload), None)
 
 
-def apply_allocator() -> dict:
-    """Make glibc return freed tensor memory to the OS. glibc grows its mmap threshold to the largest block freed
-    so far (up to 32 MiB), after which activations of every batch shape come from the heap, whose freed blocks stay
-    in the process's resident memory: GBs on a causal LM step. glibc reads MALLOC_MMAP_THRESHOLD_ only at process
-    start, so the threshold is set at run time through mallopt. A preloaded jemalloc/tcmalloc, or MALLOC_* settings
-    given by the user, are left as they are and recorded."""
-    global _applied
-    if _applied is not None:
-        return _applied
+@functools.cache
+def _malloc_trim():
+    """glibc's malloc_trim, or None (musl, macOS)."""
+    try:
+        libc = ctypes.CDLL(None)
+    except OSError:
+        return None
+    return libc.malloc_trim if hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "malloc_trim") else None
+
+
+def allocator_settings() -> dict:
+    """What happens to freed tensor memory, for the run's records. glibc keeps a step's freed blocks on its free lists
+    and grows its mmap threshold to the largest block freed (up to 32 MiB), so the heap holds the high-water mark of
+    every batch shape seen so far: GBs over a causal-LM run. peftlab calls malloc_trim(0) after every optimizer step
+    and evaluation batch (training.ReleaseFreedMemory), which hands the free lists' whole pages back to the system.
+    A lower mmap threshold (every block from 1 MiB mmap-ed, unmapped when freed) held the RSS as low but made each
+    allocation fault its pages in afresh, 1.7x slower on SmolLM2 (reports/memory_budget.md); trimming once a step
+    pays that once. A preloaded jemalloc/tcmalloc, MALLOC_* settings given by the user, or
+    PEFTLAB_DISABLE=allocator leave the allocator as it is."""
     from .speed import enabled
 
     user = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
     if not enabled("allocator"):
-        _applied = {"allocator": "unchanged (PEFTLAB_DISABLE=allocator)"}
-    elif _preloaded_allocator():
-        _applied = {"allocator": f"{_preloaded_allocator()} (LD_PRELOAD)"}
-    elif user:
-        _applied = {"allocator": "glibc", "environment": user}
-    else:
-        try:
-            libc = ctypes.CDLL(None)
-            glibc = hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt")
-        except OSError:
-            glibc = False
-        if not glibc:  # musl, macOS: no mallopt with these parameters
-            _applied = {"allocator": "system (not glibc): unchanged"}
-        else:
-            ok = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
-            _applied = {"allocator": "glibc", "mallopt": {"M_MMAP_THRESHOLD": MMAP_THRESHOLD} if ok else "refused"}
-    return _applied
+        return {"allocator": "unchanged (PEFTLAB_DISABLE=allocator)"}
+    if _preloaded_allocator():
+        return {"allocator": f"{_preloaded_allocator()} (LD_PRELOAD)"}
+    if user:
+        return {"allocator": "glibc", "environment": user}
+    if _malloc_trim() is None:
+        return {"allocator": "system (not glibc): unchanged"}
+    return {"allocator": "glibc", "malloc_trim": "after every optimizer step and evaluation batch"}
 
 
-def allocator_settings() -> dict:
-    """What apply_allocator did (applying it first if nothing has yet)."""
-    return apply_allocator()
+def release_freed_memory() -> bool:
+    """Return glibc's free pages to the system now, if allocator_settings says so; whether it did."""
+    if "malloc_trim" not in allocator_settings():
+        return False
+    _malloc_trim()(0)
+    return True

@@ -2,7 +2,9 @@
 free local port in a subprocess, N client threads sending one-input /v1/predict requests, bounded in requests and
 in time so it always stops; per scenario the throughput, latency percentiles, errors, the mean batch the server
 formed (from its /metrics) and its peak RSS. Scenarios: batching on and off with one adapter, and batching on with
-K adapters (the same run's adapter loaded K times under K names: memory grows by about K - 1 adapters)."""
+K adapters over the one base: other runs' adapters of the same base when given, else the run's own adapter loaded K
+times under K names. Either way the server's memory should grow by about the extra adapters' size, not by copies of
+the base, and the report sets the one against the other."""
 
 from __future__ import annotations
 
@@ -21,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import rundir
+from . import measure, rundir
 from .errors import PeftlabError
 from .measure import disk_bytes, human_bytes
 from .recipe import recipe_from_dict
+from .run_report import table
 
 # one input per task, as /v1/predict takes it
 SAMPLES = {"classification": "the film was moving and the acting was lovely",
@@ -62,11 +65,17 @@ def _get(port: int, path: str) -> tuple[int, bytes]:
         connection.close()
 
 
+def extra_adapters(run: Path, k: int, others: list[Path]) -> list[Path]:
+    """The runs whose adapters join the run's own in the K-adapter scenario."""
+    return list(others) if others else [run] * (k - 1)
+
+
 @contextlib.contextmanager
-def running_server(run: Path, scenario: Scenario, window_ms: float, startup_s: float = 900):
+def running_server(run: Path, scenario: Scenario, window_ms: float, others: list[Path] = (), startup_s: float = 900):
     """The server of a scenario, up (its /health answers); yields (port, process); stopped on exit."""
     port = free_port()
-    extra = [arg for i in range(1, scenario.adapters) for arg in ("--adapter", f"a{i}={run}")]
+    extra = [arg for i, other in enumerate(extra_adapters(run, scenario.adapters, others)[:scenario.adapters - 1], 1)
+             for arg in ("--adapter", f"a{i}={other}")]
     command = [sys.executable, "-m", "peftlab.serve", str(run), "--port", str(port), "--max-batch",
                str(scenario.max_batch), "--batch-window-ms", str(window_ms), *extra]
     with tempfile.TemporaryFile() as log:
@@ -158,8 +167,8 @@ def batch_totals(metrics: str) -> np.ndarray:
 
 
 def run_scenario(run: Path, scenario: Scenario, clients: int, requests: int, seconds: float,
-                 window_ms: float) -> dict:
-    with running_server(run, scenario, window_ms) as (port, process):
+                 window_ms: float, others: list[Path] = ()) -> dict:
+    with running_server(run, scenario, window_ms, others) as (port, process):
         health = json.loads(_get(port, "/health")[1])
         names = list(health["adapters"])
         row = SAMPLES[health["adapters"][names[0]]["task"]]
@@ -173,20 +182,51 @@ def run_scenario(run: Path, scenario: Scenario, clients: int, requests: int, sec
                 "mean_batch": rows / calls if calls else None, "peak_rss_bytes": peak_rss(process.pid)}
 
 
-def load_test(run: Path, k: int, clients: int, requests: int, seconds: float, window_ms: float = 5) -> dict:
-    run = rundir.require_finished(run)
+def adapter_bytes(run: Path) -> int | None:
     adapter = run / recipe_from_dict(rundir.read_json(run / "recipe.json")).method.saves
-    return {"run": str(run), "adapter_bytes": disk_bytes(adapter) if adapter.is_dir() else None,
-            "batch_window_ms": window_ms, "requests_per_scenario": requests, "seconds_per_scenario": seconds,
-            "results": [run_scenario(run, s, clients, requests, seconds, window_ms) for s in scenarios(k)]}
+    return disk_bytes(adapter) if adapter.is_dir() else None
+
+
+def load_test(run: Path, k: int, clients: int, requests: int, seconds: float, window_ms: float = 5,
+              others: list[Path] = (), command: str = "") -> dict:
+    """Every scenario's figures. `others`: other runs whose adapters make up the K-adapter scenario (K is then
+    1 + their count), checked finished before anything starts."""
+    run = rundir.require_finished(run)
+    others = [rundir.require_finished(other) for other in others]
+    k = 1 + len(others) if others else k
+    extra = extra_adapters(run, k, others)
+    model_state = rundir.read_json(run / "metrics.json").get("memory", {}).get("model_state_bytes")
+    return {"command": command, "environment": measure.environment(), "run": str(run),
+            "adapter_bytes": adapter_bytes(run), "extra_adapters": [[str(r), adapter_bytes(r)] for r in extra],
+            "model_state_bytes": model_state, "batch_window_ms": window_ms, "requests_per_scenario": requests,
+            "seconds_per_scenario": seconds,
+            "results": [run_scenario(run, s, clients, requests, seconds, window_ms, others) for s in scenarios(k)]}
+
+
+def memory_growth(record: dict) -> str | None:
+    """The K-adapter server's peak RSS against the one-adapter server's (both batching on), beside the extra
+    adapters' size and the model's."""
+    one, many = record["results"][0], record["results"][-1]
+    if many["adapters"] == 1 or not (one["peak_rss_bytes"] and many["peak_rss_bytes"]):
+        return None
+    extra = sum(size or 0 for _, size in record["extra_adapters"])
+    model = record.get("model_state_bytes")
+    return (f"Serving {many['adapters']} adapters instead of 1 raised the server's peak RSS by "
+            f"{human_bytes(many['peak_rss_bytes'] - one['peak_rss_bytes'])}; the {many['adapters'] - 1} extra "
+            f"adapters are {human_bytes(extra)} on disk" + (f", the model in memory {human_bytes(model)}" if model else "")
+            + " (peak RSS also moves with the batches each scenario happened to form).")
 
 
 def report(record: dict) -> str:
+    extra = record.get("extra_adapters", [])
+    others = sorted({r for r, _ in extra} - {record["run"]})
     lines = ["# Model server under load", "",
              f"Run `{record['run']}` served by `python -m peftlab.serve`; each scenario sends one-input /v1/predict "
              f"requests from concurrent clients until {record['requests_per_scenario']} requests or "
-             f"{record['seconds_per_scenario']:.0f} s (batch window {record['batch_window_ms']} ms). The adapter is "
-             f"{human_bytes(record['adapter_bytes'])} on disk; the K-adapter scenario loads it K times.", "",
+             f"{record['seconds_per_scenario']:.0f} s (batch window {record['batch_window_ms']} ms); requests go to "
+             f"the adapters in turn. The adapter is {human_bytes(record['adapter_bytes'])} on disk; the K-adapter "
+             "scenario adds " + (", ".join(f"`{r}`" for r in others) if others else "the same adapter K - 1 times")
+             + ".", "",
              "| scenario | clients | requests | errors | throughput (req/s) | p50 ms | p95 ms | p99 ms | mean batch | "
              "server peak RSS |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in record["results"]:
@@ -194,6 +234,16 @@ def report(record: dict) -> str:
         lines.append(f"| {r['scenario']} | {r['clients']} | {r['requests']} | {r['errors']} | "
                      f"{r['throughput_rps']:.1f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | "
                      f"{batch} | {human_bytes(r['peak_rss_bytes'])} |")
+    growth = memory_growth(record)
+    lines += ["", growth] if growth else []
+    if "environment" in record:
+        env = record["environment"]
+        lines += ["", "## Command and environment", "", f"```\n{record['command']}\n```", "", table(
+            ["item", "value"],
+            [["hardware", f"{env['cpu']} ({env['cpu_count']} cores), GPU: {env['gpu'] or 'none'}"],
+             ["versions", ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)],
+             ["peftlab commit", env.get("peftlab_commit")],
+             ["machine load (1-min average at start)", f"{env['load_average_at_start']:.1f}"]])]
     return "\n".join(lines) + "\n"
 
 

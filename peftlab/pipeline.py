@@ -72,7 +72,6 @@ def run(options: Options, argv: list[str], console: Console) -> int:
         if options.plan:  # predict and exit: nothing is trained or written
             predicted = building.predict_memory(recipe, building.prepare_inputs(recipe, data_root))
             return 0 if plan.print_plan(predicted, options.budget) else 1
-        levers.apply_allocator()  # before the model and data take memory
         if options.budget is not None:  # micro-batch and checkpointing chosen to fit, before anything is created
             recipe = fit_budget(recipe, data_root, options.budget, console)
         reports_dir = Path(options.reports_dir) if options.reports_dir else None

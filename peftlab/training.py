@@ -58,6 +58,17 @@ def train_seconds(trainer) -> float:
     return next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, StepTimer)).train_seconds
 
 
+class ReleaseFreedMemory(TrainerCallback):
+    """The allocator's free pages back to the system after each optimizer step and evaluation batch
+    (levers.allocator_settings says why); last among the callbacks, after the memory meter has read the step."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        levers.release_freed_memory()
+
+    def on_prediction_step(self, args, state, control, **kwargs):
+        levers.release_freed_memory()
+
+
 class RichProgress(TrainerCallback):
     """Steps, loss, samples/s and ETA; on a non-terminal (CI, logs) one plain line per logging step."""
 
@@ -262,6 +273,7 @@ def build_trainer(recipe, task, model, tokenizer, train_ds, eval_ds, out_dir: Pa
                  checkpoints.CheckpointControl(recipe.train.checkpoint_steps)]
     if recipe.train.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.train.early_stopping_patience))
+    callbacks.append(ReleaseFreedMemory())
     eval_batch_size = levers.eval_batch_size(recipe, getattr(model.config, "num_hidden_layers", 1))
     loss_over_items = loss_func is not None or getattr(task, "LOSS_OVER_ITEMS", False)
     trainer = make_trainer(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -270,15 +271,38 @@ def test_fit_budget_prefers_large_micro_batches_then_checkpointing():
 
 # ------------------------------------------------------------------------------------------ allocator
 
-def test_allocator_settings(monkeypatch):
-    monkeypatch.setattr(levers, "_applied", None)
+def _no_user_allocator(monkeypatch):
     monkeypatch.delenv("LD_PRELOAD", raising=False)
-    for name in [k for k in __import__("os").environ if k.startswith("MALLOC_")]:
+    monkeypatch.delenv("PEFTLAB_DISABLE", raising=False)
+    for name in [k for k in os.environ if k.startswith("MALLOC_")]:
         monkeypatch.delenv(name)
-    assert levers.allocator_settings() == {"allocator": "glibc", "mallopt": {"M_MMAP_THRESHOLD": 2**20}}
-    monkeypatch.setattr(levers, "_applied", None)
+
+
+def test_allocator_settings(monkeypatch):
+    _no_user_allocator(monkeypatch)
+    assert levers.allocator_settings() == {"allocator": "glibc",
+                                           "malloc_trim": "after every optimizer step and evaluation batch"}
     monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
     assert levers.allocator_settings() == {"allocator": "jemalloc (LD_PRELOAD)"}
+    assert levers.release_freed_memory() is False  # another allocator: left alone
+    monkeypatch.delenv("LD_PRELOAD")
+    monkeypatch.setenv("PEFTLAB_DISABLE", "allocator")
+    assert levers.release_freed_memory() is False
+
+
+def _rss() -> int:
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_release_freed_memory_returns_freed_heap_pages(monkeypatch):
+    """200 MiB of 64 KiB tensors (below glibc's mmap threshold: heap), all freed but the last, which pins the heap's
+    top so that glibc cannot give the memory back by shrinking it: resident until the pages are released."""
+    _no_user_allocator(monkeypatch)
+    blocks = [torch.ones(16384) for _ in range(3200)]
+    del blocks[:-1]
+    held = _rss()
+    assert levers.release_freed_memory()
+    assert held - _rss() > 150 * 2**20
 
 
 # ------------------------------------------------------------------------------------ --budget, end to end
