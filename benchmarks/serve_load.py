@@ -42,8 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         record = load_test.load_test(args.run, args.adapters, args.clients, args.requests, args.duration,
                                      args.window_ms, args.others,
                                      shlex.join(["python", "benchmarks/serve_load.py", *sys.argv[1:]]))
+        written = load_test.write(record, args.out)  # the record first: minutes of measurement are not lost
         print(load_test.report(record))
-        print("wrote " + ", ".join(map(str, load_test.write(record, args.out))), file=sys.stderr)
+        print("wrote " + ", ".join(map(str, written)), file=sys.stderr)
 
     return cli_exit_code(body)
 

@@ -195,10 +195,10 @@ def load_test(run: Path, k: int, clients: int, requests: int, seconds: float, wi
     others = [rundir.require_finished(other) for other in others]
     k = 1 + len(others) if others else k
     extra = extra_adapters(run, k, others)
-    model_state = rundir.read_json(run / "metrics.json").get("memory", {}).get("model_state_bytes")
+    weights = rundir.read_json(run / "metrics.json").get("memory", {}).get("model_state_bytes", {}).get("weights")
     return {"command": command, "environment": measure.environment(), "run": str(run),
             "adapter_bytes": adapter_bytes(run), "extra_adapters": [[str(r), adapter_bytes(r)] for r in extra],
-            "model_state_bytes": model_state, "batch_window_ms": window_ms, "requests_per_scenario": requests,
+            "model_weights_bytes": weights, "batch_window_ms": window_ms, "requests_per_scenario": requests,
             "seconds_per_scenario": seconds,
             "results": [run_scenario(run, s, clients, requests, seconds, window_ms, others) for s in scenarios(k)]}
 
@@ -210,10 +210,10 @@ def memory_growth(record: dict) -> str | None:
     if many["adapters"] == 1 or not (one["peak_rss_bytes"] and many["peak_rss_bytes"]):
         return None
     extra = sum(size or 0 for _, size in record["extra_adapters"])
-    model = record.get("model_state_bytes")
+    model = record.get("model_weights_bytes")
     return (f"Serving {many['adapters']} adapters instead of 1 raised the server's peak RSS by "
             f"{human_bytes(many['peak_rss_bytes'] - one['peak_rss_bytes'])}; the {many['adapters'] - 1} extra "
-            f"adapters are {human_bytes(extra)} on disk" + (f", the model in memory {human_bytes(model)}" if model else "")
+            f"adapters are {human_bytes(extra)} on disk" + (f", the model's weights {human_bytes(model)}" if model else "")
             + " (peak RSS also moves with the batches each scenario happened to form).")
 
 

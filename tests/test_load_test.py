@@ -44,8 +44,8 @@ def test_memory_growth_sets_the_rss_rise_against_the_extra_adapters():
     one = {"adapters": 1, "peak_rss_bytes": 1000 << 20}
     many = {"adapters": 3, "peak_rss_bytes": 1010 << 20}
     record = {"results": [one, one, many], "extra_adapters": [["b", 3 << 20], ["c", 2 << 20]],
-              "model_state_bytes": 500 << 20}
+              "model_weights_bytes": 500 << 20}
     line = load_test.memory_growth(record)
     assert "3 adapters instead of 1" in line and "by 10.00 MiB" in line and "adapters are 5.00 MiB" in line
-    assert "model in memory 500.00 MiB" in line
+    assert "model's weights 500.00 MiB" in line
     assert load_test.memory_growth({"results": [one, one], "extra_adapters": []}) is None
