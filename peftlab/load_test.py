@@ -102,11 +102,11 @@ def running_server(run: Path, scenario: Scenario, window_ms: float, others: list
                 process.wait()
 
 
-def peak_rss(pid: int) -> int | None:
-    """VmHWM of a running process (Linux), in bytes."""
+def status_bytes(pid: int, field: str) -> int | None:
+    """A memory field of a running process's /proc status (Linux: VmHWM the peak RSS, VmRSS the RSS now), in bytes."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
@@ -173,13 +173,15 @@ def run_scenario(run: Path, scenario: Scenario, clients: int, requests: int, sec
         names = list(health["adapters"])
         row = SAMPLES[health["adapters"][names[0]]["task"]]
         drive(port, names, row, 1, len(names), 60)  # one request per adapter first: warm-up, not counted
+        resident = status_bytes(process.pid, "VmRSS")  # loaded and warm, before the load
         before, started = batch_totals(_get(port, "/metrics")[1].decode()), time.perf_counter()
         results = drive(port, names, row, clients, requests, seconds)
         elapsed = time.perf_counter() - started
         rows, calls = batch_totals(_get(port, "/metrics")[1].decode()) - before
         return {"scenario": scenario.name, "adapters": scenario.adapters, "max_batch": scenario.max_batch,
                 "clients": clients, **summary(results, elapsed),
-                "mean_batch": rows / calls if calls else None, "peak_rss_bytes": peak_rss(process.pid)}
+                "mean_batch": rows / calls if calls else None, "rss_before_load_bytes": resident,
+                "peak_rss_bytes": status_bytes(process.pid, "VmHWM")}
 
 
 def adapter_bytes(run: Path) -> int | None:
@@ -204,17 +206,19 @@ def load_test(run: Path, k: int, clients: int, requests: int, seconds: float, wi
 
 
 def memory_growth(record: dict) -> str | None:
-    """The K-adapter server's peak RSS against the one-adapter server's (both batching on), beside the extra
-    adapters' size and the model's."""
+    """The K-adapter server's RSS against the one-adapter server's (both batching on): loaded and warm before the
+    load, and at its peak under load; beside the extra adapters' size and the model's weights."""
     one, many = record["results"][0], record["results"][-1]
     if many["adapters"] == 1 or not (one["peak_rss_bytes"] and many["peak_rss_bytes"]):
         return None
     extra = sum(size or 0 for _, size in record["extra_adapters"])
     model = record.get("model_weights_bytes")
-    return (f"Serving {many['adapters']} adapters instead of 1 raised the server's peak RSS by "
+    before = (f"RSS once loaded and warm by {human_bytes(many['rss_before_load_bytes'] - one['rss_before_load_bytes'])}"
+              ", " if one.get("rss_before_load_bytes") and many.get("rss_before_load_bytes") else "")
+    return (f"Serving {many['adapters']} adapters instead of 1 raised the server's {before}peak RSS under load by "
             f"{human_bytes(many['peak_rss_bytes'] - one['peak_rss_bytes'])}; the {many['adapters'] - 1} extra "
             f"adapters are {human_bytes(extra)} on disk" + (f", the model's weights {human_bytes(model)}" if model else "")
-            + " (peak RSS also moves with the batches each scenario happened to form).")
+            + " (the peak also moves with the batches each scenario happened to form).")
 
 
 def report(record: dict) -> str:
@@ -228,12 +232,12 @@ def report(record: dict) -> str:
              "scenario adds " + (", ".join(f"`{r}`" for r in others) if others else "the same adapter K - 1 times")
              + ".", "",
              "| scenario | clients | requests | errors | throughput (req/s) | p50 ms | p95 ms | p99 ms | mean batch | "
-             "server peak RSS |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "server RSS loaded | server peak RSS |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in record["results"]:
         batch = "n/a" if r["mean_batch"] is None else f"{r['mean_batch']:.2f}"
         lines.append(f"| {r['scenario']} | {r['clients']} | {r['requests']} | {r['errors']} | "
                      f"{r['throughput_rps']:.1f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | "
-                     f"{batch} | {human_bytes(r['peak_rss_bytes'])} |")
+                     f"{batch} | {human_bytes(r.get('rss_before_load_bytes'))} | {human_bytes(r['peak_rss_bytes'])} |")
     growth = memory_growth(record)
     lines += ["", growth] if growth else []
     if "environment" in record:

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 
-from . import chat, inference
+from . import chat, inference, levers
 from .artifacts import Trained, add_adapter, load_any
 from .batching import Batcher
 from .errors import PeftlabError, check
@@ -65,7 +65,9 @@ def load_adapters(source: Path, extra: dict[str, Path]) -> dict[str, Trained]:
     """The run (or export) as DEFAULT and the extra runs' adapters beside it on the same base."""
     check(DEFAULT not in extra, f"--adapter {DEFAULT}=...: '{DEFAULT}' names the served run itself; pick another name")
     trained = load_any(source)
-    return {DEFAULT: trained} | {name: add_adapter(trained, name, path) for name, path in extra.items()}
+    adapters = {DEFAULT: trained} | {name: add_adapter(trained, name, path) for name, path in extra.items()}
+    levers.release_freed_memory()  # what loading freed goes back to the system, not into the server's resident set
+    return adapters
 
 
 class Metrics:
