@@ -33,10 +33,12 @@ def task_options(trained, context=None, max_new_tokens: int | None = None, tempe
     return {"context": context, "stride": data.stride, "n_best": data.n_best, "max_answer_length": data.max_answer_length}
 
 
-def predict_texts(trained, texts: list[str], **options) -> list[dict]:
-    """One record per text, as the task gives it (options: task_options' keywords)."""
+def predict_texts(trained, texts: list[str], adapter_names: list[str] | None = None, **options) -> list[dict]:
+    """One record per text, as the task gives it (options: task_options' keywords). adapter_names: one peft adapter
+    per text, for a mixed batch (serving.mixable says which tasks take it)."""
+    mixed = {"adapter_names": adapter_names} if adapter_names is not None else {}
     return trained.task.predict(trained.model, trained.tokenizer, texts, trained.labels,
-                                trained.recipe.data.max_length, **task_options(trained, **options))
+                                trained.recipe.data.max_length, **task_options(trained, **options), **mixed)
 
 
 # ------------------------------------------------------------------------------------------ from a file

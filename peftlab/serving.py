@@ -70,6 +70,23 @@ def load_adapters(source: Path, extra: dict[str, Path]) -> dict[str, Trained]:
     return adapters
 
 
+MIXABLE_TASKS = ("classification", "regression", "token_classification")  # one model row per input
+
+
+def mixable(adapters: dict[str, Trained]) -> bool:
+    """Whether requests for different adapters can share one model call (peft's mixed adapter batches): plain LoRA
+    adapters (peft mixes no other kind, nor DoRA) of a task whose predict runs one model row per input, with the same
+    labels and input settings, so that the rows' outputs read alike."""
+    views = list(adapters.values())
+    if len(views) < 2 or getattr(views[0].model, "peft_type", None) != "LORA":
+        return False
+    configs = views[0].model.peft_config
+    first = views[0].recipe
+    return (first.model.task in MIXABLE_TASKS and not any(c.use_dora for c in configs.values())
+            and all(v.labels == views[0].labels and (v.recipe.data.max_length, v.recipe.data.label_scale)
+                    == (first.data.max_length, first.data.label_scale) for v in views))
+
+
 class Metrics:
     def __init__(self):
         from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -178,7 +195,7 @@ class Server:
     def __init__(self, adapters: dict[str, Trained], max_batch: int = 16, window_s: float = 0.005,
                  limits: Limits = Limits()):
         self.adapters, self.limits, self.metrics = adapters, limits, Metrics()
-        self.batcher = Batcher(self._predict, max_batch, window_s, self.metrics.batched)
+        self.batcher = Batcher(self._predict, max_batch, window_s, self.metrics.batched, mixed=mixable(adapters))
 
     def adapter(self, name: str, request: Request, causal: bool | None = None) -> Trained:
         view = self.adapters.get(name)
@@ -223,17 +240,21 @@ class Server:
                                                                     "texts separated by a TAB)"))
         return inputs
 
-    def _predict(self, name: str, rows: list) -> list[dict]:
-        """One batch of one adapter (worker thread): the records predict prints."""
-        view = self._use(name)
+    def _predict(self, adapter: str | tuple, rows: list) -> list[dict]:
+        """One batch (worker thread): the records predict prints. `adapter`: the batch's adapter, or for a mixed
+        batch the adapter of each row (the adapters then share task, labels and max_length: mixable)."""
+        names = [adapter] * len(rows) if isinstance(adapter, str) else list(adapter)
+        view = self._use(names[0])
         qa = view.recipe.model.task == "qa"
         texts = [row["question"] if qa else row for row in rows]
         limit = view.recipe.data.max_length
-        for i, text in enumerate(texts):
+        for i, (text, name) in enumerate(zip(texts, names)):
             tokens = len(view.tokenizer(*text.split("\t", 1))["input_ids"])
             if tokens > limit:  # predict would cut it silently
                 raise ApiError(400, f"inputs[{i}]: {tokens} tokens, over the limit of {limit} of adapter {name!r} "
                                     "(the data.max_length it was trained with); shorten it")
+        if not isinstance(adapter, str):
+            return inference.predict_texts(view, texts, adapter_names=names)
         return inference.predict_texts(view, texts, context=[row["context"] for row in rows] if qa else None)
 
     # -------------------------------------------------------------- completions

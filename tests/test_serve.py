@@ -91,11 +91,9 @@ def test_each_adapter_predicts_as_its_run_alone(client, classifiers):
         "predictions"][:1]}  # no adapter named: the served run's own
 
 
-def test_concurrent_requests_are_batched_per_adapter(two_adapters):
-    """Requests queued while the model is busy go in one model call per adapter; a bad one fails alone."""
-    requests = [("default", [TEXTS[0]]), ("flipped", [TEXTS[1]]), ("default", TEXTS[2:4]), ("flipped", [TEXTS[4]]),
-                ("default", ["good " * 40])]  # the last one too long
-    with client_for(two_adapters) as client, ThreadPoolExecutor(len(requests)) as pool:
+def concurrent_requests(adapters, requests):
+    """The replies and metrics of requests queued while the model is busy, then released together."""
+    with client_for(adapters) as client, ThreadPoolExecutor(len(requests)) as pool:
         batcher = client.app.state.server.batcher
         release = threading.Event()
         busy = batcher.call("default", release.wait)  # the worker holds until every request is queued
@@ -105,12 +103,37 @@ def test_concurrent_requests_are_batched_per_adapter(two_adapters):
         release.set()
         replies = [f.result() for f in futures]
         busy.result()
-        values = metric_values(client)
-        assert [r.status_code for r in replies] == [200, 200, 200, 200, 400]
-        assert "of adapter 'default'" in replies[-1].json()["error"]
-        for (adapter, inputs), reply in zip(requests, replies[:4]):  # each got its own rows, as unbatched
-            alone = client.post("/v1/predict", json={"adapter": adapter, "inputs": inputs}).json()["predictions"]
-            assert [r["label"] for r in reply.json()["predictions"]] == [r["label"] for r in alone]
+        values = metric_values(client)  # before the requests again one by one
+        alone = [client.post("/v1/predict", json={"adapter": a, "inputs": x}).json() for a, x in requests]
+        return replies, alone, values
+
+
+REQUESTS = [("default", [TEXTS[0]]), ("flipped", [TEXTS[1]]), ("default", TEXTS[2:4]), ("flipped", [TEXTS[4]]),
+            ("default", ["good " * 40])]  # the last one too long
+
+
+def test_concurrent_requests_of_lora_adapters_share_one_model_call(two_adapters):
+    """Two LoRA adapters mix in one batch (peft's adapter_names): one model call, yet each request gets what its own
+    adapter predicts alone; a bad request fails alone."""
+    assert serving.mixable(two_adapters)
+    replies, alone, values = concurrent_requests(two_adapters, REQUESTS)
+    assert [r.status_code for r in replies] == [200, 200, 200, 200, 400]
+    assert "of adapter 'default'" in replies[-1].json()["error"]
+    for reply, single in zip(replies[:4], alone):  # each got its own rows, as unbatched
+        assert [r["label"] for r in reply.json()["predictions"]] == [r["label"] for r in single["predictions"]]
+        for mixed_row, single_row in zip(reply.json()["predictions"], single["predictions"]):
+            assert mixed_row["probability"] == pytest.approx(single_row["probability"], abs=1e-5)
+    # the batch failed on the bad row, so each request ran again alone; the first, mixed call held all 6 rows
+    assert sample(values, "peftlab_batch_rows_count", adapter="(mixed)") == 1
+    assert sample(values, "peftlab_batch_rows_sum", adapter="(mixed)") == 1 + 1 + 2 + 1 + 1
+
+
+def test_adapters_that_cannot_mix_are_batched_per_adapter(two_adapters, monkeypatch):
+    monkeypatch.setattr(serving, "mixable", lambda adapters: False)  # as for DoRA, IA3 or prompt tuning
+    replies, alone, values = concurrent_requests(two_adapters, REQUESTS)
+    assert [r.status_code for r in replies] == [200, 200, 200, 200, 400]
+    for reply, single in zip(replies[:4], alone):
+        assert [r["label"] for r in reply.json()["predictions"]] == [r["label"] for r in single["predictions"]]
     for adapter, rows in (("default", 1 + 2 + 1), ("flipped", 1 + 1)):  # one model call each
         assert sample(values, "peftlab_batch_rows_count", adapter=adapter) == 1
         assert sample(values, "peftlab_batch_rows_sum", adapter=adapter) == rows

@@ -118,10 +118,17 @@ def encode_texts(tokenizer, texts: list[str], max_length: int, device) -> dict:
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def mixed(adapter_names: list[str] | None) -> dict:
+    """The model call's argument for a batch whose rows use different peft adapters (one name per row)."""
+    return {} if adapter_names is None else {"adapter_names": adapter_names}
+
+
 @torch.no_grad()
-def predict(model, tokenizer, texts: list[str], label_names: list[str], max_length: int = 128) -> list[dict]:
+def predict(model, tokenizer, texts: list[str], label_names: list[str], max_length: int = 128,
+            adapter_names: list[str] | None = None) -> list[dict]:
     model.eval()
-    probs = torch.softmax(model(**encode_texts(tokenizer, texts, max_length, model.device)).logits.float(), dim=-1)
+    logits = model(**encode_texts(tokenizer, texts, max_length, model.device), **mixed(adapter_names)).logits
+    probs = torch.softmax(logits.float(), dim=-1)
     best = probs.argmax(dim=-1)
     return [{"text": t, "label": label_names[int(i)], "probability": float(p[i])}
             for t, i, p in zip(texts, best, probs)]

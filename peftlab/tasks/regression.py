@@ -11,7 +11,7 @@ from transformers import AutoModelForSequenceClassification
 from ..data import require_columns
 from ..errors import PeftlabError, check
 from ..metrics import correlation
-from .classification import collator, columns, encode_texts, input_texts, logits_of  # noqa: F401 — inputs and padding as classification
+from .classification import collator, columns, encode_texts, input_texts, logits_of, mixed  # noqa: F401 — inputs and padding as classification
 
 MODEL_CLASS = AutoModelForSequenceClassification
 PEFT_TASK_TYPE = "SEQ_CLS"
@@ -88,9 +88,10 @@ def score_predictions(records: list[dict]) -> dict:
 
 @torch.no_grad()
 def predict(model, tokenizer, texts: list[str], label_names: list[str], max_length: int = 128,
-            label_scale: float = 1.0) -> list[dict]:
+            label_scale: float = 1.0, adapter_names: list[str] | None = None) -> list[dict]:
     """A text holding a TAB is a sentence pair (classification.encode_texts). Scores come back on the data's scale
     (the model learned target / label_scale)."""
     model.eval()
-    scores = model(**encode_texts(tokenizer, texts, max_length, model.device)).logits.float().reshape(-1)
+    scores = model(**encode_texts(tokenizer, texts, max_length, model.device),
+                   **mixed(adapter_names)).logits.float().reshape(-1)
     return [{"text": t, label_names[0]: float(s) * label_scale} for t, s in zip(texts, scores)]

@@ -18,7 +18,7 @@ from ..data import require_columns
 from ..errors import check
 from ..metrics import entity_scores, entity_spans
 from . import require_fast_tokenizer
-from .classification import label_ids, logits_of
+from .classification import label_ids, logits_of, mixed
 
 MODEL_CLASS = AutoModelForTokenClassification
 PEFT_TASK_TYPE = "TOKEN_CLS"
@@ -118,17 +118,20 @@ def score_predictions(records: list[dict]) -> dict:
 
 
 @torch.no_grad()
-def predict(model, tokenizer, texts: list[str], label_names: list[str], max_length: int = 128) -> list[dict]:
+def predict(model, tokenizer, texts: list[str], label_names: list[str], max_length: int = 128,
+            adapter_names: list[str] | None = None) -> list[dict]:
     """Entities in raw sentences. Words are split at whitespace, as the training data was given word by word."""
     model.eval()
     rows = []
-    for text in texts:
+    for i, text in enumerate(texts):
         words = list(re.finditer(r"\S+", text))
         check(bool(words), "an empty text has no entities: give a sentence")
         batch = tokenizer([w.group() for w in words], is_split_into_words=True, truncation=True,
                           max_length=max_length, return_tensors="pt")
         word_ids = batch.word_ids(0)
-        best = model(**{k: v.to(model.device) for k, v in batch.items()}).logits[0].argmax(-1).tolist()
+        inputs = {k: v.to(model.device) for k, v in batch.items()}
+        best = model(**inputs, **mixed(None if adapter_names is None else adapter_names[i:i + 1])).logits[0]
+        best = best.argmax(-1).tolist()
         tags = ["O"] * len(words)  # words beyond max_length stay "O"
         for position, word in enumerate(word_ids):
             if word is not None and (position == 0 or word_ids[position - 1] != word):
