@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from . import data as data_stage
-from . import rundir
+from . import measure, rundir
 from .artifacts import EXPORT_RECORD, load_trained
 from .data import title
 from .errors import PeftlabError, check
@@ -110,6 +110,14 @@ BASE_WORDS = {"original": "the base's original full-precision weights",
               "dequantized": "the quantized base as training saw it, de-quantized to float"}
 
 
+def _made_with(env: dict | None) -> list[str]:
+    if not env:
+        return []
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
+    return [f"Made on {env['cpu']} ({env['cpu_count']} cores), GPU: {env['gpu'] or 'none'}; {versions}; peftlab "
+            f"commit {env.get('peftlab_commit')}."]
+
+
 def model_card(trained, record: dict) -> str:
     recipe, metrics = trained.recipe, rundir.read_json(trained.run_dir / "metrics.json")
     v, base = record["verification"], record["base"]
@@ -133,7 +141,7 @@ def model_card(trained, record: dict) -> str:
         f"On {v['compared_examples']} validation examples (the longest and others at random) the adapter model as",
         f"trained and this export differ by at most {v['max_abs_logit_diff']:.3g} in a logit; {agreement(v)}.",
         f"Export on the reported split: {_scores(record['export_metrics'])}.",
-    ]
+    ] + _made_with(record.get("environment"))
     if recipe.quant:
         other = next(b for b in BASES if b != base)
         lines += ["", "## Which base: original or de-quantized",
@@ -208,7 +216,7 @@ def export(run_dir: Path, out: Path, dtype_name: str, data_root, n_compare: int,
                   "run_metrics": rundir.read_json(run_dir / "metrics.json")["task_metrics"],
                   "data_matches_run": not changed, "data_files": env["data"].get("files", {}),
                   "trained_on_quantized_base": reference.recipe.quant is not None,
-                  "base_fingerprint": env["model"]["fingerprint"]}
+                  "base_fingerprint": env["model"]["fingerprint"], "environment": measure.environment()}
         rundir.write_json(tmp / EXPORT_RECORD, record | {"recipe": recipe, "labels": reference.labels})
         rundir.write_atomic(tmp / "README.md", model_card(reference, record))
         tmp.rename(out)  # only a complete, verified export ever carries the final name

@@ -29,6 +29,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -71,18 +72,32 @@ def load_adapters(source: Path, extra: dict[str, Path]) -> dict[str, Trained]:
 
 
 MIXABLE_TASKS = ("classification", "regression", "token_classification")  # one model row per input
+# the layers whose trained copies (modules_to_save: heads, LayerNorms) peft's mixed batches can route per row
+MIXABLE_SAVED = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+
+
+def saved_modules_mix(model) -> bool:
+    """Every fully trained module (peft's ModulesToSaveWrapper) is of a kind a mixed batch can route. Checked up
+    front, not tried: peft raises for others (a LayerNorm) inside its forward hooks and then leaves the hooks in place,
+    so every later call of the model would fail too."""
+    from peft.utils.other import ModulesToSaveWrapper
+
+    return all(isinstance(m.original_module, MIXABLE_SAVED) for m in model.modules()
+               if isinstance(m, ModulesToSaveWrapper))
 
 
 def mixable(adapters: dict[str, Trained]) -> bool:
     """Whether requests for different adapters can share one model call (peft's mixed adapter batches): plain LoRA
-    adapters (peft mixes no other kind, nor DoRA) of a task whose predict runs one model row per input, with the same
-    labels and input settings, so that the rows' outputs read alike."""
+    adapters (peft mixes no other kind, nor DoRA) whose fully trained modules can be routed per row, of a task whose
+    predict runs one model row per input, with the same labels and input settings, so that the rows' outputs read
+    alike."""
     views = list(adapters.values())
     if len(views) < 2 or getattr(views[0].model, "peft_type", None) != "LORA":
         return False
     configs = views[0].model.peft_config
     first = views[0].recipe
     return (first.model.task in MIXABLE_TASKS and not any(c.use_dora for c in configs.values())
+            and saved_modules_mix(views[0].model)
             and all(v.labels == views[0].labels and (v.recipe.data.max_length, v.recipe.data.label_scale)
                     == (first.data.max_length, first.data.label_scale) for v in views))
 

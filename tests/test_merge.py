@@ -52,6 +52,8 @@ def test_lora_merge_is_exact_and_loads_without_peft(lora_run, data_dir, tmp_path
     assert not export.peft_keys(keys) and "classifier.weight" in keys
     card = (out / "README.md").read_text()
     assert "max_abs_logit_diff" not in card and f"{record['verification']['max_abs_logit_diff']:.3g}" in card
+    versions = record["environment"]["versions"]
+    assert f"torch {versions['torch']}" in card and f"peft {versions['peft']}" in card  # what made it
 
 
 def test_head_survives_the_merge(lora_run, data_dir, tmp_path):

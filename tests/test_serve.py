@@ -128,6 +128,20 @@ def test_concurrent_requests_of_lora_adapters_share_one_model_call(two_adapters)
     assert sample(values, "peftlab_batch_rows_sum", adapter="(mixed)") == 1 + 1 + 2 + 1 + 1
 
 
+def test_trained_layernorms_keep_adapters_from_mixing(tiny_bert):
+    """peft routes trained copies of Linear layers per row in a mixed batch, not of LayerNorms (peftlab's SST-2
+    recipes train them): such adapters are batched per adapter."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    def lora(saved):
+        model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+        return get_peft_model(model, LoraConfig(r=2, target_modules=["query"], modules_to_save=saved))
+
+    assert serving.saved_modules_mix(lora(["classifier"]))
+    assert not serving.saved_modules_mix(lora(["classifier", "LayerNorm"]))
+
+
 def test_adapters_that_cannot_mix_are_batched_per_adapter(two_adapters, monkeypatch):
     monkeypatch.setattr(serving, "mixable", lambda adapters: False)  # as for DoRA, IA3 or prompt tuning
     replies, alone, values = concurrent_requests(two_adapters, REQUESTS)
