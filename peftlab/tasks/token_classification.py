@@ -120,23 +120,23 @@ def score_predictions(records: list[dict]) -> dict:
 @torch.no_grad()
 def predict(model, tokenizer, texts: list[str], label_names: list[str], max_length: int = 128,
             adapter_names: list[str] | None = None) -> list[dict]:
-    """Entities in raw sentences. Words are split at whitespace, as the training data was given word by word."""
+    """Entities in raw sentences, one padded batch. Words are split at whitespace, as the training data was given
+    word by word; a word's tag is its first sub-token's."""
     model.eval()
+    words = [list(re.finditer(r"\S+", text)) for text in texts]
+    check(all(words), "an empty text has no entities: give a sentence")
+    batch = tokenizer([[w.group() for w in ws] for ws in words], is_split_into_words=True, truncation=True,
+                      max_length=max_length, padding=True, return_tensors="pt")
+    inputs = {k: v.to(model.device) for k, v in batch.items()}
+    best = model(**inputs, **mixed(adapter_names)).logits.argmax(-1).tolist()
     rows = []
-    for i, text in enumerate(texts):
-        words = list(re.finditer(r"\S+", text))
-        check(bool(words), "an empty text has no entities: give a sentence")
-        batch = tokenizer([w.group() for w in words], is_split_into_words=True, truncation=True,
-                          max_length=max_length, return_tensors="pt")
-        word_ids = batch.word_ids(0)
-        inputs = {k: v.to(model.device) for k, v in batch.items()}
-        best = model(**inputs, **mixed(None if adapter_names is None else adapter_names[i:i + 1])).logits[0]
-        best = best.argmax(-1).tolist()
-        tags = ["O"] * len(words)  # words beyond max_length stay "O"
+    for i, (text, ws) in enumerate(zip(texts, words)):
+        word_ids = batch.word_ids(i)
+        tags = ["O"] * len(ws)  # words beyond max_length stay "O"
         for position, word in enumerate(word_ids):
             if word is not None and (position == 0 or word_ids[position - 1] != word):
-                tags[word] = label_names[best[position]]
-        entities = [{"text": text[words[s].start():words[e - 1].end()], "type": kind,
-                     "start": words[s].start(), "end": words[e - 1].end()} for kind, s, e in entity_spans(tags)]
+                tags[word] = label_names[best[i][position]]
+        entities = [{"text": text[ws[s].start():ws[e - 1].end()], "type": kind,
+                     "start": ws[s].start(), "end": ws[e - 1].end()} for kind, s, e in entity_spans(tags)]
         rows.append({"text": text, "entities": entities, "tags": tags})
     return rows
