@@ -197,9 +197,9 @@ def allocator_settings() -> dict:
     and grows its mmap threshold to the largest block freed (up to 32 MiB), so the heap holds the high-water mark of
     every batch shape seen so far: GBs over a causal-LM run. peftlab calls malloc_trim(0) after every optimizer step
     and evaluation batch (training.ReleaseFreedMemory), which hands the free lists' whole pages back to the system.
-    A lower mmap threshold (every block from 1 MiB mmap-ed, unmapped when freed) held the RSS as low but made each
-    allocation fault its pages in afresh, 1.7x slower on SmolLM2 (reports/memory_budget.md); trimming once a step
-    pays that once. A preloaded jemalloc/tcmalloc, MALLOC_* settings given by the user, or
+    A lower mmap threshold (every block from 1 MiB mmap-ed, unmapped when freed) holds the RSS as low but makes every
+    large allocation fault its pages in afresh (reports/memory_budget.md measures that cost); trimming pays it once
+    a step. A preloaded jemalloc/tcmalloc, MALLOC_* settings given by the user, or
     PEFTLAB_DISABLE=allocator leave the allocator as it is."""
     from .speed import enabled
 
