@@ -14,6 +14,7 @@ from . import data as data_stage
 from . import levers, rundir
 from .artifacts import recorded_data_files
 from .errors import PeftlabError, check
+from .tasks import mixed
 
 INPUT_SUFFIXES = (".jsonl", ".csv", ".tsv")
 
@@ -36,9 +37,9 @@ def task_options(trained, context=None, max_new_tokens: int | None = None, tempe
 def predict_texts(trained, texts: list[str], adapter_names: list[str] | None = None, **options) -> list[dict]:
     """One record per text, as the task gives it (options: task_options' keywords). adapter_names: one peft adapter
     per text, for a mixed batch (serving.mixable says which tasks take it)."""
-    mixed = {"adapter_names": adapter_names} if adapter_names is not None else {}
     return trained.task.predict(trained.model, trained.tokenizer, texts, trained.labels,
-                                trained.recipe.data.max_length, **task_options(trained, **options), **mixed)
+                                trained.recipe.data.max_length, **task_options(trained, **options),
+                                **mixed(adapter_names))
 
 
 # ------------------------------------------------------------------------------------------ from a file

@@ -71,11 +71,11 @@ def extra_adapters(run: Path, k: int, others: list[Path]) -> list[Path]:
 
 
 @contextlib.contextmanager
-def running_server(run: Path, scenario: Scenario, window_ms: float, others: list[Path] = (), startup_s: float = 900):
-    """The server of a scenario, up (its /health answers); yields (port, process); stopped on exit."""
+def running_server(run: Path, scenario: Scenario, window_ms: float, extra: list[Path], startup_s: float = 900):
+    """The server of a scenario (the run, and the first adapters - 1 of `extra` beside it), up (its /health
+    answers); yields (port, process); stopped on exit."""
     port = free_port()
-    extra = [arg for i, other in enumerate(extra_adapters(run, scenario.adapters, others)[:scenario.adapters - 1], 1)
-             for arg in ("--adapter", f"a{i}={other}")]
+    extra = [arg for i, other in enumerate(extra[:scenario.adapters - 1], 1) for arg in ("--adapter", f"a{i}={other}")]
     command = [sys.executable, "-m", "peftlab.serve", str(run), "--port", str(port), "--max-batch",
                str(scenario.max_batch), "--batch-window-ms", str(window_ms), *extra]
     with tempfile.TemporaryFile() as log:
@@ -167,8 +167,8 @@ def batch_totals(metrics: str) -> np.ndarray:
 
 
 def run_scenario(run: Path, scenario: Scenario, clients: int, requests: int, seconds: float,
-                 window_ms: float, others: list[Path] = ()) -> dict:
-    with running_server(run, scenario, window_ms, others) as (port, process):
+                 window_ms: float, extra: list[Path]) -> dict:
+    with running_server(run, scenario, window_ms, extra) as (port, process):
         health = json.loads(_get(port, "/health")[1])
         names = list(health["adapters"])
         row = SAMPLES[health["adapters"][names[0]]["task"]]
@@ -202,7 +202,7 @@ def load_test(run: Path, k: int, clients: int, requests: int, seconds: float, wi
             "adapter_bytes": adapter_bytes(run), "extra_adapters": [[str(r), adapter_bytes(r)] for r in extra],
             "model_weights_bytes": weights, "batch_window_ms": window_ms, "requests_per_scenario": requests,
             "seconds_per_scenario": seconds,
-            "results": [run_scenario(run, s, clients, requests, seconds, window_ms, others) for s in scenarios(k)]}
+            "results": [run_scenario(run, s, clients, requests, seconds, window_ms, extra) for s in scenarios(k)]}
 
 
 def memory_growth(record: dict) -> str | None:

@@ -268,9 +268,8 @@ class Server:
             if tokens > limit:  # predict would cut it silently
                 raise ApiError(400, f"inputs[{i}]: {tokens} tokens, over the limit of {limit} of adapter {name!r} "
                                     "(the data.max_length it was trained with); shorten it")
-        if not isinstance(adapter, str):
-            return inference.predict_texts(view, texts, adapter_names=names)
-        return inference.predict_texts(view, texts, context=[row["context"] for row in rows] if qa else None)
+        return inference.predict_texts(view, texts, adapter_names=None if isinstance(adapter, str) else names,
+                                       context=[row["context"] for row in rows] if qa else None)
 
     # -------------------------------------------------------------- completions
 

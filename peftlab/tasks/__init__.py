@@ -44,6 +44,12 @@ def require_fast_tokenizer(tokenizer, task: str, needs: str) -> None:
                              "tokenizer; use a model that ships tokenizer.json")
 
 
+def mixed(adapter_names: list[str] | None) -> dict:
+    """The predict/model argument for a batch whose rows use different peft adapters (one name per row); nothing
+    otherwise, so that tasks that take no such argument are called as before."""
+    return {} if adapter_names is None else {"adapter_names": adapter_names}
+
+
 def metrics_for(task, features, raw, labels: list[str], recipe):
     """Trainer's compute_metrics for an evaluation of `features`: its records, scored."""
     records = task.records_for(features, raw, labels, recipe)

@@ -9,6 +9,7 @@ from transformers import AutoModelForSequenceClassification, DataCollatorWithPad
 from ..data import require_columns
 from ..errors import check
 from ..metrics import classification_scores
+from . import mixed
 
 MODEL_CLASS = AutoModelForSequenceClassification
 PEFT_TASK_TYPE = "SEQ_CLS"
@@ -116,11 +117,6 @@ def encode_texts(tokenizer, texts: list[str], max_length: int, device) -> dict:
     batch = tokenizer(firsts, None if seconds[0] is None else seconds, truncation=True, max_length=max_length,
                       padding=True, return_tensors="pt")
     return {k: v.to(device) for k, v in batch.items()}
-
-
-def mixed(adapter_names: list[str] | None) -> dict:
-    """The model call's argument for a batch whose rows use different peft adapters (one name per row)."""
-    return {} if adapter_names is None else {"adapter_names": adapter_names}
 
 
 @torch.no_grad()

@@ -11,7 +11,8 @@ from transformers import AutoModelForSequenceClassification
 from ..data import require_columns
 from ..errors import PeftlabError, check
 from ..metrics import correlation
-from .classification import collator, columns, encode_texts, input_texts, logits_of, mixed  # noqa: F401 — inputs and padding as classification
+from . import mixed
+from .classification import collator, columns, encode_texts, input_texts, logits_of  # noqa: F401 — inputs and padding as classification
 
 MODEL_CLASS = AutoModelForSequenceClassification
 PEFT_TASK_TYPE = "SEQ_CLS"

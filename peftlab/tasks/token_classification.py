@@ -17,8 +17,8 @@ from transformers import AutoModelForTokenClassification, DataCollatorForTokenCl
 from ..data import require_columns
 from ..errors import check
 from ..metrics import entity_scores, entity_spans
-from . import require_fast_tokenizer
-from .classification import label_ids, logits_of, mixed
+from . import mixed, require_fast_tokenizer
+from .classification import label_ids, logits_of
 
 MODEL_CLASS = AutoModelForTokenClassification
 PEFT_TASK_TYPE = "TOKEN_CLS"
