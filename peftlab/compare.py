@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("comparison", type=Path, help="a recipes/compare_*.py file, or with --report-only a "
                                                       "finished comparison directory")
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from recorded runs")
+    parser.add_argument("--resume", type=Path, default=None, metavar="DIR",
+                        help="continue a comparison that stopped part-way (runs/<comparison>-<timestamp>): its "
+                             "finished runs are kept, the rest run")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
     parser.add_argument("--reports-dir", type=Path, default=Path("reports"))
     parser.add_argument("--budget", type=parse_size, default=None,

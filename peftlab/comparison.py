@@ -165,11 +165,14 @@ def run_variant(variant: Variant, comparison: Comparison, out_root: Path, report
 def run_all(args, argv: list[str], console) -> dict:
     comparison, variants = load_comparison(args.comparison, args.seeds, args.recipe_lrs, args.overrides)
     grids = lr_grids(comparison, args.comparison)
-    out_root = rundir.create(args.runs_dir, comparison.name)
     record = {"name": comparison.name, "baseline": comparison.baseline, "seeds": comparison.seeds,
               "overrides": comparison.overrides, "budget": getattr(args, "budget", None),
-              "bootstrap": comparison.bootstrap, "dir": str(out_root), "variants": [], "lr_search": {},
+              "bootstrap": comparison.bootstrap, "variants": [], "lr_search": {},
               "command": shlex.join(["python", "-m", "peftlab.compare", *argv])}
+    resume = getattr(args, "resume", None)
+    out_root, recorded, earlier_seconds = (resumed(resume, record) if resume else
+                                           (rundir.create(args.runs_dir, comparison.name), {}, 0.0))
+    record["dir"] = str(out_root)
     started = time.perf_counter()
     reports_dir = args.reports_dir / comparison.name
     # where a task scores the base model before training, the variants sharing a base score it once (--base-cache)
@@ -181,9 +184,12 @@ def run_all(args, argv: list[str], console) -> dict:
 
         def run(variant: Variant) -> dict:
             progress.update(task, description=f"{comparison.name}: {variant.label}")
-            result = run_variant(variant, comparison, out_root, reports_dir, getattr(args, "budget", None),
-                                 out_root / "base" if scores_base[variant.recipe] else None)
+            result = recorded.get(variant.label) or run_variant(
+                variant, comparison, out_root, reports_dir, getattr(args, "budget", None),
+                out_root / "base" if scores_base[variant.recipe] else None)
             record["variants"].append(result)
+            record["wall_seconds"] = earlier_seconds + time.perf_counter() - started
+            rundir.write_json(out_root / "comparison.json", record)  # after every run: --resume continues from here
             state = "[green]done" if result["state"] == "finished" else \
                 f"[yellow]{result['error']}" if result["state"] == "does not fit" else f"[red]failed: {result['error']}"
             progress.console.print(f"{variant.label}: {state} ({result['seconds']:.0f} s)", highlight=False)
@@ -198,8 +204,32 @@ def run_all(args, argv: list[str], console) -> dict:
                 todo = [replace(v, lr=search["chosen"], is_recipe_run=False) for v in rest] if search["chosen"] is not None else []
             for variant in todo:
                 run(variant)
-    record["wall_seconds"] = time.perf_counter() - started
+    record["wall_seconds"] = earlier_seconds + time.perf_counter() - started
     rundir.write_json(out_root / "comparison.json", record)
     rundir.set_status(out_root, rundir.FINISHED)
     return record
+
+
+def resumed(out_root: Path, record: dict) -> tuple[Path, dict[str, dict], float]:
+    """A comparison directory that stopped part-way: (the directory, its finished runs by variant label, the wall
+    seconds it had run). Only a comparison with the same name, seeds, overrides and budget resumes; its failed runs
+    run again. The learning-rate search is re-derived from the recorded grid runs, so the same choice follows."""
+    path = out_root / "comparison.json"
+    check(path.is_file(), f"--resume {out_root}: no comparison.json there; pass runs/<comparison>-<timestamp> of a "
+                          "comparison that started with this version of peftlab")
+    earlier = rundir.read_json(path)
+    state = rundir.read_status(out_root)["state"]
+    check(state != rundir.FINISHED, f"--resume {out_root}: that comparison finished; rebuild its report with "
+                                    "--report-only")
+    check(state != "running", f"--resume {out_root}: that comparison is still running; wait for it or stop it first")
+    same = ("name", "seeds", "overrides", "budget")
+    differs = [key for key in same if earlier.get(key) != record[key]]
+    check(not differs, f"--resume {out_root}: {', '.join(differs)} differ from that comparison's "
+                       f"({', '.join(f'{k}={earlier.get(k)!r}' for k in differs)}); resume with the same options")
+    record["resumed"] = [*earlier.get("resumed", []), record["command"]]
+    record["command"] = earlier["command"]
+    rundir.set_status(out_root, "running")
+    done = {Variant(Path(v["recipe"]), v["name"], v["seed"], lr=v["lr"]).label: v
+            for v in earlier["variants"] if v["state"] != "failed"}
+    return out_root, done, earlier.get("wall_seconds", 0.0)
 

@@ -203,3 +203,34 @@ def test_bad_learning_rate_grids_are_refused_before_anything_runs(tmp_path, tiny
                                          f"lrs={lrs}, overrides={overrides})\n")
         with pytest.raises(PeftlabError, match=message):
             load_comparison(tmp_path / "cmp.py")
+
+
+@pytest.mark.slow
+def test_resume_runs_only_what_is_missing(comparison, tmp_path, monkeypatch):
+    """A comparison stopped part-way resumes from its comparison.json: recorded runs are kept, the rest run, and the
+    learning-rate choice re-derived from the recorded grid runs is the one the uninterrupted comparison made."""
+    import shutil
+
+    from peftlab import comparison as harness
+    from peftlab import rundir
+
+    full = json.loads((comparison / "reports" / "cmp.json").read_text())
+    stopped = tmp_path / "cmp-stopped"
+    shutil.copytree(full["dir"], stopped)
+    kept, missing = full["variants"][:3], full["variants"][3:]
+    rundir.write_json(stopped / "comparison.json", full | {"variants": kept, "dir": str(stopped)})
+    rundir.set_status(stopped, "interrupted")
+    ran = []
+
+    def replay(variant, *args, **kwargs):  # the run the uninterrupted comparison recorded for this variant
+        ran.append(variant.label)
+        return next(v for v in missing if (v["name"], v["seed"], v["lr"]) == (variant.name, variant.seed, variant.lr))
+
+    monkeypatch.setattr(harness, "run_variant", replay)
+    assert compare.main([str(comparison / "cmp.py"), "--resume", str(stopped), "--reports-dir", str(tmp_path)]) == 0
+    resumed = json.loads((tmp_path / "cmp.json").read_text())
+    labels = [harness.Variant(Path(v["recipe"]), v["name"], v["seed"], lr=v["lr"]).label for v in missing]
+    assert ran == labels
+    assert resumed["lr_search"] == full["lr_search"] and resumed["variants"] == full["variants"]
+    assert resumed["resumed"] and rundir.status(stopped) == rundir.FINISHED
+    assert compare.main([str(comparison / "cmp.py"), "--resume", str(stopped)]) == 2  # finished: refused
