@@ -1,12 +1,26 @@
-"""LoRA (Hu et al. 2021) through peft, with rsLoRA scaling; DoRA is the same with `use_dora`."""
+"""LoRA (Hu et al. 2021) through peft, with rsLoRA scaling, LoRA+ learning rates and peft's initialisations;
+DoRA is the same with `use_dora`."""
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
-from typing import ClassVar
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import torch
 
 from ..errors import check
 from .base import Context, PeftMethod
+
+# init -> peft's init_lora_weights. "default": peft's True (Kaiming-uniform A, zero B); "gaussian": A ~ N(0, 1/r).
+# pissa/olora/corda start from the base's own principal directions and take them out of the base weights; eva and
+# corda are fitted to a few training batches; loftq (on a 4-bit base) makes 4-bit base + B A close to the original
+# full-precision weights, read from the model folder's safetensors.
+PEFT_INIT = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora", "eva": "eva",
+             "corda": "corda", "loftq": True}
+FROM_DATA = ("eva", "corda")
+MOVES_BASE = ("pissa", "olora", "corda")  # they subtract their initial B A from the base weights
 
 
 @dataclass(frozen=True)
@@ -21,6 +35,9 @@ class LoRA(PeftMethod):
     # modules trained in full beside the low-rank updates and saved with the adapter (peft's modules_to_save),
     # e.g. ["LayerNorm"]: a few thousand parameters that let the frozen encoder re-centre its features
     modules_to_save: list[str] = field(default_factory=list)
+    init: Literal["default", "gaussian", "pissa", "olora", "eva", "corda", "loftq"] = "default"
+    # LoRA+ (Hayou et al. 2024): the B matrices learn at this multiple of the learning rate; None: plain LoRA
+    loraplus_ratio: float | None = None
     kind = "lora"
     mergeable = True
     quantizable = True
@@ -32,16 +49,102 @@ class LoRA(PeftMethod):
         check(0 <= self.dropout < 1, f"{where}.dropout={self.dropout}: use a value in [0, 1)")
         check(bool(self.target), f"{where}.target: name the modules to adapt, e.g. ['query', 'value'] or 'all-linear'")
         check(self.bias in ("none", "all", "lora_only"), f"{where}.bias={self.bias!r}: use 'none', 'all' or 'lora_only'")
+        check(self.loraplus_ratio is None or self.loraplus_ratio >= 1,
+              f"{where}.loraplus_ratio={self.loraplus_ratio}: use a ratio >= 1 (the paper's 16), or None")
+        check(not self.use_dora or self.init in ("default", "gaussian"),
+              f"{where}.init={self.init!r}: DoRA starts from init='default' or 'gaussian' here; use LoRA for it")
 
-    def peft_config(self, ctx: Context):
-        from peft import LoraConfig
+    def check_recipe(self, recipe) -> None:
+        quant = recipe.quant
+        check(self.init != "loftq" or getattr(quant, "kind", None) == "4bit",
+              "recipe.method.init='loftq' corrects the error of a 4-bit base: set quant=Quant4bit(), or another init")
+        check(self.init not in MOVES_BASE + ("eva",) or quant is None,
+              f"recipe.method.init={self.init!r} runs on a full-precision base here (pissa/olora/corda rewrite the "
+              "base weights); set quant=None, or init='loftq' for a 4-bit base")
+        check(self.init not in FROM_DATA or recipe.model.task != "causal_lm",
+              f"recipe.method.init={self.init!r} is fitted to encoder-task batches here; use another init for "
+              "causal_lm")
 
+    def peft_config(self, ctx: Context, init: str | None = None):
+        from peft import CordaConfig, EvaConfig, LoraConfig
+
+        init = init or self.init
         return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
                           target_modules=self.target if self.target == "all-linear" else list(
                               [self.target] if isinstance(self.target, str) else self.target), exclude_modules=list(ctx.heads) or None,
                           use_rslora=self.rslora, use_dora=self.use_dora, bias=self.bias,
+                          init_lora_weights=PEFT_INIT[init],
+                          # rho=1: every layer keeps rank r (peft's 2 moves ranks between layers by explained variance)
+                          eva_config=EvaConfig(rho=1.0) if init == "eva" else None,
+                          corda_config=CordaConfig(corda_method="ipm") if init == "corda" else None,
                           task_type=ctx.peft_task_type,
                           modules_to_save=list(ctx.heads) + list(self.modules_to_save) or None)
+
+    def wrap(self, model, ctx: Context):
+        if self.shapes_only(model, ctx):  # the initialisation changes values, never shapes
+            return self.peft_model(model, self.peft_config(ctx, "default"))
+        config = self.peft_config(ctx)
+        if self.init == "corda":  # covariances of the targets' inputs, taken on the base before it is wrapped
+            from peft.tuners.lora.corda import preprocess_corda
+
+            preprocess_corda(model, config, run_model=lambda: run_batches(model, on_device(ctx.batches(), model)))
+        model = self.peft_model(model, config)
+        if self.init == "eva":
+            from peft import initialize_lora_eva_weights
+
+            initialize_lora_eva_weights(model, on_device(ctx.batches(), model), show_progress_bar=False)
+        if self.init == "loftq":
+            from peft import replace_lora_weights_loftq
+
+            replace_lora_weights_loftq(model, model_path=ctx.model_path)
+        if self.init in MOVES_BASE:  # save() needs them to turn the adapter into one for the untouched base
+            from peft import get_peft_model_state_dict
+
+            model.peftlab_initial = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+        return model
+
+    def shapes_only(self, model, ctx: Context) -> bool:
+        """Weights on the meta device, no training batches for a data-fitted init, or no 4-bit base for loftq:
+        memory planning, where only the shapes matter."""
+        return (next(model.parameters()).is_meta or (self.init in FROM_DATA and ctx.batches is None)
+                or (self.init == "loftq" and not ctx.quantized))
+
+    def save(self, model, run_dir: Path) -> None:
+        """pissa/olora/corda trained B A against base weights they changed: peft saves B A - B0 A0 as a rank-2r
+        LoRA of the original base instead, which then loads like any LoRA adapter (merge, predict, serve)."""
+        initial = getattr(model, "peftlab_initial", None)
+        if initial is None:
+            return super().save(model, run_dir)
+        from safetensors.torch import save_file
+
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / "initial"
+            folder.mkdir()
+            save_file({k: v.contiguous() for k, v in initial.items()}, str(folder / "adapter_model.safetensors"))
+            model.save_pretrained(run_dir / self.saves, path_initial_model_for_weight_conversion=str(folder))
+
+    def optimizer(self, model, args):
+        if self.loraplus_ratio is None:
+            return None
+        from peft.optimizers import create_loraplus_optimizer
+        from transformers import Trainer
+
+        optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)  # the recipe's AdamW, as Trainer's
+        kwargs.pop("lr", None)
+        return create_loraplus_optimizer(model, optimizer_cls, lr=args.learning_rate,
+                                         loraplus_lr_ratio=self.loraplus_ratio,
+                                         loraplus_weight_decay=args.weight_decay, **kwargs)
+
+
+def on_device(batches: list[dict], model) -> list[dict]:
+    device = next(model.parameters()).device
+    return [{k: v.to(device) for k, v in batch.items()} for batch in batches]
+
+
+def run_batches(model, batches) -> None:
+    with torch.no_grad():
+        for batch in batches:
+            model(**batch)
 
 
 @dataclass(frozen=True)

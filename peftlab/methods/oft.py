@@ -1,0 +1,60 @@
+"""Orthogonal fine-tuning through peft: OFT (Qiu et al. 2023) rotates each adapted layer's input by a trained
+block-diagonal orthogonal matrix; BOFT (Liu et al. 2024) builds the rotation from butterfly factors instead."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import check
+from .base import Context, PeftMethod
+
+
+@dataclass(frozen=True)
+class OFT(PeftMethod):
+    block_size: int = 32  # must divide the adapted layers' in_features (MiniLM: 384 and 1536)
+    target: str | list[str] = field(default_factory=lambda: ["query", "value"])
+    dropout: float = 0.0  # multiplicative dropout: whole blocks are set to the identity
+    coft: bool = False  # constrained OFT: keep the rotation within eps of the identity
+    eps: float = 6e-5
+    kind = "oft"
+    mergeable = True  # the rotation folds into the weight: W R
+
+    def check(self, where: str) -> None:
+        check(self.block_size >= 2, f"{where}.block_size={self.block_size}: use >= 2, a divisor of in_features, e.g. 32")
+        check(bool(self.target), f"{where}.target: name the modules to adapt, e.g. ['query', 'value'] or 'all-linear'")
+        check(0 <= self.dropout < 1, f"{where}.dropout={self.dropout}: use a value in [0, 1)")
+        check(self.eps > 0, f"{where}.eps={self.eps}: must be > 0, e.g. 6e-5")
+
+    def peft_config(self, ctx: Context):
+        from peft import OFTConfig
+
+        return OFTConfig(r=0, oft_block_size=self.block_size, target_modules=self.target, module_dropout=self.dropout,
+                         coft=self.coft, eps=self.eps, exclude_modules=list(ctx.heads) or None,
+                         task_type=ctx.peft_task_type, modules_to_save=list(ctx.heads) or None)
+
+
+@dataclass(frozen=True)
+class BOFT(PeftMethod):
+    """peft's CUDA kernel for the butterfly product is not built on CPU: it uses its PyTorch path (see tests)."""
+
+    block_size: int = 8  # must divide the adapted layers' in_features
+    butterfly_factors: int = 2  # butterfly depth: more mixes more dimensions, costs as many rotations more
+    target: str | list[str] = field(default_factory=lambda: ["query", "value"])
+    dropout: float = 0.0  # multiplicative dropout of whole blocks
+    kind = "boft"
+    mergeable = True
+
+    def check(self, where: str) -> None:
+        check(self.block_size >= 2 and self.block_size % 2 == 0,
+              f"{where}.block_size={self.block_size}: use an even size >= 2 that divides in_features, e.g. 8")
+        check(self.butterfly_factors >= 1, f"{where}.butterfly_factors={self.butterfly_factors}: must be >= 1, e.g. 2")
+        check(bool(self.target), f"{where}.target: name the modules to adapt, e.g. ['query', 'value'] or 'all-linear'")
+        check(0 <= self.dropout < 1, f"{where}.dropout={self.dropout}: use a value in [0, 1)")
+
+    def peft_config(self, ctx: Context):
+        from peft import BOFTConfig
+
+        return BOFTConfig(boft_block_size=self.block_size, boft_n_butterfly_factor=self.butterfly_factors,
+                          target_modules=self.target, boft_dropout=self.dropout,
+                          exclude_modules=list(ctx.heads) or None, task_type=ctx.peft_task_type,
+                          modules_to_save=list(ctx.heads) or None)
