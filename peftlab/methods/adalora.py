@@ -59,6 +59,7 @@ class RankSchedule(TrainerCallback):
 
     def __init__(self, warmup: float, final: float):
         self.warmup, self.final = warmup, final
+        self.rank_pattern = None
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         config = model.peft_config[model.active_adapter]  # the allocator reads these at every step
@@ -67,4 +68,10 @@ class RankSchedule(TrainerCallback):
         config.tfinal = int(self.final * state.max_steps)
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        # Between steps the rank pattern lives here, not in the config: peft would save each checkpoint cut to the
+        # pattern of its moment and reload the best one cut to the latest pattern (a shape mismatch). Without it,
+        # checkpoints and the saved adapter keep init_r per layer, the pruned ranks as zeros in E: the same function.
+        config = model.peft_config[model.active_adapter]
+        config.rank_pattern = self.rank_pattern
         model.base_model.update_and_allocate(state.global_step)
+        self.rank_pattern, config.rank_pattern = config.rank_pattern, None

@@ -66,7 +66,8 @@ class LoRA(PeftMethod):
               "causal_lm")
 
     def peft_config(self, ctx: Context, init: str | None = None):
-        from peft import CordaConfig, EvaConfig, LoraConfig
+        from peft import EvaConfig, LoraConfig
+        from peft.tuners.lora.config import CordaConfig  # not exported at peft's top in 0.21
 
         init = init or self.init
         return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
@@ -86,17 +87,18 @@ class LoRA(PeftMethod):
         config = self.peft_config(ctx)
         if self.init == "corda":  # covariances of the targets' inputs, taken on the base before it is wrapped
             from peft.tuners.lora.corda import preprocess_corda
+            from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
 
+            config = _maybe_include_all_linear_layers(config, model)  # preprocess_corda misses "all-linear" (0.21)
             preprocess_corda(model, config, run_model=lambda: run_batches(model, on_device(ctx.batches(), model)))
         model = self.peft_model(model, config)
         if self.init == "eva":
             from peft import initialize_lora_eva_weights
 
-            initialize_lora_eva_weights(model, on_device(ctx.batches(), model), show_progress_bar=False)
+            initialize_lora_eva_weights(model, on_device(ctx.batches(), model), prepare_layer_inputs_fn=eva_inputs,
+                                        show_progress_bar=False)
         if self.init == "loftq":
-            from peft import replace_lora_weights_loftq
-
-            replace_lora_weights_loftq(model, model_path=ctx.model_path)
+            loftq_init(model, ctx.model_path)
         if self.init in MOVES_BASE:  # save() needs them to turn the adapter into one for the untouched base
             from peft import get_peft_model_state_dict
 
@@ -115,13 +117,18 @@ class LoRA(PeftMethod):
         initial = getattr(model, "peftlab_initial", None)
         if initial is None:
             return super().save(model, run_dir)
-        from safetensors.torch import save_file
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import load_file, save_file
 
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp) / "initial"
             folder.mkdir()
             save_file({k: v.contiguous() for k, v in initial.items()}, str(folder / "adapter_model.safetensors"))
             model.save_pretrained(run_dir / self.saves, path_initial_model_for_weight_conversion=str(folder))
+        # peft 0.21's conversion keeps only the LoRA matrices: the head and other modules_to_save go back in
+        saved = run_dir / self.saves / "adapter_model.safetensors"
+        trained = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(model).items() if "lora_" not in k}
+        save_file(load_file(str(saved)) | trained, str(saved), metadata={"format": "pt"})
 
     def optimizer(self, model, args):
         if self.loraplus_ratio is None:
@@ -134,6 +141,35 @@ class LoRA(PeftMethod):
         return create_loraplus_optimizer(model, optimizer_cls, lr=args.learning_rate,
                                          loraplus_lr_ratio=self.loraplus_ratio,
                                          loraplus_weight_decay=args.weight_decay, **kwargs)
+
+
+def eva_inputs(layer_input, model_input, layer_name):
+    """peft's default (the layer's inputs at unmasked tokens), except that a layer fed one vector per example (BERT's
+    pooler) gives them all: the token mask does not apply to it."""
+    x = layer_input[0] if isinstance(layer_input, (tuple, list)) else layer_input
+    return x if x.dim() == 2 else x[model_input.T.unbind()]
+
+
+@torch.no_grad()
+def loftq_init(model, model_path: str) -> None:
+    """LoftQ's one-step init on a 4-bit base, as peft's replace_lora_weights_loftq: B A := the best rank-r
+    approximation of W - dequantize(Q(W)), W read from the model folder's safetensors. Done here because peft 0.21
+    computes it on "cuda" unconditionally (no CPU), and ignores LoRA's scaling alpha/r: B is divided by it so that
+    the adapter adds exactly that approximation."""
+    import bitsandbytes as bnb
+    from peft.tuners.lora import Linear4bit
+    from peft.utils.loftq_utils import _low_rank_decomposition, _SafetensorLoader
+
+    weights = _SafetensorLoader(model, model_path)
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, Linear4bit)]
+    check(bool(layers), "method.init='loftq': no LoRA layer on a 4-bit base weight; set quant=Quant4bit()")
+    for name, layer in layers:
+        base = layer.get_base_layer().weight
+        original = weights.get_tensor(name.removeprefix("base_model.model.") + ".weight").to(base.device).float()
+        residual = original - bnb.functional.dequantize_4bit(base.data, base.quant_state).float()
+        low = _low_rank_decomposition(residual, reduced_rank=layer.r["default"])
+        layer.lora_A["default"].weight.data = low["R"].contiguous()
+        layer.lora_B["default"].weight.data = (low["L"] / layer.scaling["default"]).contiguous()
 
 
 def on_device(batches: list[dict], model) -> list[dict]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from ..errors import check
 from .base import Context, PeftMethod
 
@@ -35,10 +37,12 @@ class OFT(PeftMethod):
 
 @dataclass(frozen=True)
 class BOFT(PeftMethod):
-    """peft's CUDA kernel for the butterfly product is not built on CPU: it uses its PyTorch path (see tests)."""
+    """Without its CUDA extension (fbd_cuda: no GPU, nvcc or ninja) peft 0.21 runs BOFT in PyTorch and silently
+    cuts the butterfly to 1 factor: block-diagonal rotations with a learned output scale. More factors are refused
+    there rather than changed behind the recipe's back."""
 
     block_size: int = 8  # must divide the adapted layers' in_features
-    butterfly_factors: int = 2  # butterfly depth: more mixes more dimensions, costs as many rotations more
+    butterfly_factors: int = 1  # butterfly depth > 1 mixes more dimensions; needs peft's CUDA extension
     target: str | list[str] = field(default_factory=lambda: ["query", "value"])
     dropout: float = 0.0  # multiplicative dropout of whole blocks
     kind = "boft"
@@ -58,3 +62,14 @@ class BOFT(PeftMethod):
                           target_modules=self.target, boft_dropout=self.dropout,
                           exclude_modules=list(ctx.heads) or None, task_type=ctx.peft_task_type,
                           modules_to_save=list(ctx.heads) or None)
+
+    def wrap(self, model, ctx: Context):
+        # peft fills BOFT's permutation matrices by indexing, which memory planning's meta device cannot run
+        with torch.device("cpu"):
+            model = super().wrap(model, ctx)
+        fallback = any(getattr(m, "fbd_cuda_available", True) is False for m in model.modules())
+        check(self.butterfly_factors == 1 or not fallback,
+              f"method.butterfly_factors={self.butterfly_factors}: peft's BOFT CUDA extension (fbd_cuda) is not "
+              "available here and peft would silently use 1 factor; set butterfly_factors=1 or run on a GPU with "
+              "nvcc and ninja")
+        return model

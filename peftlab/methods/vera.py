@@ -31,5 +31,5 @@ class VeRA(PeftMethod):
 
         return VeraConfig(r=self.r, target_modules=self.target, vera_dropout=self.dropout, d_initial=self.d_initial,
                           projection_prng_key=self.projection_seed, save_projection=True,
-                          exclude_modules=list(ctx.heads) or None, task_type=ctx.peft_task_type,
+                          task_type=ctx.peft_task_type,  # (VeraConfig has no exclude_modules; heads are never targets)
                           modules_to_save=list(ctx.heads) or None)
