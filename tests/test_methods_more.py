@@ -111,6 +111,8 @@ def test_eva_fits_a_to_the_inputs(tmp_path, bert64):
     a = fresh.base_model.model.bert.encoder.layer[1].attention.self.value.lora_A["default"].weight
     assert torch.allclose(a @ a.T, torch.eye(R), atol=1e-4)
     assert torch.allclose(_logits(fresh), _base_logits(tmp_path, bert64), atol=1e-5)  # B starts at zero
+    everywhere = _recipe(tmp_path, bert64, LoRA(r=R, init="eva", target="all-linear"))  # the pooler: one row each
+    assert _build(everywhere, _batches(everywhere))[0].base_model.model.bert.pooler.dense.lora_A["default"].weight.any()
     _merges_exactly(reloaded)
 
 

@@ -90,7 +90,7 @@ class LoRA(PeftMethod):
             from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
 
             config = _maybe_include_all_linear_layers(config, model)  # preprocess_corda misses "all-linear" (0.21)
-            preprocess_corda(model, config, run_model=lambda: run_batches(model, on_device(ctx.batches(), model)))
+            preprocess_corda(model, config, run_model=lambda: run_batches(model, examples(on_device(ctx.batches(), model))))
         model = self.peft_model(model, config)
         if self.init == "eva":
             from peft import initialize_lora_eva_weights
@@ -147,7 +147,7 @@ def eva_inputs(layer_input, model_input, layer_name):
     """peft's default (the layer's inputs at unmasked tokens), except that a layer fed one vector per example (BERT's
     pooler) gives them all: the token mask does not apply to it."""
     x = layer_input[0] if isinstance(layer_input, (tuple, list)) else layer_input
-    return x if x.dim() == 2 else x[model_input.T.unbind()]
+    return x.contiguous() if x.dim() == 2 else x[model_input.T.unbind()]  # (peft hashes it with view(-1))
 
 
 @torch.no_grad()
@@ -175,6 +175,12 @@ def loftq_init(model, model_path: str) -> None:
 def on_device(batches: list[dict], model) -> list[dict]:
     device = next(model.parameters()).device
     return [{k: v.to(device) for k, v in batch.items()} for batch in batches]
+
+
+def examples(batches: list[dict]) -> list[dict]:
+    """One unpadded example per batch: CorDA's hooks take the inputs of one sequence at a time (peft 0.21)."""
+    return [{k: v[i:i + 1, :int(batch["attention_mask"][i].sum())] for k, v in batch.items()}
+            for batch in batches for i in range(len(batch["input_ids"]))]
 
 
 def run_batches(model, batches) -> None:
