@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from transformers import TrainerCallback
 
 from ..errors import check
-from .base import Context, PeftMethod
+from .base import Context, PeftMethod, check_target_and_dropout
 
 PLACEHOLDER_STEPS = 1  # peft wants total_step when the config is made; RankSchedule sets the real one
 
@@ -32,8 +32,7 @@ class AdaLoRA(PeftMethod):
         check(1 <= self.target_r <= self.init_r,
               f"{where}.target_r={self.target_r}: use 1..init_r={self.init_r}, e.g. 2/3 of it")
         check(self.alpha > 0, f"{where}.alpha={self.alpha}: must be > 0, e.g. 16")
-        check(0 <= self.dropout < 1, f"{where}.dropout={self.dropout}: use a value in [0, 1)")
-        check(bool(self.target), f"{where}.target: name the modules to adapt, e.g. ['query', 'value'] or 'all-linear'")
+        check_target_and_dropout(self, where)
         check(self.warmup >= 0 and self.final >= 0 and self.warmup + self.final < 1,
               f"{where}.warmup={self.warmup}, final={self.final}: use fractions >= 0 that sum below 1, e.g. 0.1, 0.2")
         check(self.interval >= 1, f"{where}.interval={self.interval}: must be >= 1, e.g. 10")

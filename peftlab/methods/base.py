@@ -42,6 +42,12 @@ def readable_weights(folder: Path):
                            "the recipe") from None
 
 
+def check_target_and_dropout(method, where: str) -> None:
+    """The two field checks every method with target modules and a dropout shares."""
+    check(bool(method.target), f"{where}.target: name the modules to adapt, e.g. ['query', 'value'] or 'all-linear'")
+    check(0 <= method.dropout < 1, f"{where}.dropout={method.dropout}: use a value in [0, 1)")
+
+
 class Method:
     kind: ClassVar[str]
     mergeable: ClassVar[bool] = False  # can be folded into the base weights (peftlab.merge)

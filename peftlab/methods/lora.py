@@ -11,7 +11,7 @@ from typing import ClassVar, Literal
 import torch
 
 from ..errors import check
-from .base import Context, PeftMethod
+from .base import Context, PeftMethod, check_target_and_dropout
 
 # init -> peft's init_lora_weights. "default": peft's True (Kaiming-uniform A, zero B); "gaussian": A ~ N(0, 1/r).
 # pissa/olora/corda start from the base's own principal directions and take them out of the base weights; eva and
@@ -46,8 +46,7 @@ class LoRA(PeftMethod):
     def check(self, where: str) -> None:
         check(self.r >= 1, f"{where}.r={self.r}: the rank must be >= 1, e.g. 8")
         check(self.alpha > 0, f"{where}.alpha={self.alpha}: must be > 0, e.g. 2*r")
-        check(0 <= self.dropout < 1, f"{where}.dropout={self.dropout}: use a value in [0, 1)")
-        check(bool(self.target), f"{where}.target: name the modules to adapt, e.g. ['query', 'value'] or 'all-linear'")
+        check_target_and_dropout(self, where)
         check(self.bias in ("none", "all", "lora_only"), f"{where}.bias={self.bias!r}: use 'none', 'all' or 'lora_only'")
         check(self.loraplus_ratio is None or self.loraplus_ratio >= 1,
               f"{where}.loraplus_ratio={self.loraplus_ratio}: use a ratio >= 1 (the paper's 16), or None")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import check
-from .base import Context, PeftMethod
+from .base import Context, PeftMethod, check_target_and_dropout
 
 
 @dataclass(frozen=True)
@@ -23,8 +23,7 @@ class OFT(PeftMethod):
 
     def check(self, where: str) -> None:
         check(self.block_size >= 2, f"{where}.block_size={self.block_size}: use >= 2, a divisor of in_features, e.g. 32")
-        check(bool(self.target), f"{where}.target: name the modules to adapt, e.g. ['query', 'value'] or 'all-linear'")
-        check(0 <= self.dropout < 1, f"{where}.dropout={self.dropout}: use a value in [0, 1)")
+        check_target_and_dropout(self, where)
         check(self.eps > 0, f"{where}.eps={self.eps}: must be > 0, e.g. 6e-5")
 
     def peft_config(self, ctx: Context):
@@ -52,8 +51,7 @@ class BOFT(PeftMethod):
         check(self.block_size >= 2 and self.block_size % 2 == 0,
               f"{where}.block_size={self.block_size}: use an even size >= 2 that divides in_features, e.g. 8")
         check(self.butterfly_factors >= 1, f"{where}.butterfly_factors={self.butterfly_factors}: must be >= 1, e.g. 2")
-        check(bool(self.target), f"{where}.target: name the modules to adapt, e.g. ['query', 'value'] or 'all-linear'")
-        check(0 <= self.dropout < 1, f"{where}.dropout={self.dropout}: use a value in [0, 1)")
+        check_target_and_dropout(self, where)
 
     def peft_config(self, ctx: Context):
         from peft import BOFTConfig

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import check
-from .base import Context, PeftMethod
+from .base import Context, PeftMethod, check_target_and_dropout
 
 
 @dataclass(frozen=True)
@@ -22,8 +22,7 @@ class VeRA(PeftMethod):
 
     def check(self, where: str) -> None:
         check(self.r >= 1, f"{where}.r={self.r}: the rank must be >= 1, e.g. 256")
-        check(bool(self.target), f"{where}.target: name the modules to adapt, e.g. ['query', 'value'] or 'all-linear'")
-        check(0 <= self.dropout < 1, f"{where}.dropout={self.dropout}: use a value in [0, 1)")
+        check_target_and_dropout(self, where)
         check(self.d_initial > 0, f"{where}.d_initial={self.d_initial}: must be > 0, e.g. 0.1")
 
     def peft_config(self, ctx: Context):
