@@ -3,6 +3,7 @@ DoRA is the same with `use_dora`."""
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ PEFT_INIT = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora":
              "corda": "corda", "loftq": True}
 FROM_DATA = ("eva", "corda")
 MOVES_BASE = ("pissa", "olora", "corda")  # they subtract their initial B A from the base weights
+EVA_PASSES = 10  # passes over the init batches EVA may take to converge
 
 
 @dataclass(frozen=True)
@@ -94,8 +96,9 @@ class LoRA(PeftMethod):
         if self.init == "eva":
             from peft import initialize_lora_eva_weights
 
-            initialize_lora_eva_weights(model, on_device(ctx.batches(), model), prepare_layer_inputs_fn=eva_inputs,
-                                        show_progress_bar=False)
+            batches = on_device(ctx.batches(), model)
+            initialize_lora_eva_weights(model, batches, forward_fn=limited_forward(EVA_PASSES * len(batches)),
+                                        prepare_layer_inputs_fn=eva_inputs, show_progress_bar=False)
         if self.init == "loftq":
             loftq_init(model, ctx.model_path)
         if self.init in MOVES_BASE:  # save() needs them to turn the adapter into one for the untouched base
@@ -140,6 +143,19 @@ class LoRA(PeftMethod):
         return create_loraplus_optimizer(model, optimizer_cls, lr=args.learning_rate,
                                          loraplus_lr_ratio=self.loraplus_ratio,
                                          loraplus_weight_decay=args.weight_decay, **kwargs)
+
+
+def limited_forward(limit: int):
+    """peft's EVA cycles over its batches until every layer's SVD converges, with no limit (on MiniLM with 2 batches
+    it ran for minutes): stop it with one line instead."""
+    passes = itertools.count(1)
+
+    def forward(model, inputs):
+        check(next(passes) <= limit, f"method.init='eva': the SVD of the layer inputs did not converge in {limit} "
+                                     "forward passes over the init batches; train on more data or use another init")
+        return model(**inputs)
+
+    return forward
 
 
 def eva_inputs(layer_input, model_input, layer_name):
