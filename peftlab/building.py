@@ -30,15 +30,33 @@ def build_base(recipe, task, resolved, label_names, quantized: bool = True):
     return model
 
 
-def build_model(recipe, task, resolved, label_names, on_base=None):
+def build_model(recipe, task, resolved, label_names, on_base=None, batches=None):
     """The base wrapped with the recipe's method, adapters initialised from the seed. on_base(base), if given, sees
-    the base before it is wrapped (causal_lm evaluates it there)."""
+    the base before it is wrapped (causal_lm evaluates it there); batches() (init_batches) gives the few training
+    batches that data-fitted initialisations (LoRA's eva, corda) are computed on."""
     model = build_base(recipe, task, resolved, label_names)
     if on_base is not None:
         on_base(model)
     present = tuple(h for h in task.HEADS if hasattr(model, h))
     set_seed(recipe.train.seed)  # whatever loading consumed, adapters start from the same state
-    return recipe.method.wrap(model, Context(present, task.PEFT_TASK_TYPE, recipe.quant is not None, resolved.path))
+    return recipe.method.wrap(model, Context(present, task.PEFT_TASK_TYPE, recipe.quant is not None, resolved.path,
+                                             batches))
+
+
+# inputs a model's forward takes; Trainer drops the other columns (length, ids) the same way
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def init_batches(recipe, task, tokenizer, train, count: int = 8):
+    """A function giving the first `count` training batches (inputs only, padded by the task's collator): what a
+    data-fitted initialisation sees, the same for every seed of a recipe."""
+    def batches() -> list[dict]:
+        collate, size = task.collator(tokenizer), recipe.train.batch_size
+        rows = train.select_columns([c for c in MODEL_INPUTS if c in train.column_names])
+        chunks = [rows.select(range(i, min(i + size, len(rows)))) for i in range(0, min(len(rows), count * size), size)]
+        return [{k: v for k, v in collate(list(chunk)).items() if k in MODEL_INPUTS} for chunk in chunks]
+
+    return batches
 
 
 @dataclass

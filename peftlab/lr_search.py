@@ -16,6 +16,9 @@ from .errors import check
 # 2e-5..1e-4. Low-rank updates start at zero and are small: 10× that (LoRA, DoRA, QLoRA = LoRA on a 4-bit base).
 # IA3 scales activations and prefix/prompt tuning train a few virtual tokens: few parameters, far from their
 # useful values at init, so 1e-2 and more. Bottleneck adapters (Houlsby, Pfeiffer) are small dense layers: between.
+# LoRA's initialisations and LoRA+ stay kind "lora" and share its grid. AdaLoRA is LoRA in SVD form and OFT/BOFT
+# train small rotations from the identity: LoRA's rates. VeRA trains only scaling vectors over frozen random
+# matrices: about 10x LoRA's (its paper's rates are 10-100x LoRA's).
 DEFAULT_GRIDS: dict[str, list[float]] = {
     "full": [2e-5, 5e-5, 1e-4],
     "lora": [2e-4, 6e-4, 2e-3],
@@ -25,6 +28,10 @@ DEFAULT_GRIDS: dict[str, list[float]] = {
     "prompt": [1e-2, 3e-2, 1e-1],
     "houlsby": [1e-4, 3e-4, 1e-3],
     "pfeiffer": [1e-4, 3e-4, 1e-3],
+    "adalora": [2e-4, 6e-4, 2e-3],
+    "oft": [2e-4, 6e-4, 2e-3],
+    "boft": [2e-4, 6e-4, 2e-3],
+    "vera": [2e-3, 6e-3, 2e-2],
 }
 
 

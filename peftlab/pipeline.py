@@ -155,7 +155,8 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
     extra = task.Evaluation(inputs, recipe, base_cache) if hasattr(task, "Evaluation") else None  # before/after
     meter = memory.MemoryMeter()  # the base's evaluation before training counts as evaluation
     model = building.build_model(recipe, task, resolved, label_names,
-                                 on_base=meter.during("eval", extra.before) if extra else None)
+                                 on_base=meter.during("eval", extra.before) if extra else None,
+                                 batches=building.init_batches(recipe, task, tokenizer, train_ds))
     params = measure.count_parameters(model)
     quant_storage = measure.quantized_storage(model)
     trainer = build_trainer(recipe, task, model, tokenizer, train_ds, inputs.selection, run_dir / "checkpoints",

@@ -273,15 +273,18 @@ def build_trainer(recipe, task, model, tokenizer, train_ds, eval_ds, out_dir: Pa
                  checkpoints.CheckpointControl(recipe.train.checkpoint_steps)]
     if recipe.train.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.train.early_stopping_patience))
+    callbacks += recipe.method.callbacks()  # e.g. AdaLoRA's rank schedule
     callbacks.append(ReleaseFreedMemory())
     eval_batch_size = levers.eval_batch_size(recipe, getattr(model.config, "num_hidden_layers", 1))
     loss_over_items = loss_func is not None or getattr(task, "LOSS_OVER_ITEMS", False)
+    args = training_arguments(recipe, out_dir, len(train_ds), task.BEST_METRIC, getattr(task, "GREATER_IS_BETTER", True),
+                              loss_over_items=loss_over_items, eval_batch_size=eval_batch_size,
+                              run_name=run_dir.name if run_dir else None)
     trainer = make_trainer(
         model=model,
         labelled_logits=getattr(task, "LABELLED_LOGITS", False),
-        args=training_arguments(recipe, out_dir, len(train_ds), task.BEST_METRIC, getattr(task, "GREATER_IS_BETTER", True),
-                                loss_over_items=loss_over_items, eval_batch_size=eval_batch_size,
-                                run_name=run_dir.name if run_dir else None),
+        args=args,
+        optimizers=(recipe.method.optimizer(model, args), None),  # None, None: Trainer's own (the scheduler always)
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         data_collator=task.collator(tokenizer),

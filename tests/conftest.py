@@ -103,3 +103,41 @@ def run_recipe(tmp_path: Path, recipe: Path, data_dir: Path, *extra: str) -> Pat
     assert run_cli.main([str(recipe), "--data-dir", str(data_dir), "--runs-dir", str(runs),
                          "--reports-dir", str(tmp_path / "reports"), *extra]) == 0
     return sorted(p for p in runs.iterdir() if rundir.status(p) == "finished")[-1]
+
+
+D = 64  # hidden size of bert64: bitsandbytes' 4-bit CPU kernels need blocks of 64 values
+
+
+@pytest.fixture(scope="session")
+def bert64(tmp_path_factory) -> Path:
+    """A tiny BERT whose encoder has seen the task (a few full fine-tuning steps), like a pretrained base:
+    a random encoder gives prompt-like methods almost no input signal to work with."""
+    from transformers import BertForSequenceClassification
+
+    path = make_bert(tmp_path_factory.mktemp("bert64"), hidden=D)
+    warm = BertForSequenceClassification.from_pretrained(path, num_labels=2)
+    train_steps(warm, steps=40, lr=1e-3)
+    warm.bert.save_pretrained(path)
+    return path
+
+
+def sentiment_batch():
+    rows = sentiment_rows(32, seed=5)
+    batch = make_tokenizer()([r[0] for r in rows], padding=True, return_tensors="pt")
+    return dict(batch, labels=torch.tensor([r[1] for r in rows]))
+
+
+def train_steps(model, steps=60, lr=1e-2) -> tuple[float, float]:
+    batch = sentiment_batch()
+    model.train()
+    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    first = None
+    for _ in range(steps):
+        loss = model(**batch).loss
+        first = loss.item() if first is None else first
+        loss.backward()
+        optim.step()
+        optim.zero_grad()
+    model.eval()
+    with torch.no_grad():
+        return first, model(**batch).loss.item()

@@ -4,7 +4,6 @@ and has the parameter count of its closed-form formula."""
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,23 +25,12 @@ from peftlab.errors import PeftlabError
 from peftlab.measure import count_parameters, quantized_storage
 from peftlab.tasks import get_task
 
-from conftest import make_bert, make_tokenizer, sentiment_rows, write_recipe
+from conftest import D, write_recipe
+from conftest import sentiment_batch as _batch
+from conftest import train_steps as _train
 
-D, LAYERS, LABELS = 64, 2, ["negative", "positive"]  # hidden 64: bitsandbytes needs blocks of 64 values
+LAYERS, LABELS = 2, ["negative", "positive"]
 HEAD = D * 2 + 2  # classifier weight + bias
-
-
-@pytest.fixture(scope="module")
-def bert64(tmp_path_factory) -> Path:
-    """A tiny BERT whose encoder has seen the task (a few full fine-tuning steps), like a pretrained base:
-    a random encoder gives prompt-like methods almost no input signal to work with."""
-    from transformers import BertForSequenceClassification
-
-    path = make_bert(tmp_path_factory.mktemp("bert64"), hidden=D)
-    warm = BertForSequenceClassification.from_pretrained(path, num_labels=2)
-    _train(warm, steps=40, lr=1e-3)
-    warm.bert.save_pretrained(path)
-    return path
 
 
 def _recipe(tmp_path, model_dir, method, quant=None):
@@ -54,32 +42,10 @@ def _recipe(tmp_path, model_dir, method, quant=None):
     return recipe
 
 
-def _build(recipe):
+def _build(recipe, batches=None):
     task = get_task(recipe.model.task)
     resolved = models.resolve(recipe.model.name)
-    return build_model(recipe, task, resolved, LABELS), task, resolved
-
-
-def _batch():
-    rows = sentiment_rows(32, seed=5)
-    batch = make_tokenizer()([r[0] for r in rows], padding=True, return_tensors="pt")
-    return dict(batch, labels=torch.tensor([r[1] for r in rows]))
-
-
-def _train(model, steps=60, lr=1e-2) -> tuple[float, float]:
-    batch = _batch()
-    model.train()
-    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    first = None
-    for _ in range(steps):
-        loss = model(**batch).loss
-        first = loss.item() if first is None else first
-        loss.backward()
-        optim.step()
-        optim.zero_grad()
-    model.eval()
-    with torch.no_grad():
-        return first, model(**batch).loss.item()
+    return build_model(recipe, task, resolved, LABELS, batches=batches), task, resolved
 
 
 # method, expected trainable count besides the head, name fragments of the parameters that may train
@@ -103,8 +69,14 @@ METHODS = [
 @pytest.mark.slow
 @pytest.mark.parametrize("method, expected, fragments", METHODS, ids=lambda x: getattr(x, "kind", None))
 def test_method_trains_counts_and_reloads(tmp_path, bert64, method, expected, fragments):
-    recipe = _recipe(tmp_path, bert64, method)
-    model, task, resolved = _build(recipe)
+    trains_counts_and_reloads(tmp_path, bert64, method, expected, fragments)
+
+
+def trains_counts_and_reloads(tmp_path, model_dir, method, expected, fragments, quant=None, batches=None, atol=1e-6):
+    """The method's trainable count is `expected` + the head, only its own parameters (and the head) train, the loss
+    falls, and its saved adapter on a fresh base gives the trained model's logits. Returns (trained, reloaded)."""
+    recipe = _recipe(tmp_path, model_dir, method, quant)
+    model, task, resolved = _build(recipe, batches)
     params = count_parameters(model)
     assert params["trainable_params"] == expected + HEAD
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -121,7 +93,8 @@ def test_method_trains_counts_and_reloads(tmp_path, bert64, method, expected, fr
     reloaded = method.load(build_base(recipe, task, resolved, LABELS), tmp_path).eval()
     batch = {k: v for k, v in _batch().items() if k != "labels"}
     with torch.no_grad():
-        assert torch.allclose(model(**batch).logits, reloaded(**batch).logits, atol=1e-6)
+        assert torch.allclose(model(**batch).logits, reloaded(**batch).logits, atol=atol)
+    return model, reloaded
 
 
 def test_full_fine_tuning_trains_everything(tmp_path, bert64):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -20,6 +21,9 @@ class Context:
     peft_task_type: str  # peft TaskType name, e.g. "SEQ_CLS"
     quantized: bool  # the base holds 4-bit/8-bit weights
     model_path: str = ""  # where the base (and its tokenizer) was loaded from
+    # a few training batches (model inputs, no labels), for initialisations fitted to the data (LoRA's EVA, CorDA);
+    # None where no data is at hand and only shapes matter (memory planning)
+    batches: Callable[[], list[dict]] | None = None
 
 
 @contextlib.contextmanager
@@ -36,6 +40,12 @@ def readable_weights(folder: Path):
                    f"a saved file is truncated or garbled ({type(err).__name__}: {str(err).strip()[:120]})")
         raise PeftlabError(f"{folder}: {problem}; restore the folder as the run saved it (safetensors) or rerun "
                            "the recipe") from None
+
+
+def check_target_and_dropout(method, where: str) -> None:
+    """The two field checks every method with target modules and a dropout shares."""
+    check(bool(method.target), f"{where}.target: name the modules to adapt, e.g. ['query', 'value'] or 'all-linear'")
+    check(0 <= method.dropout < 1, f"{where}.dropout={method.dropout}: use a value in [0, 1)")
 
 
 class Method:
@@ -56,6 +66,14 @@ class Method:
     def wrap(self, model, ctx: Context):
         raise NotImplementedError
 
+    def optimizer(self, model, args):
+        """An optimizer of the method's own (LoRA+), built from the TrainingArguments; None: Trainer's own."""
+        return None
+
+    def callbacks(self) -> list:
+        """Trainer callbacks the method needs while training (AdaLoRA's rank schedule)."""
+        return []
+
     def save(self, model, run_dir: Path) -> None:
         raise NotImplementedError
 
@@ -70,10 +88,13 @@ class PeftMethod(Method):
         raise NotImplementedError
 
     def wrap(self, model, ctx: Context):
+        return self.peft_model(model, self.peft_config(ctx))
+
+    def peft_model(self, model, config):
         from peft import get_peft_model
 
         try:
-            return get_peft_model(model, self.peft_config(ctx))
+            return get_peft_model(model, config)
         except ValueError as err:  # e.g. target modules not found: say which layers exist
             import torch
 
