@@ -223,5 +223,7 @@ def test_new_recipes_load_like_lora_sst2(name, kind):
     lora = load_recipe(REPO / "recipes" / "lora_sst2.py")
     assert recipe.name == f"{name}_sst2" and recipe.method.kind == kind
     assert recipe.data == lora.data and recipe.model == lora.model  # the same base recipe
-    assert getattr(recipe.method, "target", None) == lora.method.target
+    # CorDA: every linear layer of the encoder by name, BERT's pooler left out (peft's CorDA hooks, README)
+    encoder_linear = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
+    assert getattr(recipe.method, "target", None) == (encoder_linear if name == "corda" else lora.method.target)
     assert name in {"loftq"} or recipe.quant is None
