@@ -227,3 +227,14 @@ def test_new_recipes_load_like_lora_sst2(name, kind):
     encoder_linear = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
     assert getattr(recipe.method, "target", None) == (encoder_linear if name == "corda" else lora.method.target)
     assert name in {"loftq"} or recipe.quant is None
+
+
+@pytest.mark.parametrize("method", [LoRA(target="query"), VeRA(target="query"), AdaLoRA(target="query"),
+                                    OFT(target="query"), BOFT(target="query")])
+def test_one_module_name_matches_as_a_suffix(tmp_path, tiny_bert, method):
+    """target="query" adapts every layer's query, as a list of names does (peft alone would read the string as a
+    regex on the full module name and find nothing)."""
+    model, _, _ = _build(_recipe(tmp_path, tiny_bert, method))
+    adapted = {name.split(".query.")[0] for name, p in model.named_parameters()
+               if p.requires_grad and ".query." in name}
+    assert len(adapted) == LAYERS

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from transformers import TrainerCallback
 
 from ..errors import check
-from .base import Context, PeftMethod, check_target_and_dropout
+from .base import Context, PeftMethod, check_target_and_dropout, peft_targets
 
 PLACEHOLDER_STEPS = 1  # peft wants total_step when the config is made; RankSchedule sets the real one
 
@@ -42,7 +42,7 @@ class AdaLoRA(PeftMethod):
         from peft import AdaLoraConfig
 
         return AdaLoraConfig(init_r=self.init_r, target_r=self.target_r, lora_alpha=self.alpha,
-                             lora_dropout=self.dropout, target_modules=self.target, deltaT=self.interval,
+                             lora_dropout=self.dropout, target_modules=peft_targets(self.target), deltaT=self.interval,
                              orth_reg_weight=self.orth_reg_weight, total_step=PLACEHOLDER_STEPS,
                              exclude_modules=list(ctx.heads) or None, task_type=ctx.peft_task_type,
                              modules_to_save=list(ctx.heads) or None)

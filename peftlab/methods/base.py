@@ -42,6 +42,13 @@ def readable_weights(folder: Path):
                            "the recipe") from None
 
 
+def peft_targets(target):
+    """A recipe's target as peft's target_modules: "all-linear" and None (peft's default) as they are, a module name
+    as a one-name list. peft reads a bare string as a regex on the full module name, where a list matches any
+    module ending in a name: the meaning the README gives every method's target."""
+    return target if target is None or target == "all-linear" else [target] if isinstance(target, str) else list(target)
+
+
 def check_target_and_dropout(method, where: str) -> None:
     """The two field checks every method with target modules and a dropout shares."""
     check(bool(method.target), f"{where}.target: name the modules to adapt, e.g. ['query', 'value'] or 'all-linear'")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import check
-from .base import Context, PeftMethod
+from .base import Context, PeftMethod, peft_targets
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,6 @@ class IA3(PeftMethod):
     def peft_config(self, ctx: Context):
         from peft import IA3Config
 
-        return IA3Config(target_modules=self.target, feedforward_modules=self.feedforward,
+        return IA3Config(target_modules=peft_targets(self.target), feedforward_modules=self.feedforward,
                          exclude_modules=list(ctx.heads) or None,
                          task_type=ctx.peft_task_type, modules_to_save=list(ctx.heads) or None)

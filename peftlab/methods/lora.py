@@ -12,7 +12,7 @@ from typing import ClassVar, Literal
 import torch
 
 from ..errors import check
-from .base import Context, PeftMethod, check_target_and_dropout
+from .base import Context, PeftMethod, check_target_and_dropout, peft_targets
 
 # init -> peft's init_lora_weights. "default": peft's True (Kaiming-uniform A, zero B); "gaussian": A ~ N(0, 1/r).
 # pissa/olora/corda start from the base's own principal directions and take them out of the base weights; eva and
@@ -72,8 +72,7 @@ class LoRA(PeftMethod):
 
         init = init or self.init
         return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                          target_modules=self.target if self.target == "all-linear" else list(
-                              [self.target] if isinstance(self.target, str) else self.target), exclude_modules=list(ctx.heads) or None,
+                          target_modules=peft_targets(self.target), exclude_modules=list(ctx.heads) or None,
                           use_rslora=self.rslora, use_dora=self.use_dora, bias=self.bias,
                           init_lora_weights=PEFT_INIT[init],
                           # rho=1: every layer keeps rank r (peft's 2 moves ranks between layers by explained variance)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import check
-from .base import Context, PeftMethod, check_target_and_dropout
+from .base import Context, PeftMethod, check_target_and_dropout, peft_targets
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class OFT(PeftMethod):
     def peft_config(self, ctx: Context):
         from peft import OFTConfig
 
-        return OFTConfig(r=0, oft_block_size=self.block_size, target_modules=self.target, module_dropout=self.dropout,
+        return OFTConfig(r=0, oft_block_size=self.block_size, target_modules=peft_targets(self.target), module_dropout=self.dropout,
                          coft=self.coft, eps=self.eps, exclude_modules=list(ctx.heads) or None,
                          task_type=ctx.peft_task_type, modules_to_save=list(ctx.heads) or None)
 
@@ -57,7 +57,7 @@ class BOFT(PeftMethod):
         from peft import BOFTConfig
 
         return BOFTConfig(boft_block_size=self.block_size, boft_n_butterfly_factor=self.butterfly_factors,
-                          target_modules=self.target, boft_dropout=self.dropout,
+                          target_modules=peft_targets(self.target), boft_dropout=self.dropout,
                           exclude_modules=list(ctx.heads) or None, task_type=ctx.peft_task_type,
                           modules_to_save=list(ctx.heads) or None)
 

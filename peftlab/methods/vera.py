@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import check
-from .base import Context, PeftMethod, check_target_and_dropout
+from .base import Context, PeftMethod, check_target_and_dropout, peft_targets
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class VeRA(PeftMethod):
     def peft_config(self, ctx: Context):
         from peft import VeraConfig
 
-        return VeraConfig(r=self.r, target_modules=self.target, vera_dropout=self.dropout, d_initial=self.d_initial,
+        return VeraConfig(r=self.r, target_modules=peft_targets(self.target), vera_dropout=self.dropout, d_initial=self.d_initial,
                           projection_prng_key=self.projection_seed, save_projection=True,
                           task_type=ctx.peft_task_type,  # (VeraConfig has no exclude_modules; heads are never targets)
                           modules_to_save=list(ctx.heads) or None)
