@@ -193,7 +193,8 @@ def run_all(args, argv: list[str], console) -> dict:
             state = "[green]done" if result["state"] == "finished" else \
                 f"[yellow]{result['error']}" if result["state"] == "does not fit" else f"[red]failed: {result['error']}"
             progress.console.print(f"{variant.label}: {state} ({result['seconds']:.0f} s)", highlight=False)
-            progress.advance(task)
+            bar = progress.tasks[task]  # an lr grid extended past its edge runs more than the total counted at start
+            progress.update(task, total=max(bar.total, bar.completed + 1), advance=1)
             return result
 
         for name in dict.fromkeys(v.name for v in variants):
@@ -211,16 +212,16 @@ def run_all(args, argv: list[str], console) -> dict:
 
 
 def resumed(out_root: Path, record: dict) -> tuple[Path, dict[str, dict], float]:
-    """A comparison directory that stopped part-way: (the directory, its finished runs by variant label, the wall
-    seconds it had run). Only a comparison with the same name, seeds, overrides and budget resumes; its failed runs
-    run again. The learning-rate search is re-derived from the recorded grid runs, so the same choice follows."""
+    """A comparison directory to continue: (the directory, its finished runs by variant label, the wall seconds it
+    had run). One that stopped part-way runs what is missing; a finished one whose file has since gained recipes runs
+    those (a finished one with nothing new only rebuilds its report). Only a comparison with the same name, seeds,
+    overrides and budget resumes; its failed runs run again. The learning-rate search is re-derived from the
+    recorded grid runs, so the same choice follows."""
     path = out_root / "comparison.json"
     check(path.is_file(), f"--resume {out_root}: no comparison.json there; pass runs/<comparison>-<timestamp> of a "
                           "comparison that started with this version of peftlab")
     earlier = rundir.read_json(path)
     state = rundir.read_status(out_root)["state"]
-    check(state != rundir.FINISHED, f"--resume {out_root}: that comparison finished; rebuild its report with "
-                                    "--report-only")
     check(state != "running", f"--resume {out_root}: that comparison is still running; wait for it or stop it first")
     same = ("name", "seeds", "overrides", "budget")
     differs = [key for key in same if earlier.get(key) != record[key]]

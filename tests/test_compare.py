@@ -233,4 +233,46 @@ def test_resume_runs_only_what_is_missing(comparison, tmp_path, monkeypatch):
     assert ran == labels
     assert resumed["lr_search"] == full["lr_search"] and resumed["variants"] == full["variants"]
     assert resumed["resumed"] and rundir.status(stopped) == rundir.FINISHED
-    assert compare.main([str(comparison / "cmp.py"), "--resume", str(stopped)]) == 2  # finished: refused
+    assert "Resumed after a stop with:" in (tmp_path / "cmp.md").read_text()  # the report says it was continued
+    ran.clear()  # resumed again once finished, with no recipe added: only its failed runs (broken.py) run again
+    assert compare.main([str(comparison / "cmp.py"), "--resume", str(stopped), "--reports-dir", str(tmp_path)]) == 0
+    again = json.loads((tmp_path / "cmp.json").read_text())
+    failed = [harness.Variant(Path(v["recipe"]), v["name"], v["seed"], lr=v["lr"]).label
+              for v in full["variants"] if v["state"] == "failed"]
+    assert failed and ran == failed and again["variants"] == full["variants"] and len(again["resumed"]) == 2
+
+
+@pytest.mark.slow
+def test_resume_adds_a_recipe_to_a_finished_comparison(comparison, tmp_path, monkeypatch, data_dir):
+    """A finished comparison whose file gained a recipe resumes into the same directory: the recorded runs are kept,
+    the new recipe's runs run (for real), and the report has its row."""
+    import shutil
+
+    from peftlab import comparison as harness
+
+    full = json.loads((comparison / "reports" / "cmp.json").read_text())
+    done = tmp_path / "cmp-done"
+    shutil.copytree(full["dir"], done)
+    for name in ("full.py", "lora.py", "broken.py"):
+        shutil.copy(comparison / name, tmp_path / name)
+    (tmp_path / "lora2.py").write_text((comparison / "lora.py").read_text().replace("name='lora'", "name='lora2'"))
+    (tmp_path / "cmp.py").write_text((comparison / "cmp.py").read_text().replace("'broken.py']",
+                                                                                "'broken.py', 'lora2.py']"))
+    ran, real_run = [], harness.run_variant
+
+    def replay_or_run(variant, *args, **kwargs):  # recorded runs would replay; the new recipe's run for real
+        ran.append(variant.label)
+        if variant.name == "lora2":
+            return real_run(variant, *args, **kwargs)
+        return next(v for v in full["variants"] if (v["name"], v["seed"], v["lr"]) == (variant.name, variant.seed,
+                                                                                      variant.lr))
+
+    monkeypatch.setattr(harness, "run_variant", replay_or_run)
+    monkeypatch.setenv("PEFTLAB_DATA_DIR", str(data_dir))
+    argv = [str(tmp_path / "cmp.py"), "--resume", str(done), "--reports-dir", str(tmp_path / "reports")]
+    assert compare.main(argv) == 0
+    assert ran == ["broken-seed0", "broken-seed1", "lora2-seed0", "lora2-seed1"]  # failed runs retry; lora2 is new
+    resumed = json.loads((tmp_path / "reports" / "cmp.json").read_text())
+    assert resumed["variants"][:len(full["variants"])] == full["variants"]
+    assert [v["state"] for v in resumed["variants"] if v["name"] == "lora2"] == ["finished", "finished"]
+    assert "| lora2 |" in (tmp_path / "reports" / "cmp.md").read_text()
