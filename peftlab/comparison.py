@@ -40,6 +40,9 @@ class Comparison:
     # {recipe file: [lr, ...]}, "auto" (a grid per method family) or None (each recipe's own lr)
     lrs: dict[str, list[float]] | str | None = None
     bootstrap: int = 1000  # resamples behind the report's intervals and paired tests
+    # more paired tests beside those against the baseline: {variant: the variant it is tested against}, e.g. an
+    # initialisation against the plain method it starts ({"loftq_sst2": "qlora_sst2"})
+    pairs: dict[str, str] = field(default_factory=dict)
 
 
 
@@ -82,6 +85,8 @@ def load_comparison(path: Path, seeds: list[int] | None = None, recipe_lrs: bool
                      for seed in comparison.seeds]
     names = [v.name for v in variants]
     check(comparison.baseline in names, f"{path}: baseline {comparison.baseline!r} is not among the recipes {sorted(set(names))}")
+    unknown = sorted({n for pair in comparison.pairs.items() for n in pair} - set(names))
+    check(not unknown, f"{path}: pairs name {unknown}, not among the recipes {sorted(set(names))}")
     lr_grids(comparison, path)  # a bad grid is an error before anything runs
     return comparison, variants
 
@@ -167,7 +172,7 @@ def run_all(args, argv: list[str], console) -> dict:
     grids = lr_grids(comparison, args.comparison)
     record = {"name": comparison.name, "baseline": comparison.baseline, "seeds": comparison.seeds,
               "overrides": comparison.overrides, "budget": getattr(args, "budget", None),
-              "bootstrap": comparison.bootstrap, "variants": [], "lr_search": {},
+              "bootstrap": comparison.bootstrap, "pairs": comparison.pairs, "variants": [], "lr_search": {},
               "command": shlex.join(["python", "-m", "peftlab.compare", *argv])}
     resume = getattr(args, "resume", None)
     out_root, recorded, earlier_seconds = (resumed(resume, record) if resume else

@@ -180,6 +180,21 @@ def _paired_section(record: dict, rows: list[dict], figs: dict, metrics: list[st
             f"bootstrap; **bold \\*** marks p < {comparison_stats.ALPHA}.\n\n" + table(header, body))
 
 
+def _pairs_section(record: dict, figs: dict, metrics: list[str], raw: tuple[str, ...]) -> str:
+    """The comparison's own pairs (Comparison.pairs): a variant against another, tested as against the baseline."""
+    pairs = {a: b for a, b in record.get("pairs", {}).items() if a in figs and b in figs}
+    if not pairs:
+        return ""
+    header = ["variant", "against"] + [f"Δ {_header(k, raw)}" for k in metrics]
+    body = []
+    for a, b in pairs.items():
+        differences = comparison_stats.paired(figs[a].replicates, figs[b].replicates) or {}
+        body.append([a, b] + [_difference_cell(differences[k], _scale(k, raw)) if k in differences
+                              else "no shared seed" for k in metrics])
+    return ("## Other paired tests\n\nThe pairs the comparison file names: the first variant minus the second, "
+            "tested as above.\n\n" + table(header, body))
+
+
 def _separation_notes(figs: dict, metrics: list[str], raw: tuple[str, ...]) -> str:
     notes = []
     for k in metrics:
@@ -285,6 +300,7 @@ def render(record: dict, rows: list[dict], first: dict, figs: dict, plot_dir: st
         f"of its memory): {', '.join(_front(rows, figs, main, greater))}.",
         f"![peak memory vs {main}]({plot_dir}/{PLOT_MEMORY})\n\n![trainable parameters vs {main}]({plot_dir}/{PLOT_PARAMS})",
         _paired_section(record, rows, figs, [main, *others], raw),
+        _pairs_section(record, figs, [main, *others], raw),
         _lr_section(record, raw),
         "## Environment\n\n" + table(["item", "value"], [
             ["hardware", f"{env['cpu']} ({env['cpu_count']} cores), GPU: {env['gpu'] or 'none'}"],
@@ -300,18 +316,28 @@ def render(record: dict, rows: list[dict], first: dict, figs: dict, plot_dir: st
     ] if part) + "\n"
 
 
+def _difference_json(d) -> dict:
+    return {"delta": d.difference, "delta_ci95": [d.low, d.high], "p_value": d.p_value}
+
+
 def results_json(figs: dict, record: dict) -> dict:
-    """Per variant and metric: mean, `ci95`, and the paired difference to the baseline with its `p_value`."""
+    """Per variant and metric: mean, `ci95`, and the paired difference to the baseline with its `p_value`; a variant
+    the comparison pairs with another (Comparison.pairs) also has `vs` {against, metrics: the same differences}."""
     search = record.get("lr_search", {})
     grids = lr_grid_scores(record)
-    return {name: {"lr": search.get(name, {}).get("chosen"), "lr_grid": {f"{lr:g}": s for lr, s in
+    pairs = record.get("pairs", {})
+    results = {name: {"lr": search.get(name, {}).get("chosen"), "lr_grid": {f"{lr:g}": s for lr, s in
                                                                          grids.get(name, {}).items()},
-                   "seeds": sorted(fig.replicates),
-                   "metrics": {k: {"mean": ci.point, "ci95": [ci.low, ci.high]}
-                               | ({"delta": d.difference, "delta_ci95": [d.low, d.high], "p_value": d.p_value}
-                                  if (d := fig.vs_baseline.get(k)) else {})
-                               for k, ci in fig.intervals.items()}}
-            for name, fig in figs.items()}
+                      "seeds": sorted(fig.replicates),
+                      "metrics": {k: {"mean": ci.point, "ci95": [ci.low, ci.high]}
+                                  | (_difference_json(d) if (d := fig.vs_baseline.get(k)) else {})
+                                  for k, ci in fig.intervals.items()}}
+               for name, fig in figs.items()}
+    for a, b in pairs.items():
+        if a in figs and b in figs:
+            differences = comparison_stats.paired(figs[a].replicates, figs[b].replicates) or {}
+            results[a]["vs"] = {"against": b, "metrics": {k: _difference_json(d) for k, d in differences.items()}}
+    return results
 
 
 def write(record: dict, reports_dir: Path) -> Path:

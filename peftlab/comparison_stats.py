@@ -42,7 +42,8 @@ def ranking_metric(task) -> tuple[str, bool]:
     return task.BEST_METRIC, getattr(task, "GREATER_IS_BETTER", True)
 
 
-def _paired(a: dict[int, stats.Replicates], b: dict[int, stats.Replicates]) -> dict[str, stats.Difference] | None:
+def paired(a: dict[int, stats.Replicates], b: dict[int, stats.Replicates]) -> dict[str, stats.Difference] | None:
+    """a − b per metric, on the same examples, pooled over the seeds both ran; None when they share no seed."""
     shared = sorted(a.keys() & b.keys())
     return stats.pooled_difference([a[s] for s in shared], [b[s] for s in shared]) if shared else None
 
@@ -57,12 +58,12 @@ def figures(runs: dict[str, list[dict]], baseline: str, task, n_boot: int = 1000
                   for name, records in runs.items() if records}
     base = replicates.get(baseline)
     return {name: VariantFigures(stats.pooled_interval(list(reps.values())),
-                                 (_paired(reps, base) or {}) if base else {}, reps)
+                                 (paired(reps, base) or {}) if base else {}, reps)
             for name, reps in replicates.items()}
 
 
 def significantly_better(a: VariantFigures, b: VariantFigures, metric: str, greater_is_better: bool) -> bool:
-    difference = (_paired(a.replicates, b.replicates) or {}).get(metric)
+    difference = (paired(a.replicates, b.replicates) or {}).get(metric)
     return (difference is not None and difference.p_value < ALPHA
             and (difference.difference > 0) == greater_is_better)
 

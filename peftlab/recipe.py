@@ -364,8 +364,9 @@ def _parse_value(text: str, tp: Any, path: str) -> Any:
             except PeftlabError as err:
                 errors.append(str(err))
         raise PeftlabError(errors[0] if errors else f"--set {path}: cannot parse {text!r}")
-    if origin is list:
-        return [_parse_value(item.strip(), args[0], path) for item in text.split(",") if item.strip()]
+    if origin is list:  # a,b — or a list as a recipe writes it, ["a", "b"]
+        items = text[1:-1].split(",") if text.startswith("[") and text.endswith("]") else text.split(",")
+        return [_parse_value(item.strip().strip("'\""), args[0], path) for item in items if item.strip()]
     if origin is Literal:
         check(text in args, f"--set {path}={text}: expected one of {', '.join(map(str, args))}")
         return text

@@ -2,7 +2,8 @@
 VeRA, AdaLoRA, OFT, BOFT) against the same full fine-tuning and LoRA rows, under compare_sst2's protocol: the same
 4,000-sentence training subset, a learning rate chosen per method on the selection split, seeds 0, 1 and 2. A second
 file rather than 21 rows in compare_sst2.py, whose committed report holds the first ten: run this one to add these.
-QLoRA is here too, so that LoftQ (its quantization-aware initialisation) is tested against it on the same examples.
+QLoRA is here too, so that LoftQ (its quantization-aware initialisation) is tested against it on the same examples
+(pairs).
 Cost: 14 methods × (3 + 2) runs, over an hour on a 2-core CPU; --resume continues it after a stop.
 """
 
@@ -17,4 +18,5 @@ comparison = Comparison(
     seeds=[0, 1, 2],
     lrs="auto",
     overrides=["data.train_limit=4000"],
+    pairs={"loftq_sst2": "qlora_sst2"},  # LoftQ's point: a better start than plain QLoRA on the same 4-bit base
 )

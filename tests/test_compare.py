@@ -149,6 +149,33 @@ def test_report_rebuilds_from_records_alone(comparison, tmp_path):
     assert (tmp_path / "cmp.md").read_text() == (comparison / "reports" / "cmp.md").read_text()
 
 
+@pytest.mark.slow
+def test_named_pairs_are_tested_like_the_baseline(comparison, tmp_path):
+    """Comparison.pairs adds paired tests between two variants: lora against full must give exactly the figures of
+    lora's test against the baseline (full), in the markdown and in the JSON."""
+    from peftlab import comparison_report
+
+    record = json.loads((comparison / "reports" / "cmp.json").read_text())
+    record.pop("results")
+    comparison_report.write(record | {"pairs": {"lora": "full"}}, tmp_path)
+    report, results = (tmp_path / "cmp.md").read_text(), json.loads((tmp_path / "cmp.json").read_text())["results"]
+    assert results["lora"]["vs"]["against"] == "full"
+    for metric, figures in results["lora"]["vs"]["metrics"].items():
+        assert figures == {k: results["lora"]["metrics"][metric][k] for k in ("delta", "delta_ci95", "p_value")}
+    baseline_row = next(line for line in report.split("## Paired tests")[1].splitlines() if line.startswith("| lora |"))
+    pair_row = next(line for line in report.split("## Other paired tests")[1].splitlines() if line.startswith("| lora |"))
+    assert pair_row == baseline_row.replace("| lora |", "| lora | full |", 1)
+
+
+def test_pairs_must_name_variants_of_the_comparison(tmp_path, tiny_bert):
+    write_recipe(tmp_path / "a.py", tiny_bert, name="a")
+    (tmp_path / "cmp.py").write_text("from peftlab import Comparison\n"
+                                     "comparison = Comparison(name='x', recipes=['a.py'], baseline='a', "
+                                     "pairs={'a': 'qlora'})\n")
+    with pytest.raises(PeftlabError, match=r"pairs name \['qlora'\], not among the recipes"):
+        load_comparison(tmp_path / "cmp.py")
+
+
 def test_variants_must_share_the_task(tmp_path, tiny_bert):
     write_recipe(tmp_path / "a.py", tiny_bert, name="a")
     other = write_recipe(tmp_path / "b.py", tiny_bert, name="b")

@@ -97,6 +97,12 @@ def trains_counts_and_reloads(tmp_path, model_dir, method, expected, fragments, 
     return model, reloaded
 
 
+def test_modules_to_save_that_match_nothing_are_an_error(tmp_path, bert64):
+    with pytest.raises(PeftlabError, match=r"modules_to_save: \['LayerNrom'\] match no module") as info:
+        _build(_recipe(tmp_path, bert64, LoRA(r=4, modules_to_save=["LayerNrom"])))
+    assert "\n" not in str(info.value)
+
+
 def test_full_fine_tuning_trains_everything(tmp_path, bert64):
     model, _, _ = _build(_recipe(tmp_path, bert64, FullFineTuning()))
     params = count_parameters(model)

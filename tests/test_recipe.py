@@ -80,6 +80,9 @@ def test_overrides_are_typed(tmp_path, tiny_bert):
     assert recipe.train.epochs == 2.0 and recipe.method.r == 16 and recipe.method.target == ["query", "key"]
     assert recipe.data.train_limit is None
     assert load_recipe(path, ["method.target=all-linear"]).method.target == "all-linear"
+    # a list as a recipe writes it reads as that list, not as one name with brackets and quotes
+    assert load_recipe(path, ['method.modules_to_save=["LayerNorm"]']).method.modules_to_save == ["LayerNorm"]
+    assert load_recipe(path, ["method.target=['query', 'key']"]).method.target == ["query", "key"]
     assert "expected int" in _error(path, ["method.r=big"])
     assert "Train has no field 'epoch' (did you mean 'epochs'?)" in _error(path, ["train.epoch=2"])
     assert "use the form section.field=value" in _error(path, ["train.epochs"])

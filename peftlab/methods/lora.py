@@ -82,6 +82,11 @@ class LoRA(PeftMethod):
                           modules_to_save=list(ctx.heads) + list(self.modules_to_save) or None)
 
     def wrap(self, model, ctx: Context):
+        # peft skips a modules_to_save name that matches no module without a word: the run would train without it
+        names = [name for name, _ in model.named_modules()]
+        missing = [m for m in self.modules_to_save if not any(n == m or n.endswith("." + m) for n in names)]
+        check(not missing, f"recipe.method.modules_to_save: {missing} match no module of {type(model).__name__}; "
+                           "name modules it has, e.g. 'LayerNorm' (BERT) or 'norm' (Llama)")
         if self.shapes_only(model, ctx):  # the initialisation changes values, never shapes
             return self.peft_model(model, self.peft_config(ctx, "default"))
         config = self.peft_config(ctx)
