@@ -244,9 +244,9 @@ def _protocol_line(first: dict) -> str:
 
 
 def _resumed_line(record: dict) -> str:
-    """A comparison that stopped and was continued (--resume) says so: its runs may span more than one sitting."""
+    """A comparison continued with --resume (after a stop, or to add recipes) says so: its runs span more than one sitting."""
     commands = record.get("resumed", [])
-    return "Resumed after a stop with:\n\n```\n" + "\n".join(commands) + "\n```" if commands else ""
+    return "Continued (after a stop, or to add recipes) with:\n\n```\n" + "\n".join(commands) + "\n```" if commands else ""
 
 
 def _commits(rows: list[dict]) -> str:
