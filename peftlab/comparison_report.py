@@ -180,17 +180,21 @@ def _paired_section(record: dict, rows: list[dict], figs: dict, metrics: list[st
             f"bootstrap; **bold \\*** marks p < {comparison_stats.ALPHA}.\n\n" + table(header, body))
 
 
+def pair_differences(record: dict, figs: dict) -> dict[str, tuple[str, dict]]:
+    """The comparison's own pairs (Comparison.pairs) that both ran: variant -> (the variant it is tested against,
+    the paired differences per metric, as against the baseline)."""
+    return {a: (b, comparison_stats.paired(figs[a].replicates, figs[b].replicates) or {})
+            for a, b in record.get("pairs", {}).items() if a in figs and b in figs}
+
+
 def _pairs_section(record: dict, figs: dict, metrics: list[str], raw: tuple[str, ...]) -> str:
-    """The comparison's own pairs (Comparison.pairs): a variant against another, tested as against the baseline."""
-    pairs = {a: b for a, b in record.get("pairs", {}).items() if a in figs and b in figs}
+    pairs = pair_differences(record, figs)
     if not pairs:
         return ""
     header = ["variant", "against"] + [f"Δ {_header(k, raw)}" for k in metrics]
-    body = []
-    for a, b in pairs.items():
-        differences = comparison_stats.paired(figs[a].replicates, figs[b].replicates) or {}
-        body.append([a, b] + [_difference_cell(differences[k], _scale(k, raw)) if k in differences
-                              else "no shared seed" for k in metrics])
+    body = [[a, b] + [_difference_cell(differences[k], _scale(k, raw)) if k in differences else "no shared seed"
+                      for k in metrics]
+            for a, (b, differences) in pairs.items()]
     return ("## Other paired tests\n\nThe pairs the comparison file names: the first variant minus the second, "
             "tested as above.\n\n" + table(header, body))
 
@@ -325,7 +329,6 @@ def results_json(figs: dict, record: dict) -> dict:
     the comparison pairs with another (Comparison.pairs) also has `vs` {against, metrics: the same differences}."""
     search = record.get("lr_search", {})
     grids = lr_grid_scores(record)
-    pairs = record.get("pairs", {})
     results = {name: {"lr": search.get(name, {}).get("chosen"), "lr_grid": {f"{lr:g}": s for lr, s in
                                                                          grids.get(name, {}).items()},
                       "seeds": sorted(fig.replicates),
@@ -333,10 +336,8 @@ def results_json(figs: dict, record: dict) -> dict:
                                   | (_difference_json(d) if (d := fig.vs_baseline.get(k)) else {})
                                   for k, ci in fig.intervals.items()}}
                for name, fig in figs.items()}
-    for a, b in pairs.items():
-        if a in figs and b in figs:
-            differences = comparison_stats.paired(figs[a].replicates, figs[b].replicates) or {}
-            results[a]["vs"] = {"against": b, "metrics": {k: _difference_json(d) for k, d in differences.items()}}
+    for a, (b, differences) in pair_differences(record, figs).items():
+        results[a]["vs"] = {"against": b, "metrics": {k: _difference_json(d) for k, d in differences.items()}}
     return results
 
 
