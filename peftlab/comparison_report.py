@@ -248,7 +248,7 @@ def _protocol_line(first: dict) -> str:
 
 
 def _resumed_line(record: dict) -> str:
-    """A comparison continued with --resume (after a stop, or to add recipes) says so: its runs span more than one sitting."""
+    """A comparison continued with --resume (after a stop, or to add recipes) says so: its runs span sittings."""
     commands = record.get("resumed", [])
     return "Continued (after a stop, or to add recipes) with:\n\n```\n" + "\n".join(commands) + "\n```" if commands else ""
 
