@@ -356,7 +356,7 @@ def _parse_value(text: str, tp: Any, path: str) -> Any:
             return None
         errors = []
         candidates = [a for a in args if a is not type(None)]
-        if "," in text:  # "a,b" reads as a list where the field accepts one
+        if "," in text or text.startswith("["):  # "a,b" and "[a]" read as a list where the field accepts one
             candidates.sort(key=lambda a: typing.get_origin(a) is not list)
         for arg in candidates:
             try:

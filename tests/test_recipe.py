@@ -83,6 +83,7 @@ def test_overrides_are_typed(tmp_path, tiny_bert):
     # a list as a recipe writes it reads as that list, not as one name with brackets and quotes
     assert load_recipe(path, ['method.modules_to_save=["LayerNorm"]']).method.modules_to_save == ["LayerNorm"]
     assert load_recipe(path, ["method.target=['query', 'key']"]).method.target == ["query", "key"]
+    assert load_recipe(path, ['method.target=["query"]']).method.target == ["query"]  # str | list: one name
     assert "expected int" in _error(path, ["method.r=big"])
     assert "Train has no field 'epoch' (did you mean 'epochs'?)" in _error(path, ["train.epoch=2"])
     assert "use the form section.field=value" in _error(path, ["train.epochs"])
