@@ -187,8 +187,7 @@ def pair_differences(record: dict, figs: dict) -> dict[str, tuple[str, dict]]:
             for a, b in record.get("pairs", {}).items() if a in figs and b in figs}
 
 
-def _pairs_section(record: dict, figs: dict, metrics: list[str], raw: tuple[str, ...]) -> str:
-    pairs = pair_differences(record, figs)
+def _pairs_section(pairs: dict[str, tuple[str, dict]], metrics: list[str], raw: tuple[str, ...]) -> str:
     if not pairs:
         return ""
     header = ["variant", "against"] + [f"Δ {_header(k, raw)}" for k in metrics]
@@ -272,7 +271,7 @@ def _load_row(rows: list[dict], cores: int) -> list[list[str]]:
              f"{min(loads):.1f}-{max(loads):.1f}" + (busy if max(loads) > cores + 0.5 else "")]]
 
 
-def render(record: dict, rows: list[dict], first: dict, figs: dict, plot_dir: str) -> str:
+def render(record: dict, rows: list[dict], first: dict, figs: dict, pairs: dict, plot_dir: str) -> str:
     main, others = _metric_names(first, figs)
     raw = _raw_metrics(first)
     greater = comparison_stats.ranking_metric(_task(first))[1]
@@ -304,7 +303,7 @@ def render(record: dict, rows: list[dict], first: dict, figs: dict, plot_dir: st
         f"of its memory): {', '.join(_front(rows, figs, main, greater))}.",
         f"![peak memory vs {main}]({plot_dir}/{PLOT_MEMORY})\n\n![trainable parameters vs {main}]({plot_dir}/{PLOT_PARAMS})",
         _paired_section(record, rows, figs, [main, *others], raw),
-        _pairs_section(record, figs, [main, *others], raw),
+        _pairs_section(pairs, [main, *others], raw),
         _lr_section(record, raw),
         "## Environment\n\n" + table(["item", "value"], [
             ["hardware", f"{env['cpu']} ({env['cpu_count']} cores), GPU: {env['gpu'] or 'none'}"],
@@ -324,7 +323,7 @@ def _difference_json(d) -> dict:
     return {"delta": d.difference, "delta_ci95": [d.low, d.high], "p_value": d.p_value}
 
 
-def results_json(figs: dict, record: dict) -> dict:
+def results_json(figs: dict, record: dict, pairs: dict[str, tuple[str, dict]]) -> dict:
     """Per variant and metric: mean, `ci95`, and the paired difference to the baseline with its `p_value`; a variant
     the comparison pairs with another (Comparison.pairs) also has `vs` {against, metrics: the same differences}."""
     search = record.get("lr_search", {})
@@ -336,7 +335,7 @@ def results_json(figs: dict, record: dict) -> dict:
                                   | (_difference_json(d) if (d := fig.vs_baseline.get(k)) else {})
                                   for k, ci in fig.intervals.items()}}
                for name, fig in figs.items()}
-    for a, (b, differences) in pair_differences(record, figs).items():
+    for a, (b, differences) in pairs.items():
         results[a]["vs"] = {"against": b, "metrics": {k: _difference_json(d) for k, d in differences.items()}}
     return results
 
@@ -359,6 +358,7 @@ def write(record: dict, reports_dir: Path) -> Path:
     _plot(rows, figs, main, lambda r: r["runs"][0]["metrics"]["trainable_params"], "trainable parameters",
           plot_dir / PLOT_PARAMS, True, set(), raw)
     path = reports_dir / f"{record['name']}.md"
-    rundir.write_atomic(path, render(record, rows, first, figs, record["name"]))
-    rundir.write_json(reports_dir / f"{record['name']}.json", record | {"results": results_json(figs, record)})
+    pairs = pair_differences(record, figs)  # once, for the markdown and the JSON
+    rundir.write_atomic(path, render(record, rows, first, figs, pairs, record["name"]))
+    rundir.write_json(reports_dir / f"{record['name']}.json", record | {"results": results_json(figs, record, pairs)})
     return path
