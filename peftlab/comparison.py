@@ -43,7 +43,12 @@ class Comparison:
     # more paired tests beside those against the baseline: {variant: the variant it is tested against}, e.g. an
     # initialisation against the plain method it starts ({"loftq_sst2": "qlora_sst2"})
     pairs: dict[str, str] = field(default_factory=dict)
-
+    # the recipe files whose runs generate (a causal LM's exact match on its generation prompts, minutes a run on a
+    # CPU); the others run with data.generate_split=None. None: each variant as its recipe says
+    generate: list[str] | None = None
+    # the seeds whose runs generate (None: every seed): exact match on a few hundred prompts costs more than training
+    # on a CPU; its interval then covers the prompts of those seeds only, and the report says so
+    generate_seeds: list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -53,11 +58,25 @@ class Variant:
     seed: int
     is_recipe_run: bool = False  # no overrides, the recipe's own seed: the very run `peftlab.run RECIPE` makes
     lr: float | None = None  # a learning-rate grid point or the chosen rate; None: the recipe's own
+    generates: bool = False  # a causal LM that generates from its prompts (exact match)
+    skips_generation: bool = False  # its recipe generates, the comparison leaves that out (Comparison.generate)
+    # a grid point of a variant that generates, run without generating: the rate is chosen on the selection split,
+    # which generation does not score, so the search skips it and the chosen rate runs again on the first seed
+    search: bool = False
 
     @property
     def label(self) -> str:
-        return f"{self.name}-seed{self.seed}" + ("" if self.lr is None else f"-lr{self.lr:g}")
+        return (f"{self.name}-seed{self.seed}" + ("" if self.lr is None else f"-lr{self.lr:g}")
+                + ("-search" if self.search else ""))
 
+    @property
+    def overrides(self) -> list[str]:
+        """This variant's own `--set` items, after the comparison's."""
+        return (([] if self.lr is None else [f"train.lr={self.lr!r}"])
+                + ([NO_GENERATION] if self.search or self.skips_generation else []))
+
+
+NO_GENERATION = "data.generate_split=None"
 
 
 def load_comparison(path: Path, seeds: list[int] | None = None, recipe_lrs: bool = False,
@@ -81,12 +100,21 @@ def load_comparison(path: Path, seeds: list[int] | None = None, recipe_lrs: bool
         first = first or recipe
         check(recipe.model.name == first.model.name and recipe.data == first.data,
               f"{recipe_path}: model or data differ from {comparison.recipes[0]}; a comparison needs the same task")
-        variants += [Variant(recipe_path, recipe.name, seed, not comparison.overrides and seed == recipe.train.seed)
-                     for seed in comparison.seeds]
+        prompts = recipe.model.task == "causal_lm" and recipe.data.generate_split is not None
+        chosen = prompts and (comparison.generate is None or name in comparison.generate)
+        for seed in comparison.seeds:
+            generates = chosen and (comparison.generate_seeds is None or seed in comparison.generate_seeds)
+            variants.append(Variant(recipe_path, recipe.name, seed, generates == prompts and not comparison.overrides
+                                    and seed == recipe.train.seed, generates=generates,
+                                    skips_generation=prompts and not generates))
     names = [v.name for v in variants]
     check(comparison.baseline in names, f"{path}: baseline {comparison.baseline!r} is not among the recipes {sorted(set(names))}")
     unknown = sorted({n for pair in comparison.pairs.items() for n in pair} - set(names))
     check(not unknown, f"{path}: pairs name {unknown}, not among the recipes {sorted(set(names))}")
+    unknown = sorted(set(comparison.generate or []) - set(comparison.recipes))
+    check(not unknown, f"{path}: generate names {unknown}, not among the recipe files {comparison.recipes}")
+    unknown = sorted(set(comparison.generate_seeds or []) - set(comparison.seeds))
+    check(not unknown, f"{path}: generate_seeds {unknown} are not among the seeds {comparison.seeds}")
     lr_grids(comparison, path)  # a bad grid is an error before anything runs
     return comparison, variants
 
@@ -112,7 +140,7 @@ def search_lr(first: Variant, grid: list[float], run: Callable[[Variant], dict],
     grid, todo = list(grid), list(grid)
     while todo:
         lr = todo.pop(0)
-        result = run(replace(first, lr=lr, is_recipe_run=False))
+        result = run(replace(first, lr=lr, is_recipe_run=False, search=first.generates))
         if result["state"] == "finished":
             record = run_report.load_record(Path(result["run"]))
             metric, scores[lr], greater = lr_search.selection_score(record, get_task(record["recipe"]["model"]["task"]))
@@ -144,7 +172,7 @@ def run_variant(variant: Variant, comparison: Comparison, out_root: Path, report
         command += ["--base-cache", str(base_cache)]
     if not variant.is_recipe_run:
         command += ["--set", f"train.seed={variant.seed}"]
-    for item in comparison.overrides + ([] if variant.lr is None else [f"train.lr={variant.lr!r}"]):
+    for item in comparison.overrides + variant.overrides:
         command += ["--set", item]
     if budget is not None:
         command += ["--budget", str(budget)]
@@ -162,7 +190,7 @@ def run_variant(variant: Variant, comparison: Comparison, out_root: Path, report
     if finished and variant.is_recipe_run:  # the recipe's own report too, rather than running it a second time
         run_report.write(run, reports_dir.parent)
     return {"name": variant.name, "seed": variant.seed, "lr": variant.lr, "recipe": str(variant.recipe),
-            "run": str(run) if run else None,
+            "search": variant.search, "run": str(run) if run else None,
             "state": "finished" if finished else "does not fit" if unfit else "failed",
             "error": error, "seconds": time.perf_counter() - started}
 
@@ -172,7 +200,8 @@ def run_all(args, argv: list[str], console) -> dict:
     grids = lr_grids(comparison, args.comparison)
     record = {"name": comparison.name, "baseline": comparison.baseline, "seeds": comparison.seeds,
               "overrides": comparison.overrides, "budget": getattr(args, "budget", None),
-              "bootstrap": comparison.bootstrap, "pairs": comparison.pairs, "variants": [], "lr_search": {},
+              "bootstrap": comparison.bootstrap, "pairs": comparison.pairs, "generate": comparison.generate,
+              "generate_seeds": comparison.generate_seeds, "variants": [], "lr_search": {},
               "command": shlex.join(["python", "-m", "peftlab.compare", *argv])}
     resume = getattr(args, "resume", None)
     out_root, recorded, earlier_seconds = (resumed(resume, record) if resume else
@@ -207,7 +236,10 @@ def run_all(args, argv: list[str], console) -> dict:
             if name in grids:  # the first seed's run at the chosen rate is one of the grid's
                 extend = lr_search.EDGE_EXTENSIONS if comparison.lrs == "auto" else 0  # a list given is kept
                 search = record["lr_search"][name] = search_lr(first, grids[name], run, extend)
-                todo = [replace(v, lr=search["chosen"], is_recipe_run=False) for v in rest] if search["chosen"] is not None else []
+                # the first seed runs again at the chosen rate where its grid runs left generation out
+                again = [first] if first.generates else []
+                todo = [replace(v, lr=search["chosen"], is_recipe_run=False) for v in again + rest] \
+                    if search["chosen"] is not None else []
             for variant in todo:
                 run(variant)
     record["wall_seconds"] = earlier_seconds + time.perf_counter() - started
@@ -228,14 +260,14 @@ def resumed(out_root: Path, record: dict) -> tuple[Path, dict[str, dict], float]
     earlier = rundir.read_json(path)
     state = rundir.read_status(out_root)["state"]
     check(state != "running", f"--resume {out_root}: that comparison is still running; wait for it or stop it first")
-    same = ("name", "seeds", "overrides", "budget")
+    same = ("name", "seeds", "overrides", "budget", "generate", "generate_seeds")
     differs = [key for key in same if earlier.get(key) != record[key]]
     check(not differs, f"--resume {out_root}: {', '.join(differs)} differ from that comparison's "
                        f"({', '.join(f'{k}={earlier.get(k)!r}' for k in differs)}); resume with the same options")
     record["resumed"] = [*earlier.get("resumed", []), record["command"]]
     record["command"] = earlier["command"]
     rundir.set_status(out_root, "running")
-    done = {Variant(Path(v["recipe"]), v["name"], v["seed"], lr=v["lr"]).label: v
+    done = {Variant(Path(v["recipe"]), v["name"], v["seed"], lr=v["lr"], search=v.get("search", False)).label: v
             for v in earlier["variants"] if v["state"] != "failed"}
     return out_root, done, earlier.get("wall_seconds", 0.0)
 

@@ -11,7 +11,7 @@ import math
 import statistics
 from pathlib import Path
 
-from . import comparison_stats, lr_search, rundir
+from . import comparison_stats, lr_search, rundir, stats
 from .data import title
 from .measure import human_bytes
 from .memory import compared_plan
@@ -37,10 +37,10 @@ def _header(name: str, raw: tuple[str, ...]) -> str:
 
 def _reported_runs(record: dict) -> list[dict]:
     """The runs the tables report: for a variant with a learning-rate search, those at its chosen rate (the other
-    grid points are shown in the learning-rate table only)."""
+    grid points are shown in the learning-rate table only; grid runs that left generation out, in that table only)."""
     search = record.get("lr_search", {})
-    return [v for v in record["variants"]
-            if v["name"] not in search or search[v["name"]]["chosen"] in (None, v.get("lr"))]
+    return [v for v in record["variants"] if not v.get("search")
+            and (v["name"] not in search or search[v["name"]]["chosen"] in (None, v.get("lr")))]
 
 
 def summarise(record: dict) -> tuple[list[dict], dict]:
@@ -61,8 +61,26 @@ def _metric_names(first: dict, figs: dict) -> tuple[str, list[str]]:
     main, _ = comparison_stats.ranking_metric(_task(first))
     metrics = first["metrics"]["task_metrics"]
     per_type = _per_type_keys(metrics)  # entity recognition's per-type scores stay in each run's report
-    scored = next(iter(figs.values())).intervals
-    return main, [k for k in metrics if k not in (main, "loss") and k not in per_type and k in scored]
+    scored = dict.fromkeys(k for fig in figs.values() for k in fig.intervals)  # a variant may score fewer
+    return main, [k for k in dict.fromkeys([*metrics, *scored])
+                  if k not in (main, "loss") and k not in per_type and k in scored]
+
+
+def _partial_metrics_note(figs: dict, metrics: list[str], record: dict) -> str:
+    """A metric only some variants or seeds scored (a causal LM's exact match, where the comparison generates for a
+    few variants, or on its first seed only: Comparison.generate, generate_seeds)."""
+    notes = []
+    for k in metrics:
+        seeds = {name: sorted(s for s, r in fig.replicates.items() if k in r.point) for name, fig in figs.items()}
+        having = [name for name in figs if seeds[name]]
+        fewer = sorted({tuple(seeds[name]) for name in having if len(seeds[name]) < len(figs[name].replicates)})
+        if len(having) == len(figs) and not fewer:
+            continue
+        on = f" on seed {', '.join(map(str, fewer[0]))} only (its interval covers the examples, not the seeds)" \
+            if len(fewer) == 1 else ""
+        others = "" if len(having) == len(figs) else "; the other variants ran without it"
+        notes.append(f"{k}: scored for {', '.join(having)}{on}{others}.")
+    return "\n".join(f"- {n}" for n in notes)
 
 
 def _values(row: dict, key: str) -> list[float]:
@@ -102,7 +120,8 @@ def _row_cells(row: dict, main: str, others: list[str], fig, raw: tuple[str, ...
             human_bytes(m0["saved_bytes"]), *memory_cells(row),
             f"{statistics.fmean(_values(row, 'train_seconds')):.1f} s",
             f"{statistics.fmean(_values(row, 'train_samples_per_second')):.1f}"] \
-        + [_interval_cell(fig.intervals[k], _scale(k, raw)) for k in [main, *others]] \
+        + [_interval_cell(fig.intervals[k], _scale(k, raw)) if k in fig.intervals else "—"
+           for k in [main, *others]] \
         + [_difference_cell(delta, _scale(main, raw)) if delta else "no shared seed"]
 
 
@@ -173,7 +192,8 @@ def _front(rows: list[dict], figs: dict, main: str, greater: bool) -> list[str]:
 def _paired_section(record: dict, rows: list[dict], figs: dict, metrics: list[str], raw: tuple[str, ...]) -> str:
     header = ["variant"] + [f"Δ {_header(k, raw)}" for k in metrics]
     body = [[r["name"]] + [_difference_cell(figs[r["name"]].vs_baseline[k], _scale(k, raw))
-                           if k in figs[r["name"]].vs_baseline else "no shared seed" for k in metrics]
+                           if k in figs[r["name"]].vs_baseline
+                           else "—" if figs[r["name"]].vs_baseline else "no shared seed" for k in metrics]
             for r in rows if r["name"] in figs and r["name"] != record["baseline"]]
     return (f"## Paired tests against {record['baseline']}\n\nEach variant minus {record['baseline']} on the same "
             f"examples, pooled over the seeds both ran: Δ [95 % interval] and the two-sided p-value of a paired "
@@ -211,8 +231,10 @@ def _separation_notes(figs: dict, metrics: list[str], raw: tuple[str, ...]) -> s
 def lr_grid_scores(record: dict) -> dict[str, dict[float, float]]:
     """Per searched variant, each grid point's selection-split score, read again from the grid runs' records."""
     scores: dict[str, dict[float, float]] = {}
+    searched = {v["name"] for v in record["variants"] if v.get("search")}  # its grid runs, not the re-run after
     for v in record["variants"]:
-        if v["name"] in record.get("lr_search", {}) and v["seed"] == record["seeds"][0]:
+        if (v["name"] in record.get("lr_search", {}) and v["seed"] == record["seeds"][0]
+                and (v.get("search") or v["name"] not in searched)):
             run = load_record(Path(v["run"])) if v["state"] == "finished" else None
             value = lr_search.selection_score(run, _task(run))[1] if run else math.nan
             scores.setdefault(v["name"], {})[v["lr"]] = value
@@ -297,11 +319,12 @@ def render(record: dict, rows: list[dict], first: dict, figs: dict, pairs: dict,
         f"phase (README, section Memory). Wall time of the whole comparison: {record['wall_seconds'] / 60:.1f} min.",
         _protocol_line(first),
         "## Results\n\n" + table(header, [_row_cells(r, main, others, figs.get(r["name"]), raw) for r in rows]),
-        _separation_notes(figs, others, raw),
+        "\n".join(filter(None, [_separation_notes(figs, others, raw), _partial_metrics_note(figs, others, record)])),
         f"Pareto front (lowest training peak for its {main}; a variant leaves it only for one significantly "
         f"better, p < {comparison_stats.ALPHA}, or clearly cheaper, under {comparison_stats.CLEARLY_CHEAPER:.0%} "
         f"of its memory): {', '.join(_front(rows, figs, main, greater))}.",
         f"![peak memory vs {main}]({plot_dir}/{PLOT_MEMORY})\n\n![trainable parameters vs {main}]({plot_dir}/{PLOT_PARAMS})",
+        _base_section(rows),
         _paired_section(record, rows, figs, [main, *others], raw),
         _pairs_section(pairs, [main, *others], raw),
         _lr_section(record, raw),
@@ -317,6 +340,38 @@ def render(record: dict, rows: list[dict], first: dict, figs: dict, pairs: dict,
                                 v["state"] + (f": {v['error']}" if v["error"] else ""), f"`{v['run']}`"]
                                for v in record["variants"]]),
     ] if part) + "\n"
+
+
+def _base_section(rows: list[dict]) -> str:
+    """A task that scores the base model before training (causal LM): its figures once per base (variants on the
+    same weights and quantization share them; a comparison computes them once, --base-cache). Exact match carries
+    its interval from the base's generations (generations.json)."""
+    bases: dict[str, list] = {}
+    for row in rows:
+        for run in row["runs"][:1]:
+            before = run["metrics"].get("before")
+            if not before:
+                continue
+            quant = run["recipe"].get("quant")
+            base = bases.setdefault("base model" + (f" ({quant['kind']})" if quant else ""), [before, None, []])
+            base[2].append(row["name"])
+            generations = Path(run["dir"]) / "generations.json"
+            if base[1] is None and generations.is_file():
+                base[1] = [{"id": i, "kind": "generation", "exact": o["correct"]}
+                           for i, o in enumerate(rundir.read_json(generations)["before"])]
+    if not bases:
+        return ""
+    from .tasks import causal_lm
+
+    body = []
+    for name, (before, records, variants) in bases.items():
+        exact = stats.bootstrap_ci(records, causal_lm.score_predictions)["exact_match"] if records else None
+        body.append([name, ", ".join(variants)] + [f"{before[k]:.2f}" if k in before else "—"
+                                                   for k in ("perplexity", "nll_per_token")]
+                    + [f"{_interval_cell(exact, 100)} ({len(records)} prompts)" if exact else "—"])
+    return ("## Before training\n\nThe base model as loaded, before any training, scored once per base on the same "
+            "examples and prompts as the variants (exact match with its 95 % bootstrap interval over prompts).\n\n"
+            + table(["base", "variants on it", "perplexity", "nll_per_token", "exact match (%)"], body))
 
 
 def _difference_json(d) -> dict:

@@ -71,7 +71,11 @@ def generation_batch_size(recipe) -> int:
     """Prompts generated together: at most as many tokens (prompt of up to max_length plus max_new_tokens each) as a
     training micro-batch holds (micro x max_length). A generated token keeps its keys and values in the cache, per
     layer 2 x kv_heads x head_dim numbers (SmolLM2: 384), fewer than the hidden state per layer (576) that even a
-    checkpointed training step keeps per token, and one step's logits cover one position per prompt."""
+    checkpointed training step keeps per token, and one step's logits cover one position per prompt.
+    Train.generation_batch_size, when set, is used as given: larger batches generate faster on a CPU
+    (reports/bench_causal_lm.md measures it), at the cost of an evaluation peak above the training one."""
+    if recipe.train.generation_batch_size is not None:
+        return recipe.train.generation_batch_size
     tokens = micro_batch_size(recipe) * recipe.data.max_length
     per_prompt = recipe.data.max_length + recipe.data.max_new_tokens
     return max(1, min(recipe.train.eval_batch_size, tokens // per_prompt))

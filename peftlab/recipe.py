@@ -144,6 +144,8 @@ class Train:
     lr: float = 5e-4
     batch_size: int = 32  # examples per optimizer step, over all processes
     eval_batch_size: int = 128  # at most this many per evaluation/generation batch (peftlab/levers.py may use fewer)
+    # prompts generated together (causal LM); None: as many as keep generation below the training peak (levers)
+    generation_batch_size: int | None = None
     # memory levers (peftlab/levers.py): "auto" checkpoints the causal LM's layers, not the short-sequence encoders
     gradient_checkpointing: bool | Literal["auto"] = "auto"
     micro_batch_size: int | None = None  # examples per forward pass (over all processes); None: batch_size
@@ -175,6 +177,8 @@ class Train:
               f"{where}.micro_batch_size={self.micro_batch_size}: must divide batch_size={self.batch_size}, e.g. "
               f"{max(d for d in range(1, self.batch_size // 2 + 1) if self.batch_size % d == 0)}, or None")
         check(self.eval_batch_size >= 1, f"{where}.eval_batch_size={self.eval_batch_size}: use a positive size")
+        check(self.generation_batch_size is None or self.generation_batch_size >= 1,
+              f"{where}.generation_batch_size={self.generation_batch_size}: use a positive size or None")
         check(0 <= self.warmup_ratio < 1, f"{where}.warmup_ratio={self.warmup_ratio}: use a value in [0, 1)")
         check(self.weight_decay >= 0, f"{where}.weight_decay={self.weight_decay}: must be >= 0")
         check(self.max_grad_norm > 0, f"{where}.max_grad_norm={self.max_grad_norm}: must be > 0")

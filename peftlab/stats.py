@@ -28,6 +28,7 @@ intervals and pairwise differences of a comparison come from the same draws by a
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -86,10 +87,13 @@ def _sorted_by_id(records: Sequence[dict]) -> list[dict]:
 def resample_indices(strata: Sequence[str], n_boot: int, seed: int) -> np.ndarray:
     """(n_boot, n) example indices drawn with replacement, each within its own stratum (record kind) so that a
     resample keeps how many records of each kind there are. Depends only on its arguments: every run of a
-    comparison scored with the same examples and seed sees the same resamples."""
-    rng, labels = np.random.default_rng(seed), np.asarray(strata)
+    comparison scored with the same examples and seed sees the same resamples. Each stratum draws from a stream of
+    its own (seeded by its name), so a kind's resamples do not depend on which other kinds a run has: a causal LM
+    that generated and one that did not are still paired on their perplexity records."""
+    labels = np.asarray(strata)
     indices = np.empty((n_boot, len(labels)), dtype=np.int64)
     for stratum in sorted(set(strata)):
+        rng = np.random.default_rng([seed, zlib.crc32(stratum.encode())])
         positions = np.flatnonzero(labels == stratum)
         indices[:, positions] = positions[rng.integers(0, len(positions), size=(n_boot, len(positions)))]
     return indices
@@ -134,12 +138,24 @@ def replicate(records: Sequence[dict], score_fn: ScoreFn, n_boot: int = 1000, se
     return Replicates(tuple(map(_key, ordered)), point, draws, seed, not isinstance(score, dict))
 
 
+def _of_kind(run: Replicates, kind: str) -> list:
+    return [i for i in run.ids if i[0] == kind]
+
+
 def _check_same_examples(runs: Sequence[Replicates]) -> None:
+    """Runs pooled or paired hold the same examples of every record kind they have (a causal LM's run that did not
+    generate has no generation records: its perplexity still pools and pairs with those that did, and a metric is
+    pooled over the runs that scored it), and share at least one kind."""
     check(len(runs) > 0, "no runs to pool")
     first = runs[0]
+    kinds = [{kind for kind, _ in run.ids} for run in runs]
+    check(bool(set.intersection(*kinds)), "the runs share no kind of prediction record; there is nothing to pool")
+    for kind in set.union(*kinds):
+        having = [_of_kind(run, kind) for run, own in zip(runs, kinds) if kind in own]
+        check(all(ids == having[0] for ids in having),
+              "runs were scored on different examples; pool and pair only runs evaluated on the "
+              "same examples (the protocol fixes the evaluation subset across seeds)")
     for run in runs[1:]:
-        check(run.ids == first.ids, "runs were scored on different examples; pool and pair only runs evaluated on the "
-                                    "same examples (the protocol fixes the evaluation subset across seeds)")
         check(run.seed == first.seed and len(next(iter(run.draws.values()))) == len(next(iter(first.draws.values()))),
               "runs were resampled with different bootstrap settings; use one n_boot and seed for a comparison")
 
@@ -164,31 +180,37 @@ def _percentiles(draws: np.ndarray, level: float) -> tuple[float, float]:
 
 
 def pooled_interval(runs: Sequence[Replicates], level: float = 0.95) -> dict[str, Interval]:
-    """Mean over runs (seeds) of each metric, with a hierarchical bootstrap interval (module docstring)."""
+    """Mean over runs (seeds) of each metric, with a hierarchical bootstrap interval (module docstring); a metric
+    only some runs scored is pooled over those."""
     _check_same_examples(runs)
-    picks = _seed_draws(len(runs), len(next(iter(runs[0].draws.values()))), runs[0].seed)
-    return {key: Interval(float(np.mean([run.point[key] for run in runs])),
-                          *_percentiles(_pooled_draws(runs, key, picks), level))
-            for key in runs[0].point}
+    result = {}
+    for key in dict.fromkeys(k for run in runs for k in run.point):
+        having = [run for run in runs if key in run.point]
+        picks = _seed_draws(len(having), len(having[0].draws[key]), having[0].seed)
+        result[key] = Interval(float(np.mean([run.point[key] for run in having])),
+                               *_percentiles(_pooled_draws(having, key, picks), level))
+    return result
 
 
 def pooled_difference(runs_a: Sequence[Replicates], runs_b: Sequence[Replicates],
                       level: float = 0.95) -> dict[str, Difference]:
     """Paired a − b per metric, pooled over seeds: runs_a[i] and runs_b[i] share seed i; every replicate draws the
-    same examples and the same seeds for both sides."""
+    same examples and the same seeds for both sides. A metric is differenced on the seeds where both sides scored
+    it, and not at all where they never both did."""
     check(len(runs_a) == len(runs_b), "pair runs seed by seed: give both sides the same seeds")
     _check_same_examples([*runs_a, *runs_b])
-    n_boot = len(next(iter(runs_a[0].draws.values())))
-    picks = _seed_draws(len(runs_a), n_boot, runs_a[0].seed)
     result = {}
-    for key in runs_a[0].point.keys() & runs_b[0].point.keys():
-        point = float(np.mean([a.point[key] - b.point[key] for a, b in zip(runs_a, runs_b)]))
-        draws = _pooled_draws(runs_a, key, picks) - _pooled_draws(runs_b, key, picks)
+    for key in sorted({k for a, b in zip(runs_a, runs_b) for k in a.point.keys() & b.point.keys()}):
+        pairs = [(a, b) for a, b in zip(runs_a, runs_b) if key in a.point and key in b.point]
+        side_a, side_b = [a for a, _ in pairs], [b for _, b in pairs]
+        picks = _seed_draws(len(pairs), len(side_a[0].draws[key]), side_a[0].seed)
+        point = float(np.mean([a.point[key] - b.point[key] for a, b in pairs]))
+        draws = _pooled_draws(side_a, key, picks) - _pooled_draws(side_b, key, picks)
         draws = draws[~np.isnan(draws)]
         # +1 on both counts: the observed data count as one replicate, so p is never exactly 0 from finite draws
         below, above = (np.sum(draws <= 0) + 1) / (len(draws) + 1), (np.sum(draws >= 0) + 1) / (len(draws) + 1)
         result[key] = Difference(point, *_percentiles(draws, level), float(min(1.0, 2 * min(below, above))))
-    return dict(sorted(result.items()))
+    return result
 
 
 def _unwrap(result: dict, run: Replicates) -> object:

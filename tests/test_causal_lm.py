@@ -607,3 +607,44 @@ def test_a_conversation_recipe_runs_end_to_end(tmp_path, llama, chat_dir, capsys
     assert predict.main([str(run), "--eval", "--data-dir", str(chat_dir)]) == 0
     rescored = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["eval"]
     assert rescored["perplexity"] == pytest.approx(metrics["task_metrics"]["perplexity"], rel=1e-5)
+
+
+# ------------------------------------------------------------------------------------------- comparison
+
+@pytest.mark.slow  # six tiny runs, each its own process
+def test_comparison_generates_only_where_asked_and_never_in_its_grid(tmp_path, llama, sums_dir, monkeypatch):
+    """compare_gsm8k's shape on the tiny Llama: LoRA generates on seed 0 and full fine-tuning not at all
+    (Comparison.generate, generate_seeds); LoRA's grid runs leave generation out and its chosen rate runs again on
+    seed 0 with it. Perplexity is still pooled over both seeds and paired across the two; exact match is reported
+    for LoRA's seed 0 alone, the base's once."""
+    from peftlab import compare
+
+    monkeypatch.setenv("PEFTLAB_DATA_DIR", str(sums_dir))
+    for name, method in (("full", "FullFineTuning()"), ("lora", "LoRA(r=8, alpha=16, target='all-linear')")):
+        path = write_recipe(tmp_path / f"{name}.py", llama, method=method, train="epochs=1, lr=1e-3, batch_size=8")
+        path.write_text(path.read_text().replace('name="tiny_causal"', f"name={name!r}"))
+    (tmp_path / "cmp.py").write_text(
+        "from peftlab import Comparison\n"
+        "comparison = Comparison(name='cmp', recipes=['full.py', 'lora.py'], baseline='full', seeds=[0, 1],\n"
+        "                        bootstrap=200, lrs={'lora.py': [1e-3, 1e-2]}, generate=['lora.py'],\n"
+        "                        generate_seeds=[0])\n")
+    reports = tmp_path / "reports"
+    assert compare.main([str(tmp_path / "cmp.py"), "--runs-dir", str(tmp_path / "runs"),
+                         "--reports-dir", str(reports)]) == 0
+    record = json.loads((reports / "cmp.json").read_text())
+    chosen = record["lr_search"]["lora"]["chosen"]
+    assert [(v["name"], v["seed"], v["lr"], v["search"], v["state"]) for v in record["variants"]] == [
+        ("full", 0, None, False, "finished"), ("full", 1, None, False, "finished"),
+        ("lora", 0, 1e-3, True, "finished"), ("lora", 0, 1e-2, True, "finished"),
+        ("lora", 0, chosen, False, "finished"), ("lora", 1, chosen, False, "finished")]
+    for v in record["variants"]:
+        generated = "exact_match" in json.loads((Path(v["run"]) / "metrics.json").read_text())["task_metrics"]
+        assert generated == (v["name"] == "lora" and not v["search"] and v["seed"] == 0), v
+    results = record["results"]
+    assert "exact_match" in results["lora"]["metrics"] and "exact_match" not in results["full"]["metrics"]
+    assert set(results["lora"]["metrics"]["perplexity"]) >= {"ci95", "p_value"}  # paired against full anyway
+    assert set(results["lora"]["lr_grid"]) == {"0.001", "0.01"}
+    report = (reports / "cmp.md").read_text()
+    assert "exact_match: scored for lora on seed 0 only" in report and "other variants ran without it" in report
+    base_row = next(line for line in report.splitlines() if line.startswith("| base model |"))
+    assert "full, lora" in base_row and "(6 prompts)" in base_row

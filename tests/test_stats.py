@@ -131,6 +131,53 @@ def test_record_kinds_are_resampled_separately():
     assert result["exact_match"].low < 0.5 < result["exact_match"].high
 
 
+def test_a_run_without_generations_pairs_with_one_that_has_them_on_perplexity():
+    """A causal LM that generated (perplexity and generation records) against one that did not (perplexity only),
+    on the same perplexity examples: a kind's resamples do not depend on the other kinds a run has, so the pair is
+    scored on the same perplexity examples in every resample (Δ* = the per-example shift, exactly), and exact
+    match, which only one side has, is not differenced."""
+    def score(rs):
+        ppl = [r for r in rs if r["kind"] == "perplexity"]
+        gen = [r for r in rs if r["kind"] == "generation"]
+        nll = sum(r["nll"] for r in ppl) / sum(r["tokens"] for r in ppl)
+        return {"nll_per_token": nll} | ({"exact_match": sum(r["exact"] for r in gen) / len(gen)} if gen else {})
+
+    ppl = [{"kind": "perplexity", "id": i, "nll": 2.0 + i % 5, "tokens": 2} for i in range(40)]
+    generated = ppl + [{"kind": "generation", "id": i, "exact": i % 4 == 0} for i in range(12)]
+    shifted = [dict(r, nll=r["nll"] + 0.2) for r in ppl]  # every example's NLL per token 0.1 higher
+    a, b = stats.replicate(generated, score, 300, seed=4), stats.replicate(shifted, score, 300, seed=4)
+    np.testing.assert_allclose(b.draws["nll_per_token"] - a.draws["nll_per_token"], 0.1)
+    diff = stats.pooled_difference([b], [a])
+    assert set(diff) == {"nll_per_token"} and diff["nll_per_token"].difference == pytest.approx(0.1)
+    other = stats.replicate([dict(r, id=r["id"] + 100) for r in shifted], score, 300, seed=4)
+    with pytest.raises(PeftlabError, match="different examples"):
+        stats.pooled_difference([other], [a])
+
+
+def test_a_metric_only_some_seeds_scored_pools_over_those():
+    """Seed 0 generated, seeds 1 and 2 did not: perplexity pools over the three, exact match is seed 0's alone
+    (its interval is seed 0's bootstrap over prompts), and a paired difference of exact match uses seed 0 only."""
+    def score(rs):
+        ppl = [r for r in rs if r["kind"] == "perplexity"]
+        gen = [r for r in rs if r["kind"] == "generation"]
+        nll = sum(r["nll"] for r in ppl) / sum(r["tokens"] for r in ppl)
+        return {"nll_per_token": nll} | ({"exact_match": sum(r["exact"] for r in gen) / len(gen)} if gen else {})
+
+    def run(shift, generate, exact_every=4):
+        records = [{"kind": "perplexity", "id": i, "nll": 2.0 + i % 5 + shift, "tokens": 2} for i in range(40)]
+        records += [{"kind": "generation", "id": i, "exact": i % exact_every == 0} for i in range(12)] if generate else []
+        return stats.replicate(records, score, 300, seed=4)
+
+    a = [run(0.0, True), run(0.2, False), run(0.4, False)]
+    pooled = stats.pooled_interval(a)
+    assert pooled["nll_per_token"].point == pytest.approx(np.mean([r.point["nll_per_token"] for r in a]))
+    alone = stats.pooled_interval(a[:1])["exact_match"]
+    assert pooled["exact_match"] == alone and alone.point == pytest.approx(3 / 12)
+    b = [run(0.0, True, exact_every=2), run(0.2, False), run(0.4, False)]
+    diff = stats.pooled_difference(b, a)
+    assert diff["exact_match"].difference == pytest.approx(3 / 12) and diff["nll_per_token"].difference == 0
+
+
 def test_additive_scores_resample_like_any_score():
     """Accuracy and Pearson as sums of per-example statistics: the vectorised resampling gives the same draws as
     calling the score once per resample."""
