@@ -255,7 +255,14 @@ def _lr_section(record: dict, raw: tuple[str, ...]) -> str:
                      if s["chosen"] is None else f"{s['chosen']:g}"])
     return (f"## Learning rates\n\nEach variant's grid ran on seed {record['seeds'][0]}; the rate with the best "
             "selection-split score (its best checkpoint's, on examples held out of train) was kept and the other "
-            "seeds ran at it.\n\n" + table(["variant", "selection metric", "grid: score", "chosen"], rows))
+            "seeds ran at it." + _rerun_note(record) + "\n\n"
+            + table(["variant", "selection metric", "grid: score", "chosen"], rows))
+
+
+def _rerun_note(record: dict) -> str:
+    rerun = list(dict.fromkeys(v["name"] for v in record["variants"] if v.get("search")))
+    return (f" {', '.join(rerun)} ran the grid without generating (generation scores the reported split only) and "
+            f"the chosen rate again on seed {record['seeds'][0]}, with generation." if rerun else "")
 
 
 def _protocol_line(first: dict) -> str:
@@ -348,13 +355,13 @@ def _base_section(rows: list[dict]) -> str:
     its interval from the base's generations (generations.json)."""
     bases: dict[str, list] = {}
     for row in rows:
-        for run in row["runs"][:1]:
+        for run in row["runs"]:  # the base's generations are in the runs that generated (generate_seeds)
             before = run["metrics"].get("before")
             if not before:
                 continue
             quant = run["recipe"].get("quant")
             base = bases.setdefault("base model" + (f" ({quant['kind']})" if quant else ""), [before, None, []])
-            base[2].append(row["name"])
+            base[2] += [] if row["name"] in base[2] else [row["name"]]
             generations = Path(run["dir"]) / "generations.json"
             if base[1] is None and generations.is_file():
                 base[1] = [{"id": i, "kind": "generation", "exact": o["correct"]}

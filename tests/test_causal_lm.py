@@ -646,5 +646,38 @@ def test_comparison_generates_only_where_asked_and_never_in_its_grid(tmp_path, l
     assert set(results["lora"]["lr_grid"]) == {"0.001", "0.01"}
     report = (reports / "cmp.md").read_text()
     assert "exact_match: scored for lora on seed 0 only" in report and "other variants ran without it" in report
+    assert "lora ran the grid without generating" in report
     base_row = next(line for line in report.splitlines() if line.startswith("| base model |"))
     assert "full, lora" in base_row and "(6 prompts)" in base_row
+
+
+# ------------------------------------------------------------------------------------------- newer methods
+
+LORA_ALL = "r=8, alpha=16, dropout=0.0, target='all-linear'"
+NEWER_METHODS = {  # what compare_gsm8k_more runs, on the tiny Llama: (method, recipe extra)
+    "pissa": (f"LoRA({LORA_ALL}, init='pissa')", ""),
+    "olora": (f"LoRA({LORA_ALL}, init='olora')", ""),
+    "loftq": (f"LoRA({LORA_ALL}, init='loftq')", "quant=Quant4bit(),"),
+    "loraplus": (f"LoRA({LORA_ALL}, loraplus_ratio=16)", ""),
+    "rslora": (f"LoRA({LORA_ALL}, rslora=True)", ""),
+    "vera": ("VeRA(r=32, target='all-linear')", ""),
+    "adalora": ("AdaLoRA(init_r=8, target_r=4, alpha=16, target='all-linear')", ""),
+    "oft": ("OFT(block_size=16, target='all-linear')", ""),
+    "boft": ("BOFT(block_size=8, butterfly_factors=1, target='all-linear')", ""),
+}
+
+
+@pytest.mark.slow  # a tiny run per method
+@pytest.mark.parametrize("name", NEWER_METHODS)
+def test_newer_methods_train_generate_and_reload_on_a_causal_lm(tmp_path, llama, sums_dir, capsys, name):
+    """Each method beyond LoRA that compare_gsm8k_more runs, through the real CLI on a causal LM: it learns the
+    sums (perplexity below the base's), generates, and its saved adapter reloads to the same perplexity."""
+    method, extra = NEWER_METHODS[name]
+    run = run_recipe(tmp_path, write_recipe(tmp_path / "r.py", llama, method=method, extra=extra), sums_dir)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["task_metrics"]["perplexity"] < metrics["before"]["perplexity"]
+    assert metrics["generation"]["new_tokens_after"] > 0
+    capsys.readouterr()
+    assert predict.main([str(run), "--eval", "--data-dir", str(sums_dir)]) == 0
+    rescored = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["eval"]
+    assert rescored["perplexity"] == pytest.approx(metrics["task_metrics"]["perplexity"], rel=1e-5)

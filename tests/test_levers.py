@@ -250,6 +250,9 @@ def test_evaluation_and_generation_batches_follow_the_micro_batch():
     assert levers.eval_batch_size(_recipe(micro_batch_size=2), num_layers=30) == 2
     assert levers.generation_batch_size(_recipe()) == 8 * 384 // (384 + 200)
     assert levers.generation_batch_size(_recipe(micro_batch_size=1)) == 1
+    assert levers.generation_batch_size(_recipe(micro_batch_size=1, generation_batch_size=64)) == 64  # as given
+    with pytest.raises(PeftlabError, match=r"generation_batch_size=0: use a positive size or None"):
+        _recipe(generation_batch_size=0).train.check("recipe.train")
 
 
 def test_fit_budget_prefers_large_micro_batches_then_checkpointing():
