@@ -12,9 +12,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from . import comparison_report, rundir
+from . import comparison_records, comparison_report
 from .comparison import Comparison, run_all  # noqa: F401 — Comparison: older comparison files import it from here
-from .errors import PeftlabError, check
+from .errors import PeftlabError
 from .plan import parse_size
 
 
@@ -22,10 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m peftlab.compare", description=__doc__.splitlines()[0])
     parser.add_argument("comparison", type=Path, help="a recipes/compare_*.py file, or with --report-only a "
-                                                      "finished comparison directory")
+                                                      "comparison directory or its kept records")
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from recorded runs")
     parser.add_argument("--resume", type=Path, default=None, metavar="DIR",
-                        help="continue a comparison that stopped part-way (runs/<comparison>-<timestamp>): its "
+                        help="continue a comparison that stopped part-way or gained recipes "
+                             "(runs/<comparison>-<timestamp>, or its records in reports/<comparison>/records): its "
                              "finished runs are kept, the rest run")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
     parser.add_argument("--reports-dir", type=Path, default=Path("reports"))
@@ -41,9 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True, soft_wrap=True)
     try:
         if args.report_only:
-            check((args.comparison / "comparison.json").is_file(), f"{args.comparison} is not a finished comparison "
-                  "directory (no comparison.json): pass runs/<comparison>-<timestamp>")
-            record = rundir.read_json(args.comparison / "comparison.json")
+            record = comparison_records.load(args.comparison)
         else:
             record = run_all(args, argv, console)
         path = comparison_report.write(record, args.reports_dir)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from . import lr_search, run_report, rundir
+from . import comparison_records, lr_search, run_report, rundir
 from .errors import PeftlabError, check
 from .recipe import load_recipe
 from .tasks import get_task
@@ -204,11 +204,15 @@ def run_all(args, argv: list[str], console) -> dict:
               "generate_seeds": comparison.generate_seeds, "variants": [], "lr_search": {},
               "command": shlex.join(["python", "-m", "peftlab.compare", *argv])}
     resume = getattr(args, "resume", None)
-    out_root, recorded, earlier_seconds = (resumed(resume, record) if resume else
+    out_root, recorded, earlier_seconds = (resumed(resume, record, args.runs_dir) if resume else
                                            (rundir.create(args.runs_dir, comparison.name), {}, 0.0))
     record["dir"] = str(out_root)
     started = time.perf_counter()
     reports_dir = args.reports_dir / comparison.name
+
+    def save() -> None:  # after every run: --resume continues from either
+        rundir.write_json(out_root / "comparison.json", record)
+        comparison_records.keep(record, reports_dir / "records")
     # where a task scores the base model before training, the variants sharing a base score it once (--base-cache)
     scores_base = {path: hasattr(get_task(load_recipe(path, comparison.overrides).model.task), "Evaluation")
                    for path in dict.fromkeys(v.recipe for v in variants)}
@@ -223,7 +227,7 @@ def run_all(args, argv: list[str], console) -> dict:
                 out_root / "base" if scores_base[variant.recipe] else None)
             record["variants"].append(result)
             record["wall_seconds"] = earlier_seconds + time.perf_counter() - started
-            rundir.write_json(out_root / "comparison.json", record)  # after every run: --resume continues from here
+            save()
             state = "[green]done" if result["state"] == "finished" else \
                 f"[yellow]{result['error']}" if result["state"] == "does not fit" else f"[red]failed: {result['error']}"
             progress.console.print(f"{variant.label}: {state} ({result['seconds']:.0f} s)", highlight=False)
@@ -243,22 +247,23 @@ def run_all(args, argv: list[str], console) -> dict:
             for variant in todo:
                 run(variant)
     record["wall_seconds"] = earlier_seconds + time.perf_counter() - started
-    rundir.write_json(out_root / "comparison.json", record)
+    save()
     rundir.set_status(out_root, rundir.FINISHED)
     return record
 
 
-def resumed(out_root: Path, record: dict) -> tuple[Path, dict[str, dict], float]:
-    """A comparison directory to continue: (the directory, its finished runs by variant label, the wall seconds it
-    had run). One that stopped part-way runs what is missing; a finished one whose file has since gained recipes runs
-    those (a finished one with nothing new only rebuilds its report). Only a comparison with the same name, seeds,
-    overrides and budget resumes; its failed runs run again. The learning-rate search is re-derived from the
-    recorded grid runs, so the same choice follows."""
-    path = out_root / "comparison.json"
-    check(path.is_file(), f"--resume {out_root}: no comparison.json there; pass runs/<comparison>-<timestamp> of a "
-                          "comparison that started with this version of peftlab")
-    earlier = rundir.read_json(path)
-    state = rundir.read_status(out_root)["state"]
+def resumed(out_root: Path, record: dict, runs_dir: Path) -> tuple[Path, dict[str, dict], float]:
+    """A comparison to continue: (the directory its runs go to, its finished runs by variant label, the wall seconds
+    it had run). One that stopped part-way runs what is missing; a finished one whose file has since gained recipes
+    runs those (a finished one with nothing new only rebuilds its report). Only a comparison with the same name,
+    seeds, overrides and budget resumes; its failed runs run again. The learning-rate search is re-derived from the
+    recorded grid runs, so the same choice follows. From kept records (reports/<comparison>/records, perhaps made on
+    another machine) the new runs go to a new runs directory, which starts with the records' base-model figures."""
+    check((out_root / "comparison.json").is_file(), f"--resume {out_root}: no comparison.json there; pass "
+          "runs/<comparison>-<timestamp> or reports/<comparison>/records of a comparison made with this version")
+    earlier = comparison_records.load(out_root)
+    kept = comparison_records.is_records(out_root)
+    state = "finished" if kept else rundir.read_status(out_root)["state"]
     check(state != "running", f"--resume {out_root}: that comparison is still running; wait for it or stop it first")
     same = ("name", "seeds", "overrides", "budget", "generate", "generate_seeds")
     differs = [key for key in same if earlier.get(key) != record[key]]
@@ -266,6 +271,9 @@ def resumed(out_root: Path, record: dict) -> tuple[Path, dict[str, dict], float]
                        f"({', '.join(f'{k}={earlier.get(k)!r}' for k in differs)}); resume with the same options")
     record["resumed"] = [*earlier.get("resumed", []), record["command"]]
     record["command"] = earlier["command"]
+    if kept:  # the records are rewritten after every run, so the kept runs move to the new runs directory first
+        records, out_root = out_root, rundir.create(runs_dir, record["name"])
+        earlier["variants"] = comparison_records.copy_into(records, earlier["variants"], out_root)
     rundir.set_status(out_root, "running")
     done = {Variant(Path(v["recipe"]), v["name"], v["seed"], lr=v["lr"], search=v.get("search", False)).label: v
             for v in earlier["variants"] if v["state"] != "failed"}

@@ -149,6 +149,26 @@ def test_report_rebuilds_from_records_alone(comparison, tmp_path):
     assert (tmp_path / "cmp.md").read_text() == (comparison / "reports" / "cmp.md").read_text()
 
 
+def _without_runs_section(report: str) -> str:
+    return report.split("## Runs")[0]
+
+
+@pytest.mark.slow
+def test_kept_records_rebuild_the_report_without_the_runs_directory(comparison, tmp_path):
+    """reports/<comparison>/records holds what every figure comes from and no weights: copied elsewhere (another
+    machine, the runs directory gone), it rebuilds the same report; only the run paths it lists differ."""
+    import shutil
+
+    records = shutil.copytree(comparison / "reports" / "cmp" / "records", tmp_path / "elsewhere" / "records")
+    kept = {p.name for p in records.rglob("*") if p.is_file()}
+    assert "predictions.jsonl" in kept and "metrics.json" in kept
+    assert not kept & {"adapter_model.safetensors", "model.safetensors", "optimizer.pt"}
+    assert compare.main([str(records), "--report-only", "--reports-dir", str(tmp_path / "out")]) == 0
+    rebuilt, original = (tmp_path / "out" / "cmp.md").read_text(), (comparison / "reports" / "cmp.md").read_text()
+    assert _without_runs_section(rebuilt) == _without_runs_section(original)
+    assert str(records) in rebuilt.split("## Runs")[1]
+
+
 @pytest.mark.slow
 def test_named_pairs_are_tested_like_the_baseline(comparison, tmp_path):
     """Comparison.pairs adds paired tests between two variants: lora against full must give exactly the figures of
@@ -302,4 +322,44 @@ def test_resume_adds_a_recipe_to_a_finished_comparison(comparison, tmp_path, mon
     resumed = json.loads((tmp_path / "reports" / "cmp.json").read_text())
     assert resumed["variants"][:len(full["variants"])] == full["variants"]
     assert [v["state"] for v in resumed["variants"] if v["name"] == "lora2"] == ["finished", "finished"]
+    assert "| lora2 |" in (tmp_path / "reports" / "cmp.md").read_text()
+
+
+@pytest.mark.slow
+def test_resume_from_kept_records_adds_a_recipe(comparison, tmp_path, monkeypatch, data_dir):
+    """A comparison continued from its kept records (as on another machine): the recorded runs are kept, the new
+    recipe's runs run in a new runs directory, and the records afterwards hold both."""
+    import shutil
+
+    from peftlab import comparison as harness
+
+    full = json.loads((comparison / "reports" / "cmp.json").read_text())
+    records = shutil.copytree(comparison / "reports" / "cmp" / "records", tmp_path / "reports" / "cmp" / "records")
+    for name in ("full.py", "lora.py", "broken.py"):
+        shutil.copy(comparison / name, tmp_path / name)
+    (tmp_path / "lora2.py").write_text((comparison / "lora.py").read_text().replace("name='lora'", "name='lora2'"))
+    (tmp_path / "cmp.py").write_text((comparison / "cmp.py").read_text().replace("'broken.py']",
+                                                                                "'broken.py', 'lora2.py']"))
+    ran, real_run = [], harness.run_variant
+
+    def run_or_fail(variant, *args, **kwargs):  # the failed runs fail again; the new recipe's runs run for real
+        ran.append(variant.label)
+        if variant.name == "lora2":
+            return real_run(variant, *args, **kwargs)
+        return next(v for v in full["variants"] if (v["name"], v["seed"], v["lr"]) == (variant.name, variant.seed,
+                                                                                      variant.lr))
+
+    monkeypatch.setattr(harness, "run_variant", run_or_fail)
+    monkeypatch.setenv("PEFTLAB_DATA_DIR", str(data_dir))
+    argv = [str(tmp_path / "cmp.py"), "--resume", str(records), "--runs-dir", str(tmp_path / "runs"),
+            "--reports-dir", str(tmp_path / "reports")]
+    assert compare.main(argv) == 0
+    assert ran == ["broken-seed0", "broken-seed1", "lora2-seed0", "lora2-seed1"]
+    resumed = json.loads((tmp_path / "reports" / "cmp.json").read_text())
+    assert Path(resumed["dir"]).parent == tmp_path / "runs"
+    before = [{k: v for k, v in r.items() if k != "run"} for r in full["variants"]]
+    assert [{k: v for k, v in r.items() if k != "run"} for r in resumed["variants"][:len(before)]] == before
+    kept = json.loads((records / "comparison.json").read_text())
+    assert [v["name"] for v in kept["variants"]].count("lora2") == 2
+    assert all((records / v["run"] / "metrics.json").is_file() for v in kept["variants"] if v["state"] == "finished")
     assert "| lora2 |" in (tmp_path / "reports" / "cmp.md").read_text()
