@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, default=Settings.prompts, help="generation prompts")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(Settings.batch_sizes))
+    parser.add_argument("--decoders", nargs="+", default=list(Settings.decoders), choices=list(Settings.decoders),
+                        help="pruned: finished rows leave the batch; generate: transformers' generate keeps them")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--quick", action="store_true", help="a smoke: 1 warm-up + 1 step, 4 prompts, 16 tokens")
     parser.add_argument("--data-dir", default=None)
@@ -40,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     from peftlab.errors import cli_exit_code
 
     settings = Settings(steps=args.steps, warmup=args.warmup, prompts=args.prompts, max_new_tokens=args.max_new_tokens,
-                        batch_sizes=tuple(args.batch_sizes), variants=tuple(args.variants), overrides=args.overrides)
+                        batch_sizes=tuple(args.batch_sizes), decoders=tuple(args.decoders),
+                        variants=tuple(args.variants), overrides=args.overrides)
     if args.quick:
         settings.steps, settings.warmup, settings.prompts, settings.max_new_tokens = 1, 1, 4, 16
         settings.batch_sizes, settings.peak_seconds = (1, 4), 1.0
@@ -54,7 +57,7 @@ def print_summary(record: dict, out: Path) -> int:
         print(f"train {name}: " + (result["error"] if "error" in result else
                                    f"{result['tokens_per_second']:.1f} tokens/s, MFU {100 * result['mfu']:.1f} %"))
     for result in record["generation"]["runs"]:
-        print(f"generate batch {result['batch_size']}: {result['tokens_per_second']:.1f} tokens/s, "
+        print(f"generate batch {result['batch_size']}, {result['decoder']}: {result['tokens_per_second']:.1f} tokens/s, "
               f"MFU {100 * result['mfu']:.1f} %")
     print(f"report: {out / 'bench_causal_lm.md'}")
     return 0

@@ -6,8 +6,9 @@
   A bounded number of steps after warm-up steps (the first steps pay for lazy initialisation and compilation);
   tokens are real (non-pad) tokens of the batches those steps trained;
 - generation tokens/s of greedy batched generation with the key-value cache (tasks/causal_lm.generate: prompts
-  sorted by token length, left padding) at several batch sizes, on the recipe's generation prompts, with whether
-  each batch size gives the same texts as one prompt at a time;
+  sorted by token length, left padding) at several batch sizes, on the recipe's generation prompts, with finished
+  rows dropped from the batch (peftlab's greedy_pruned) and kept to the end (transformers' generate), and whether
+  each gives the same texts as the first;
 - the model FLOPs utilisation of each against this machine's measured matmul peak (peftlab/flops.py): training
   against the peak of the precision it trains in (bf16 autocast: bf16), generation (float32) against fp32.
 
@@ -34,6 +35,7 @@ from .tasks import causal_lm, metrics_for
 from .training import build_trainer
 
 IGNORE = -100
+DECODERS = {"pruned": "dropped (peftlab)", "generate": "kept (transformers' generate)"}
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class Settings:
     prompts: int = 16  # generation prompts
     max_new_tokens: int | None = None  # default: the recipe's
     batch_sizes: tuple[int, ...] = (1, 4, 8, 16)
+    decoders: tuple[str, ...] = ("pruned", "generate")  # greedy_pruned, transformers' generate
     peak_seconds: float = 4.0
     variants: tuple[str, ...] = tuple(VARIANTS)
     overrides: list[str] = field(default_factory=list)
@@ -168,15 +171,17 @@ def generation(recipe, inputs, model, settings: Settings, model_flops: flops.Mod
     new_tokens = settings.max_new_tokens or recipe.data.max_new_tokens
     results, first = [], None
     for size in settings.batch_sizes:
-        print(f"generation: batch {size} …", file=sys.stderr, flush=True)
-        started = time.perf_counter()
-        texts, counts = causal_lm.generate_counted(model, inputs.tokenizer, prompts, new_tokens, batch_size=size)
-        seconds = time.perf_counter() - started
-        first = first or texts
-        work = model_flops.generation(prompt_lengths, counts)
-        results.append({"batch_size": size, "seconds": seconds, "new_tokens": sum(counts),
-                        "tokens_per_second": sum(counts) / seconds, "model_flops": work,
-                        "mfu": flops.mfu(work, seconds, peak["fp32"]), "same_texts_as_first": texts == first})
+        for decoder in settings.decoders:
+            print(f"generation: batch {size}, {decoder} …", file=sys.stderr, flush=True)
+            started = time.perf_counter()
+            texts, counts = causal_lm.generate_counted(model, inputs.tokenizer, prompts, new_tokens, batch_size=size,
+                                                       prune=decoder == "pruned")
+            seconds = time.perf_counter() - started
+            first = first or texts
+            work = model_flops.generation(prompt_lengths, counts)
+            results.append({"batch_size": size, "decoder": decoder, "seconds": seconds, "new_tokens": sum(counts),
+                            "tokens_per_second": sum(counts) / seconds, "model_flops": work,
+                            "mfu": flops.mfu(work, seconds, peak["fp32"]), "same_texts_as_first": texts == first})
     return {"prompts": len(prompts), "max_new_tokens": new_tokens, "prompt_tokens": prompt_lengths,
             "recipe_batch_size": levers.generation_batch_size(recipe), "runs": results}
 
@@ -230,7 +235,7 @@ def render(record: dict) -> str:
                          f"{100 * result['mfu']:.1f} %"])
     gen = record["generation"]
     generating = [[r["batch_size"] if r["batch_size"] != gen["recipe_batch_size"] else f"{r['batch_size']} (recipe)",
-                   r["new_tokens"], f"{r['seconds']:.1f}", f"{r['tokens_per_second']:.1f}", f"{100 * r['mfu']:.1f} %",
+                   DECODERS[r.get("decoder", "generate")], r["new_tokens"], f"{r['seconds']:.1f}", f"{r['tokens_per_second']:.1f}", f"{100 * r['mfu']:.1f} %",
                    "yes" if r["same_texts_as_first"] else "**no**"] for r in gen["runs"]]
     s = record["settings"]
     return "\n\n".join([
@@ -250,8 +255,10 @@ def render(record: dict) -> str:
                 training),
         f"## Generation\n\nGreedy, key-value cache, {gen['prompts']} prompts of the generation split sorted by "
         f"token length, left padding, at most {gen['max_new_tokens']} new tokens, float32; tokens/s counts each "
-        "prompt's tokens up to its end-of-sequence token. \"same texts\": every output equal to the first batch "
-        "size's.\n\n" + table(["batch", "new tokens", "seconds", "tokens/s", "MFU", "same texts"], generating),
+        "prompt's tokens up to its end-of-sequence token. \"finished rows\": dropped from the batch as each prompt "
+        "ends (peftlab's greedy decoding), or kept computing until the batch's longest answer ends (transformers' "
+        "generate). \"same texts\": every output equal to the first setting's.\n\n"
+        + table(["batch", "finished rows", "new tokens", "seconds", "tokens/s", "MFU", "same texts"], generating),
         "## Environment\n\n" + table(["item", "value"], [
             ["hardware", f"{env['cpu']} ({env['cpu_count']} cores, {env['torch_threads']} torch threads), "
                          f"GPU: {env['gpu'] or 'none'}"],

@@ -243,13 +243,13 @@ def test_generation_batches_prompts_by_token_length_and_restores_their_order(lla
     tokenizer = make_chat_tokenizer()
     questions = ["what is 1 = 2 = 3 = 4", "what is 19 plus 18 plus 17", "what is 12", "what is 9 plus 1", "what is 10"]
     prompts = [causal_lm.prompt_text(tokenizer, load_recipe_data(), {"question": q}) for q in questions]
-    widths, generate = [], model.generate
+    widths, greedy_pruned = [], causal_lm.greedy_pruned
 
-    def recording(**inputs):
-        widths.append(inputs["attention_mask"].sum(1).tolist())
-        return generate(**inputs)
+    def recording(model, encoded, *args):
+        widths.append(encoded["attention_mask"].sum(1).tolist())
+        return greedy_pruned(model, encoded, *args)
 
-    monkeypatch.setattr(model, "generate", recording)
+    monkeypatch.setattr(causal_lm, "greedy_pruned", recording)
     texts, counts = causal_lm.generate_counted(model, tokenizer, prompts, max_new_tokens=6, batch_size=2)
     monkeypatch.undo()
     lengths = sorted(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
@@ -257,6 +257,41 @@ def test_generation_batches_prompts_by_token_length_and_restores_their_order(lla
     alone = [causal_lm.generate_counted(model, tokenizer, [p], max_new_tokens=6) for p in prompts]
     assert texts == [t[0] for t, _ in alone] and counts == [c[0] for _, c in alone]
     assert causal_lm.generate(model, tokenizer, prompts, max_new_tokens=6, batch_size=2) == (texts, sum(counts))
+
+
+def test_greedy_generation_drops_finished_rows_and_keeps_generates_tokens(llama):
+    """greedy_pruned computes only the rows still generating, and its tokens are transformers' generate's with the
+    same end token. The end token is one the model itself produces early for one prompt, later or never for others,
+    so the rows end at different steps."""
+    from peftlab import LoRA
+
+    model = _wrapped(llama, LoRA(r=4, target="all-linear")).eval()
+    for param in model.parameters():
+        if param.requires_grad:
+            torch.nn.init.normal_(param, std=0.5)
+    tokenizer = make_chat_tokenizer()
+    questions = ["what is 3 plus 4", "what is 12 plus 1 and 2", "what is 9", "what is 19 plus 18", "what is 7 and 5"]
+    prompts = [causal_lm.prompt_text(tokenizer, load_recipe_data(), {"question": q}) for q in questions]
+    encoded = tokenizer(prompts, add_special_tokens=False, padding=True, padding_side="left",
+                        return_token_type_ids=False, return_tensors="pt")
+    with torch.no_grad():
+        unending = causal_lm.greedy_pruned(model, encoded, 10, -1)
+        def first_steps(token):
+            return [row.index(token) if token in row else None for row in unending]
+
+        eos = max({t for row in unending for t in row}, key=lambda t: len(set(first_steps(t))))
+        assert len(set(first_steps(eos))) > 1, first_steps(eos)
+        batch_rows = []
+        hook = model.get_base_model().register_forward_pre_hook(
+            lambda module, args, kwargs: batch_rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+        pruned = causal_lm.greedy_pruned(model, encoded, 10, eos)
+        hook.remove()
+        reference = model.generate(**encoded, max_new_tokens=10, eos_token_id=eos, pad_token_id=0, do_sample=False)
+    assert batch_rows[0] == len(prompts) and batch_rows[-1] < len(prompts)  # finished rows left the batch
+    assert batch_rows == sorted(batch_rows, reverse=True)
+    expected = [row[:row.index(eos) + 1] if eos in row else row
+                for row in reference[:, encoded["input_ids"].shape[1]:].tolist()]
+    assert pruned == expected
 
 
 def load_recipe_data():

@@ -40,7 +40,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, StoppingCriteria, StoppingCriteriaList
+from transformers import AutoModelForCausalLM, DynamicCache, StoppingCriteria, StoppingCriteriaList
 
 from .. import chat, levers, rundir
 from ..data import require_columns
@@ -266,13 +266,53 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     return texts, sum(counts)
 
 
+def _prunable(model, temperature: float, stop, streamer) -> bool:
+    """greedy_pruned applies: greedy, no stop strings or streamer (transformers' generate serves those), and no
+    virtual tokens or prefixes (peft's prompt learning feeds them through generate's own input preparation)."""
+    config = getattr(model, "active_peft_config", None)
+    return temperature == 0 and not stop and streamer is None and not getattr(config, "is_prompt_learning", False)
+
+
+def greedy_pruned(model, encoded: dict, max_new_tokens: int, eos: int) -> list[list[int]]:
+    """Greedy decoding with the key-value cache that drops each row from the batch once it has produced its
+    end-of-sequence token: every step computes only the rows still generating. Written here because transformers'
+    generate keeps a finished row in the batch until the longest answer ends (a fine-tuned model's short answers then
+    cost as much as the longest), and its continuous batching (generate_batch) attends, on a CPU, over every request's
+    cache through one dense mask. Positions follow the left padding as generate computes them, so the tokens are
+    generate's. Each row's tokens end with its end-of-sequence token, if it produced one."""
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    rows, cache = torch.arange(len(ids)), DynamicCache(config=model.config)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
+                logits_to_keep=1)
+    tokens: list[list[int]] = [[] for _ in range(len(ids))]
+    for step in range(max_new_tokens):
+        chosen = out.logits[:, -1].argmax(-1)
+        for row, token in zip(rows.tolist(), chosen.tolist()):
+            tokens[row].append(token)
+        going = chosen != eos
+        if step + 1 == max_new_tokens or not going.any():
+            break
+        if not going.all():
+            keep = going.nonzero()[:, 0]
+            cache.batch_select_indices(keep)
+            rows, mask, chosen, positions = rows[keep], mask[keep], chosen[keep], positions[keep]
+        mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+        positions = positions[:, -1:] + 1
+        out = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=positions, past_key_values=cache,
+                    use_cache=True)
+    return tokens
+
+
 @torch.no_grad()
 def generate_counted(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 16,
-                     temperature: float = 0.0, stop: list[str] | None = None,
-                     streamer=None) -> tuple[list[str], list[int]]:
+                     temperature: float = 0.0, stop: list[str] | None = None, streamer=None,
+                     prune: bool = True) -> tuple[list[str], list[int]]:
     """generate(), with the tokens generated for each prompt. Batches of prompts of similar token length (sorted by
-    it: a batch pads to its longest prompt, on the left, and its rows run until the longest answer ends), the
-    outputs put back in the prompts' order."""
+    it: a batch pads to its longest prompt, on the left), the outputs put back in the prompts' order. Greedy
+    generation drops finished rows as it goes (greedy_pruned); sampling, stop strings, streaming and prompt learning
+    go through transformers' generate, whose rows run until the batch's longest answer ends (prune=False: always,
+    for measuring the difference)."""
     model.eval()
     lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
     order = sorted(range(len(prompts)), key=lengths.__getitem__)
@@ -280,18 +320,21 @@ def generate_counted(model, tokenizer, prompts: list[str], max_new_tokens: int, 
     eos = tokenizer.eos_token_id
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     sampling |= {"streamer": streamer} if streamer is not None else {}
+    prunable = prune and _prunable(model, temperature, stop, streamer)
     for start in range(0, len(order), batch_size):
         chosen = order[start:start + batch_size]
         encoded = tokenizer([prompts[i] for i in chosen], add_special_tokens=False, padding=True, padding_side="left",
                             return_token_type_ids=False, return_tensors="pt").to(model.device)
-        stopping = StoppingCriteriaList([StopAt(tokenizer, stop, encoded["input_ids"].shape[1])] if stop else [])
-        out = model.generate(**encoded, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=eos, use_cache=True, stopping_criteria=stopping, **sampling)
-        new = out[:, encoded["input_ids"].shape[1]:]
-        ended = new == eos
-        generated = torch.where(ended.any(1), ended.int().argmax(1) + 1, new.shape[1])
-        for i, text, n in zip(chosen, tokenizer.batch_decode(new, skip_special_tokens=True), generated.tolist()):
-            texts[i], counts[i] = text, n
+        if prunable:
+            new = greedy_pruned(model, encoded, max_new_tokens, eos)
+        else:
+            stopping = StoppingCriteriaList([StopAt(tokenizer, stop, encoded["input_ids"].shape[1])] if stop else [])
+            out = model.generate(**encoded, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=eos, use_cache=True, stopping_criteria=stopping, **sampling)
+            new = out[:, encoded["input_ids"].shape[1]:].tolist()
+        new = [row[:row.index(eos) + 1] if eos in row else row for row in new]  # up to and with its end
+        for i, text, row in zip(chosen, tokenizer.batch_decode(new, skip_special_tokens=True), new):
+            texts[i], counts[i] = text, len(row)
     return texts, counts
 
 
