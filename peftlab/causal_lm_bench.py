@@ -56,6 +56,7 @@ VARIANTS = {
     "allocator_untouched": Variant("no malloc_trim after each step (glibc as it is)", disable="allocator"),
     "packing_no_checkpointing": Variant("packing on and gradient checkpointing off",
                                         ("data.packing=True", "train.gradient_checkpointing=False")),
+    "lora_dropout": Variant("LoRA dropout 0.05: a random mask over each adapted layer's input", ("method.dropout=0.05",)),
     "compile": Variant("torch.compile(dynamic=True) on the model", compile=True),
 }
 
