@@ -57,7 +57,8 @@ def print_summary(record: dict, out: Path) -> int:
         print(f"train {name}: " + (result["error"] if "error" in result else
                                    f"{result['tokens_per_second']:.1f} tokens/s, MFU {100 * result['mfu']:.1f} %"))
     for result in record["generation"]["runs"]:
-        print(f"generate batch {result['batch_size']}, {result['decoder']}: {result['tokens_per_second']:.1f} tokens/s, "
+        print(f"generate batch {result['batch_size']}, {result['decoder']}: "
+              f"{result['tokens_per_second']:.1f} tokens/s, "
               f"MFU {100 * result['mfu']:.1f} %")
     print(f"report: {out / 'bench_causal_lm.md'}")
     return 0

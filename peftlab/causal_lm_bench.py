@@ -56,7 +56,8 @@ VARIANTS = {
     "allocator_untouched": Variant("no malloc_trim after each step (glibc as it is)", disable="allocator"),
     "packing_no_checkpointing": Variant("packing on and gradient checkpointing off",
                                         ("data.packing=True", "train.gradient_checkpointing=False")),
-    "lora_dropout": Variant("LoRA dropout 0.05: a random mask over each adapted layer's input", ("method.dropout=0.05",)),
+    "lora_dropout": Variant("LoRA dropout 0.05: a random mask over each adapted layer's input",
+                            ("method.dropout=0.05",)),
     "compile": Variant("torch.compile(dynamic=True) on the model", compile=True),
 }
 
@@ -236,7 +237,8 @@ def render(record: dict) -> str:
                          f"{100 * result['mfu']:.1f} %"])
     gen = record["generation"]
     generating = [[r["batch_size"] if r["batch_size"] != gen["recipe_batch_size"] else f"{r['batch_size']} (recipe)",
-                   DECODERS[r.get("decoder", "generate")], r["new_tokens"], f"{r['seconds']:.1f}", f"{r['tokens_per_second']:.1f}", f"{100 * r['mfu']:.1f} %",
+                   DECODERS[r.get("decoder", "generate")], r["new_tokens"], f"{r['seconds']:.1f}",
+                   f"{r['tokens_per_second']:.1f}", f"{100 * r['mfu']:.1f} %",
                    "yes" if r["same_texts_as_first"] else "**no**"] for r in gen["runs"]]
     s = record["settings"]
     return "\n\n".join([

@@ -43,14 +43,16 @@ def keep(record: dict, folder: Path) -> Path:
     base = Path(record["dir"]) / BASE
     if base.is_dir():
         shutil.copytree(base, staging / BASE)
-    rundir.write_json(staging / "comparison.json", record | {"variants": variants, MARK: record.get(MARK, record["dir"])})
+    kept_record = record | {"variants": variants, MARK: record.get(MARK, record["dir"])}
+    rundir.write_json(staging / "comparison.json", kept_record)
     shutil.rmtree(folder, ignore_errors=True)
     staging.rename(folder)
     return folder
 
 
 def copy_into(records: Path, variants: list[dict], out_root: Path) -> list[dict]:
-    """Copy the kept runs and the base model's figures into a new runs directory; the variants with their runs there."""
+    """Copy the kept runs and the base model's figures into a new runs directory; the variants with their runs
+    there."""
     if (records / BASE).is_dir():
         shutil.copytree(records / BASE, out_root / BASE)
     moved = []

@@ -1,9 +1,9 @@
 """DoRA and the newer methods on GSM8K beside the same full fine-tuning, LoRA and QLoRA rows, under compare_gsm8k's
 protocol: SmolLM2-135M-Instruct, 96 training problems, 3 seeds, ranked by perplexity on 128 test problems, a
 learning rate per method chosen on the selection split's perplexity, no generation (exact match for full, LoRA and
-QLoRA is in compare_gsm8k). Full, LoRA and QLoRA search compare_gsm8k's grids (the same runs, so the same choice on
-this machine); the others search their family's grid (lr_search.DEFAULT_GRIDS, not extended past its edge: 3 runs on seed 0, then seeds 1
-and 2 at the chosen rate). LoftQ is tested against plain QLoRA, PiSSA, OLoRA and LoRA+ against LoRA.
+QLoRA is in compare_gsm8k). Full, LoRA and QLoRA search compare_gsm8k's grids (the same runs, so the same choice
+on this machine); the others search their family's grid (lr_search.DEFAULT_GRIDS, not extended past its edge: 3
+runs on seed 0, then seeds 1 and 2 at the chosen rate). LoftQ is tested against plain QLoRA, PiSSA, OLoRA and LoRA+ against LoRA.
 
 EVA and CorDA do not apply: they are fitted to an encoder's batches here, and the recipe check refuses them for
 causal LMs. 65 runs, about 4.5 hours on a 2-core CPU: more than one sitting, so it continues from its kept records,
