@@ -320,7 +320,7 @@ def generate_counted(model, tokenizer, prompts: list[str], max_new_tokens: int, 
     eos = tokenizer.eos_token_id
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     sampling |= {"streamer": streamer} if streamer is not None else {}
-    prunable = prune and _prunable(model, temperature, stop, streamer)
+    prunable = prune and eos is not None and _prunable(model, temperature, stop, streamer)
     for start in range(0, len(order), batch_size):
         chosen = order[start:start + batch_size]
         encoded = tokenizer([prompts[i] for i in chosen], add_special_tokens=False, padding=True, padding_side="left",
