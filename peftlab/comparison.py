@@ -259,10 +259,8 @@ def resumed(out_root: Path, record: dict, runs_dir: Path) -> tuple[Path, dict[st
     seeds, overrides and budget resumes; its failed runs run again. The learning-rate search is re-derived from the
     recorded grid runs, so the same choice follows. From kept records (reports/<comparison>/records, perhaps made on
     another machine) the new runs go to a new runs directory, which starts with the records' base-model figures."""
-    check((out_root / "comparison.json").is_file(), f"--resume {out_root}: no comparison.json there; pass "
-          "runs/<comparison>-<timestamp> or reports/<comparison>/records of a comparison made with this version")
-    earlier = comparison_records.load(out_root)
-    kept = comparison_records.is_records(out_root)
+    earlier = comparison_records.load(out_root)  # says what to pass where there is no comparison.json
+    kept = comparison_records.MARK in earlier
     state = "finished" if kept else rundir.read_status(out_root)["state"]
     check(state != "running", f"--resume {out_root}: that comparison is still running; wait for it or stop it first")
     same = ("name", "seeds", "overrides", "budget", "generate", "generate_seeds")

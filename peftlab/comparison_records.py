@@ -64,11 +64,6 @@ def copy_into(records: Path, variants: list[dict], out_root: Path) -> list[dict]
     return moved
 
 
-def is_records(folder: Path) -> bool:
-    path = Path(folder) / "comparison.json"
-    return path.is_file() and MARK in rundir.read_json(path)
-
-
 def load(folder: Path) -> dict:
     """A comparison's record from its runs directory or its kept records; kept run paths are resolved against the
     folder they are kept in."""

@@ -213,15 +213,21 @@ def _wrapped(llama: Path, method):
     return method.wrap(AutoModelForCausalLM.from_pretrained(llama), Context((), "CAUSAL_LM", False, str(llama)))
 
 
+def _randomised(model):
+    """The model with its trainable weights drawn at random, so the adapter matters (LoRA's B starts at zero)."""
+    for param in model.parameters():
+        if param.requires_grad:
+            torch.nn.init.normal_(param, std=0.5)
+    return model
+
+
 @pytest.mark.parametrize("method", ["LoRA", "PrefixTuning"])
 def test_batched_left_padded_generation_matches_one_by_one(llama, method):
     """Greedy generation through the key-value cache, in batches with left padding, as each prompt alone."""
     from peftlab import LoRA, PrefixTuning
 
-    model = _wrapped(llama, LoRA(r=4, target="all-linear") if method == "LoRA" else PrefixTuning(num_virtual_tokens=4))
-    for param in model.parameters():  # make the adapter matter (LoRA B and prefixes)
-        if param.requires_grad:
-            torch.nn.init.normal_(param, std=0.5)
+    model = _randomised(_wrapped(llama, LoRA(r=4, target="all-linear") if method == "LoRA"
+                                 else PrefixTuning(num_virtual_tokens=4)))
     tokenizer = make_chat_tokenizer()
     prompts = [causal_lm.prompt_text(tokenizer, load_recipe_data(), {"question": q})
                for q in ("what is 3 plus 4", "what is 12 plus 1 and 2 plus 2 and 5", "what is 9")]
@@ -236,10 +242,7 @@ def test_generation_batches_prompts_by_token_length_and_restores_their_order(lla
     but fewer tokens than the first); outputs back in the prompts' order and the same as each prompt alone."""
     from peftlab import LoRA
 
-    model = _wrapped(llama, LoRA(r=4, target="all-linear"))
-    for param in model.parameters():
-        if param.requires_grad:
-            torch.nn.init.normal_(param, std=0.5)
+    model = _randomised(_wrapped(llama, LoRA(r=4, target="all-linear")))
     tokenizer = make_chat_tokenizer()
     questions = ["what is 1 = 2 = 3 = 4", "what is 19 plus 18 plus 17", "what is 12", "what is 9 plus 1", "what is 10"]
     prompts = [causal_lm.prompt_text(tokenizer, load_recipe_data(), {"question": q}) for q in questions]
@@ -265,10 +268,7 @@ def test_greedy_generation_drops_finished_rows_and_keeps_generates_tokens(llama)
     so the rows end at different steps."""
     from peftlab import LoRA
 
-    model = _wrapped(llama, LoRA(r=4, target="all-linear")).eval()
-    for param in model.parameters():
-        if param.requires_grad:
-            torch.nn.init.normal_(param, std=0.5)
+    model = _randomised(_wrapped(llama, LoRA(r=4, target="all-linear"))).eval()
     tokenizer = make_chat_tokenizer()
     questions = ["what is 3 plus 4", "what is 12 plus 1 and 2", "what is 9", "what is 19 plus 18", "what is 7 and 5"]
     prompts = [causal_lm.prompt_text(tokenizer, load_recipe_data(), {"question": q}) for q in questions]

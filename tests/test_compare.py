@@ -289,17 +289,13 @@ def test_resume_runs_only_what_is_missing(comparison, tmp_path, monkeypatch):
     assert failed and ran == failed and again["variants"] == full["variants"] and len(again["resumed"]) == 2
 
 
-@pytest.mark.slow
-def test_resume_adds_a_recipe_to_a_finished_comparison(comparison, tmp_path, monkeypatch, data_dir):
-    """A finished comparison whose file gained a recipe resumes into the same directory: the recorded runs are kept,
-    the new recipe's runs run (for real), and the report has its row."""
+def _with_a_new_recipe(comparison, tmp_path, full: dict, monkeypatch, data_dir) -> list[str]:
+    """tmp_path/cmp.py: the comparison file with a new recipe, lora2. Runs recorded in `full` replay (the failed ones
+    fail again), lora2's run for real; returns the list the labels of the runs asked for are appended to."""
     import shutil
 
     from peftlab import comparison as harness
 
-    full = json.loads((comparison / "reports" / "cmp.json").read_text())
-    done = tmp_path / "cmp-done"
-    shutil.copytree(full["dir"], done)
     for name in ("full.py", "lora.py", "broken.py"):
         shutil.copy(comparison / name, tmp_path / name)
     (tmp_path / "lora2.py").write_text((comparison / "lora.py").read_text().replace("name='lora'", "name='lora2'"))
@@ -307,7 +303,7 @@ def test_resume_adds_a_recipe_to_a_finished_comparison(comparison, tmp_path, mon
                                                                                 "'broken.py', 'lora2.py']"))
     ran, real_run = [], harness.run_variant
 
-    def replay_or_run(variant, *args, **kwargs):  # recorded runs would replay; the new recipe's run for real
+    def replay_or_run(variant, *args, **kwargs):
         ran.append(variant.label)
         if variant.name == "lora2":
             return real_run(variant, *args, **kwargs)
@@ -316,6 +312,19 @@ def test_resume_adds_a_recipe_to_a_finished_comparison(comparison, tmp_path, mon
 
     monkeypatch.setattr(harness, "run_variant", replay_or_run)
     monkeypatch.setenv("PEFTLAB_DATA_DIR", str(data_dir))
+    return ran
+
+
+@pytest.mark.slow
+def test_resume_adds_a_recipe_to_a_finished_comparison(comparison, tmp_path, monkeypatch, data_dir):
+    """A finished comparison whose file gained a recipe resumes into the same directory: the recorded runs are kept,
+    the new recipe's runs run (for real), and the report has its row."""
+    import shutil
+
+    full = json.loads((comparison / "reports" / "cmp.json").read_text())
+    done = tmp_path / "cmp-done"
+    shutil.copytree(full["dir"], done)
+    ran = _with_a_new_recipe(comparison, tmp_path, full, monkeypatch, data_dir)
     argv = [str(tmp_path / "cmp.py"), "--resume", str(done), "--reports-dir", str(tmp_path / "reports")]
     assert compare.main(argv) == 0
     assert ran == ["broken-seed0", "broken-seed1", "lora2-seed0", "lora2-seed1"]  # failed runs retry; lora2 is new
@@ -331,26 +340,9 @@ def test_resume_from_kept_records_adds_a_recipe(comparison, tmp_path, monkeypatc
     recipe's runs run in a new runs directory, and the records afterwards hold both."""
     import shutil
 
-    from peftlab import comparison as harness
-
     full = json.loads((comparison / "reports" / "cmp.json").read_text())
     records = shutil.copytree(comparison / "reports" / "cmp" / "records", tmp_path / "reports" / "cmp" / "records")
-    for name in ("full.py", "lora.py", "broken.py"):
-        shutil.copy(comparison / name, tmp_path / name)
-    (tmp_path / "lora2.py").write_text((comparison / "lora.py").read_text().replace("name='lora'", "name='lora2'"))
-    (tmp_path / "cmp.py").write_text((comparison / "cmp.py").read_text().replace("'broken.py']",
-                                                                                "'broken.py', 'lora2.py']"))
-    ran, real_run = [], harness.run_variant
-
-    def run_or_fail(variant, *args, **kwargs):  # the failed runs fail again; the new recipe's runs run for real
-        ran.append(variant.label)
-        if variant.name == "lora2":
-            return real_run(variant, *args, **kwargs)
-        return next(v for v in full["variants"] if (v["name"], v["seed"], v["lr"]) == (variant.name, variant.seed,
-                                                                                      variant.lr))
-
-    monkeypatch.setattr(harness, "run_variant", run_or_fail)
-    monkeypatch.setenv("PEFTLAB_DATA_DIR", str(data_dir))
+    ran = _with_a_new_recipe(comparison, tmp_path, full, monkeypatch, data_dir)
     argv = [str(tmp_path / "cmp.py"), "--resume", str(records), "--runs-dir", str(tmp_path / "runs"),
             "--reports-dir", str(tmp_path / "reports")]
     assert compare.main(argv) == 0
