@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(Settings.batch_sizes))
     parser.add_argument("--decoders", nargs="+", default=list(Settings.decoders), choices=list(Settings.decoders),
-                        help="pruned: finished rows leave the batch; generate: transformers' generate keeps them")
+                        help="pruned: finished rows leave the batch; generate: transformers' generate keeps them; unmerged: "
+                             "pruned, the adapter not merged into the weights")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--quick", action="store_true", help="a smoke: 1 warm-up + 1 step, 4 prompts, 16 tokens")
     parser.add_argument("--data-dir", default=None)

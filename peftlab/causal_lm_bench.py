@@ -7,8 +7,9 @@
   tokens are real (non-pad) tokens of the batches those steps trained;
 - generation tokens/s of greedy batched generation with the key-value cache (tasks/causal_lm.generate: prompts
   sorted by token length, left padding) at several batch sizes, on the recipe's generation prompts, with finished
-  rows dropped from the batch (peftlab's greedy_pruned) and kept to the end (transformers' generate), and whether
-  each gives the same texts as the first;
+  rows dropped from the batch (peftlab's greedy_pruned) and kept to the end (transformers' generate), with the
+  adapter merged into the weights (tasks/causal_lm.adapter_merged) and not, and whether each gives the same texts as
+  the first;
 - the model FLOPs utilisation of each against this machine's measured matmul peak (peftlab/flops.py): training
   against the peak of the precision it trains in (bf16 autocast: bf16), generation (float32) against fp32.
 
@@ -35,7 +36,9 @@ from .tasks import causal_lm, metrics_for
 from .training import build_trainer
 
 IGNORE = -100
-DECODERS = {"pruned": "dropped (peftlab)", "generate": "kept (transformers' generate)"}
+# decoder: (finished rows, whether a peft adapter is folded into the weights while generating)
+DECODERS = {"pruned": ("dropped (peftlab)", True), "generate": ("kept (transformers' generate)", True),
+            "unmerged": ("dropped (peftlab)", False)}
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,7 @@ class Settings:
     prompts: int = 16  # generation prompts
     max_new_tokens: int | None = None  # default: the recipe's
     batch_sizes: tuple[int, ...] = (1, 4, 8, 16)
-    decoders: tuple[str, ...] = ("pruned", "generate")  # greedy_pruned, transformers' generate
+    decoders: tuple[str, ...] = tuple(DECODERS)
     peak_seconds: float = 4.0
     variants: tuple[str, ...] = tuple(VARIANTS)
     overrides: list[str] = field(default_factory=list)
@@ -176,12 +179,14 @@ def generation(recipe, inputs, model, settings: Settings, model_flops: flops.Mod
         for decoder in settings.decoders:
             print(f"generation: batch {size}, {decoder} …", file=sys.stderr, flush=True)
             started = time.perf_counter()
-            texts, counts = causal_lm.generate_counted(model, inputs.tokenizer, prompts, new_tokens, batch_size=size,
-                                                       prune=decoder == "pruned")
+            with causal_lm.adapter_merged(model, merge=DECODERS[decoder][1]) as merged:
+                texts, counts = causal_lm.generate_counted(model, inputs.tokenizer, prompts, new_tokens,
+                                                           batch_size=size, prune=decoder != "generate")
             seconds = time.perf_counter() - started
             first = first or texts
             work = model_flops.generation(prompt_lengths, counts)
-            results.append({"batch_size": size, "decoder": decoder, "seconds": seconds, "new_tokens": sum(counts),
+            results.append({"batch_size": size, "decoder": decoder, "adapter_merged": merged, "seconds": seconds,
+                            "new_tokens": sum(counts),
                             "tokens_per_second": sum(counts) / seconds, "model_flops": work,
                             "mfu": flops.mfu(work, seconds, peak["fp32"]), "same_texts_as_first": texts == first})
     return {"prompts": len(prompts), "max_new_tokens": new_tokens, "prompt_tokens": prompt_lengths,
@@ -222,6 +227,11 @@ def bench(recipe_path: Path, settings: Settings, data_dir: str | None, out: Path
 
 # ------------------------------------------------------------------------------------------------- report
 
+def _adapter(run: dict) -> str:
+    merged = run.get("adapter_merged")  # absent from records written before it was measured
+    return "—" if merged is None else "merged" if merged else "not merged"
+
+
 def render(record: dict) -> str:
     """Markdown from the bench record; computes nothing beyond ratios of what was measured."""
     recipe, peak, env = record["recipe"], record["peak"], record["environment"]
@@ -237,7 +247,7 @@ def render(record: dict) -> str:
                          f"{100 * result['mfu']:.1f} %"])
     gen = record["generation"]
     generating = [[r["batch_size"] if r["batch_size"] != gen["recipe_batch_size"] else f"{r['batch_size']} (recipe)",
-                   DECODERS[r.get("decoder", "generate")], r["new_tokens"], f"{r['seconds']:.1f}",
+                   DECODERS[r.get("decoder", "generate")][0], _adapter(r), r["new_tokens"], f"{r['seconds']:.1f}",
                    f"{r['tokens_per_second']:.1f}", f"{100 * r['mfu']:.1f} %",
                    "yes" if r["same_texts_as_first"] else "**no**"] for r in gen["runs"]]
     s = record["settings"]
@@ -260,8 +270,11 @@ def render(record: dict) -> str:
         f"token length, left padding, at most {gen['max_new_tokens']} new tokens, float32; tokens/s counts each "
         "prompt's tokens up to its end-of-sequence token. \"finished rows\": dropped from the batch as each prompt "
         "ends (peftlab's greedy decoding), or kept computing until the batch's longest answer ends (transformers' "
-        "generate). \"same texts\": every output equal to the first setting's.\n\n"
-        + table(["batch", "finished rows", "new tokens", "seconds", "tokens/s", "MFU", "same texts"], generating),
+        "generate). \"adapter\": folded into the base weights while generating (peftlab's default for a "
+        "mergeable adapter on a float base, tasks/causal_lm.adapter_merged) or not (computed beside them, or no "
+        "adapter to merge). \"same texts\": every output equal to the first setting's.\n\n"
+        + table(["batch", "finished rows", "adapter", "new tokens", "seconds", "tokens/s", "MFU", "same texts"],
+                generating),
         "## Environment\n\n" + table(["item", "value"], [
             ["hardware", f"{env['cpu']} ({env['cpu_count']} cores, {env['torch_threads']} torch threads), "
                          f"GPU: {env['gpu'] or 'none'}"],

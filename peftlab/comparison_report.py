@@ -150,9 +150,30 @@ def memory_cells(row: dict) -> list[str]:
     live = _memory(row, "train_peak_bytes")
     planned = _mean([compared_plan(r["metrics"].get("memory", {}))["train_peak_bytes"] for r in row["runs"]])
     error = f" ({100 * (planned - live) / live:+.1f} %)" if live and planned else ""
+    rss = [human_bytes(_memory(row, "train_peak_rss_bytes")), human_bytes(_memory(row, "eval_peak_rss_bytes"))] \
+        if rss_without_profiler(row) else [OLD_RSS, OLD_RSS]
     return [human_bytes(statistics.fmean(s["total"] for s in state) if None not in state else None),
-            human_bytes(live), human_bytes(planned) + error,
-            human_bytes(_memory(row, "train_peak_rss_bytes")), human_bytes(_memory(row, "eval_peak_rss_bytes"))]
+            human_bytes(live), human_bytes(planned) + error, *rss]
+
+
+OLD_RSS = "n/a †"
+
+
+def rss_without_profiler(row: dict) -> bool:
+    """Whether every run of the variant measured its RSS as peftlab/memory.py does now. Records made before
+    (no train_rss_largest_batch) counted the profiler's event buffers as training memory, GBs that grow with a
+    method's operation count (a LoRA step's RSS then exceeded full fine-tuning's), and let the evaluation phase
+    start from the training step's freed blocks: their RSS columns are left out, not shown wrong."""
+    memories = [r["metrics"].get("memory") for r in row["runs"]]
+    return all(m is None or "train_rss_largest_batch" in m for m in memories)  # None: no memory record at all
+
+
+def old_rss_note(rows: list[dict]) -> str:
+    old = [row["name"] for row in rows if not rss_without_profiler(row)]
+    return (f"- {OLD_RSS}: the RSS of {', '.join(old)} was recorded before peftlab left the live-tensor profiler's "
+            "steps out of it (their event buffers, GBs that grow with a method's operation count, counted as "
+            "training memory) and before each phase began after the allocator's release; not comparable across "
+            "methods, so not shown. The live-tensor training peak is unaffected. A re-run measures them.") if old else ""
 
 
 def pareto(points: list[tuple[float, float, str]]) -> list[str]:
@@ -326,10 +347,11 @@ def render(record: dict, rows: list[dict], first: dict, figs: dict, pairs: dict,
         f"as stored + gradients + optimizer state; training peak = peak of live tensors during training steps; plan "
         f"= the plan's figure for the largest batch the run trained (rows x tokens; the plan a budget is checked "
         f"against is for the worst batch, micro-batch x the longest example, and is in each run's report); training / evaluation RSS = the process's peak resident memory in each "
-        f"phase (README, section Memory). Wall time of the whole comparison: {record['wall_seconds'] / 60:.1f} min.",
+        f"phase, training's over the steps the live-tensor profiler did not watch (README, section Memory). Wall time of the whole comparison: {record['wall_seconds'] / 60:.1f} min.",
         _protocol_line(first),
         "## Results\n\n" + table(header, [_row_cells(r, main, others, figs.get(r["name"]), raw) for r in rows]),
-        "\n".join(filter(None, [_separation_notes(figs, others, raw), _partial_metrics_note(figs, others, record)])),
+        "\n".join(filter(None, [_separation_notes(figs, others, raw), _partial_metrics_note(figs, others, record),
+                                 old_rss_note(rows)])),
         f"Pareto front (lowest training peak for its {main}; a variant leaves it only for one significantly "
         f"better, p < {comparison_stats.ALPHA}, or clearly cheaper, under {comparison_stats.CLEARLY_CHEAPER:.0%} "
         f"of its memory): {', '.join(_front(rows, figs, main, greater))}.",

@@ -15,11 +15,16 @@ train_peak_bytes       peak of live tensor memory during training steps (forward
                        profiled: the first two (the first creates the optimizer state, the second is the first whose
                        forward and backward run next to it) and every step whose batch has more tokens or a longer
                        sequence than any profiled before (with random batch order about ln(steps) steps).
-train_peak_rss_bytes   peak resident memory of the process while training, and eval_peak_rss_bytes while evaluating
-eval_peak_rss_bytes    (Trainer's evaluations between steps, and anything the pipeline wraps in `meter.during("eval", ...)`,
-                       e.g. the causal LM's generation before and after training). Linux resets a process's peak RSS
+train_peak_rss_bytes   peak resident memory of the process while training, over the steps the profiler above did not
+                       watch (its event buffers, which grow with every operation, are not the training's memory;
+                       those steps' peak is profiled_steps_peak_rss_bytes; train_rss_largest_batch is the largest
+                       batch of the others: where it is smaller than largest_batch, the RSS saw less), and
+eval_peak_rss_bytes    eval_peak_rss_bytes while evaluating (Trainer's evaluations between steps, and anything the
+                       pipeline wraps in `meter.during("eval", ...)`, e.g. the causal LM's generation before and after
+                       training). Linux resets a process's peak RSS
                        (VmHWM) to its current RSS when "5" is written to /proc/self/clear_refs: each phase boundary
-                       reads VmHWM, credits it to the phase that ends, and resets. Where clear_refs is not writable the
+                       reads VmHWM, credits it to the phase that ends, returns freed memory to the system (glibc's
+                       malloc_trim, levers.release_freed_memory) and resets. Where clear_refs is not writable the
                        record says so and both figures are the whole process's peak so far (getrusage).
 """
 
@@ -32,6 +37,7 @@ import resource
 import torch
 from transformers import TrainerCallback
 
+from .levers import release_freed_memory
 from .measure import stored_tensors
 
 CLEAR_REFS, STATUS = "/proc/self/clear_refs", "/proc/self/status"
@@ -133,9 +139,12 @@ class PeakRSS:
             "getrusage ru_maxrss: whole process so far (clear_refs not writable), not per phase"
 
     def switch(self, phase: str | None) -> None:
-        """End the current phase (its peak since it began is credited to it) and begin `phase`."""
+        """End the current phase (its peak since it began is credited to it) and begin `phase`. Freed memory goes
+        back to the system in between (levers.release_freed_memory, when that lever is on): the next phase's peak
+        then starts from what is live, not from the blocks the last one freed and glibc still holds."""
         if self.current is not None:
             self.peaks[self.current] = max(self.peaks.get(self.current, 0), _peak_rss())
+        release_freed_memory()
         if self.resettable:
             _reset_peak()
         self.current = phase
@@ -182,6 +191,7 @@ class MemoryMeter(TrainerCallback):
         self.profiled_steps: list[int] = []
         self._window = LiveTensorWindow()
         self._largest = (0, 0)  # (tokens, sequence length) of the largest batch profiled so far
+        self._largest_unprofiled = (0, 0)  # ... and of those trained without the profiler (their RSS is training's)
         self._in_step = False
         self._hook = None
         self._optimizer = None
@@ -206,9 +216,11 @@ class MemoryMeter(TrainerCallback):
         ids = kwargs.get("input_ids", inputs[0] if inputs else None)
         size = (ids.numel(), ids.shape[-1]) if ids is not None else (0, 0)
         if len(self.profiled_steps) >= 2 and not (size[0] > self._largest[0] or size[1] > self._largest[1]):
+            self._largest_unprofiled = max(self._largest_unprofiled, size)
             return
         self._largest = max(self._largest, size)
         live = model_state(module, self._optimizer)["total"] + _storage_bytes(inputs, set())
+        self.rss.switch("profiled")  # the profiler's own memory is not the training's
         self._window.start(live)
 
     def on_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
@@ -246,9 +258,11 @@ class MemoryMeter(TrainerCallback):
                 return fn(*args, **kwargs)
         return measured
 
-    def record(self, prediction: dict | None = None, at_largest: dict | None = None) -> dict:
+    def record(self, prediction: dict | None = None, at_largest: dict | None = None,
+               at_rss_batch: dict | None = None) -> dict:
         """The "memory" object of metrics.json; `prediction` is plan.predict's before training (worst batch), if one
-        was made, and `at_largest` its plan for the largest batch trained, which the errors compare with."""
+        was made, and `at_largest` its plan for the largest batch trained, which the errors compare with
+        (`at_rss_batch`: for the largest batch of the steps whose RSS counts, if that differs)."""
         out = {
             "model_state_bytes": self.state_bytes,
             "train_peak_bytes": self.train_peak or None,
@@ -257,18 +271,22 @@ class MemoryMeter(TrainerCallback):
             "profiled_steps": self.profiled_steps,
             "largest_batch": self.largest_batch(),
             "train_peak_rss_bytes": self.rss.peaks.get("train"),
+            "train_rss_largest_batch": self.largest_batch(profiled=False),
+            "profiled_steps_peak_rss_bytes": self.rss.peaks.get("profiled"),
             "eval_peak_rss_bytes": self.rss.peaks.get("eval"),
             "rss_measured_by": self.rss.method,
         }
         if prediction is not None:
             out |= {"predicted_train_peak_bytes": prediction["predicted_train_peak_bytes"],
                     "predicted_train_peak_rss_bytes": prediction["predicted_train_peak_rss_bytes"]}
-            out |= plan_errors(at_largest or prediction, out)
+            out |= plan_errors(at_largest or prediction, out, at_rss_batch)
         return out
 
-    def largest_batch(self) -> dict:
-        """The largest batch the profiled steps met: its tokens (rows x sequence) and sequence length."""
-        return {"tokens": self._largest[0], "sequence": self._largest[1]}
+    def largest_batch(self, profiled: bool = True) -> dict:
+        """The largest batch the profiled steps met (or the others): its tokens (rows x sequence) and sequence
+        length."""
+        tokens, sequence = self._largest if profiled else self._largest_unprofiled
+        return {"tokens": tokens, "sequence": sequence}
 
 
 def compared_plan(memory: dict) -> dict:
@@ -278,12 +296,13 @@ def compared_plan(memory: dict) -> dict:
                                                    "train_peak_rss_bytes": memory.get("predicted_train_peak_rss_bytes")}
 
 
-def plan_errors(plan: dict, measured: dict) -> dict:
-    """The plan for the batch measured (its rows and sequence), next to the measurement, with its error in %."""
+def plan_errors(plan: dict, measured: dict, rss_plan: dict | None = None) -> dict:
+    """The plan for the batch measured (its rows and sequence), next to the measurement, with its error in %;
+    `rss_plan`: the plan for the batch the RSS was measured at, where that differs."""
     def error(predicted, actual):
         return None if not (predicted and actual) else 100 * (predicted - actual) / actual
 
-    live, rss = plan.get("predicted_train_peak_bytes"), plan.get("predicted_train_peak_rss_bytes")
+    live, rss = plan.get("predicted_train_peak_bytes"), (rss_plan or plan).get("predicted_train_peak_rss_bytes")
     return {"plan_at_largest_batch": {"batch": plan.get("batch"), "sequence": plan.get("sequence"),
                                       "train_peak_bytes": live, "train_peak_rss_bytes": rss},
             "plan_error_percent": error(live, measured["train_peak_bytes"]),

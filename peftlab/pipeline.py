@@ -206,8 +206,8 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
         "saved_bytes": measure.disk_bytes(run_dir / recipe.method.saves),
         **measure.peak_memory(),
         **({"peak_rss_bytes_per_process": peak_rss} if len(peak_rss) > 1 else {}),
-        "memory": meter.record(memory_plan, building.predict_memory_at(recipe, inputs, meter.largest_batch(),
-                                                                       memory_plan)),
+        "memory": meter.record(memory_plan, *(building.predict_memory_at(recipe, inputs, batch, memory_plan)
+                                              for batch in (meter.largest_batch(), meter.largest_batch(profiled=False)))),
         "memory_plan": memory_plan["parts"],
     } | (extra.record(run_dir) if extra else {})
     rundir.write_json(run_dir / "metrics.json", metrics)

@@ -74,6 +74,14 @@ def _batch(plan: dict) -> str:
     return f" ({plan['batch']} x {plan['sequence']} tokens)" if plan.get("batch") else ""
 
 
+def _rss_label(memory: dict) -> str:
+    batch = memory.get("train_rss_largest_batch")  # absent from records made while the profiler's steps counted
+    if not batch:
+        return "training peak, process RSS"
+    shape = f", largest {batch['tokens'] // batch['sequence']} x {batch['sequence']} tokens" if batch["tokens"] else ""
+    return f"training peak, process RSS (steps the profiler did not watch{shape})"
+
+
 def _memory_rows(memory: dict | None) -> list[list[str]]:
     """The run's "memory" object (peftlab/memory.py says how each figure is measured)."""
     if not memory:
@@ -91,9 +99,11 @@ def _memory_rows(memory: dict | None) -> list[list[str]]:
         ["plan of the training peak, worst batch (before training)", human_bytes(memory.get("predicted_train_peak_bytes"))],
         [f"plan at the largest batch trained{_batch(at)}", human_bytes(at.get("train_peak_bytes"))
          + (f" (error {error:+.1f} %)" if error is not None else "")],
-        ["training peak, process RSS", human_bytes(memory.get("train_peak_rss_bytes"))],
+        [_rss_label(memory), human_bytes(memory.get("train_peak_rss_bytes"))],
         ["plan of the training RSS at that batch", human_bytes(at.get("train_peak_rss_bytes"))
          + (f" (error {rss_error:+.1f} %)" if rss_error is not None else "")],
+        *([["steps the profiler watched, process RSS (its event buffers included)",
+            human_bytes(memory["profiled_steps_peak_rss_bytes"])]] if memory.get("profiled_steps_peak_rss_bytes") else []),
         ["evaluation peak, process RSS", (f"{human_bytes(memory.get('eval_peak_rss_bytes'))} "
                                           f"({memory.get('rss_measured_by')})")],
     ]

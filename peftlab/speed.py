@@ -6,7 +6,9 @@
 - fp32_attention: under CPU bf16 autocast, attention still runs in float32 (torch's CPU flash-attention backward
   is several times slower in bf16 than in float32, which ate the bf16 gain of the matmuls);
 - fused_adamw: torch's fused AdamW kernel (Trainer's default since torch 2.8);
-- eval_by_length: evaluation examples in order of length, so that evaluation batches pad little.
+- eval_by_length: evaluation examples in order of length, so that evaluation batches pad little;
+- merged_generation: a causal LM's peft adapter is folded into the base weights while it generates
+  (tasks/causal_lm.adapter_merged; measured in reports/bench_causal_lm.md).
 
 PEFTLAB_DISABLE=name[,name...] switches them off one by one, for measuring (also the memory levers "allocator"
 and "labelled_logits", peftlab/levers.py); the settings a run used are recorded in its environment.json.
@@ -22,7 +24,7 @@ import torch
 from .errors import check
 
 DISABLE_ENV = "PEFTLAB_DISABLE"
-SWITCHES = ("length_buckets", "bf16", "fp32_attention", "fused_adamw", "eval_by_length")
+SWITCHES = ("length_buckets", "bf16", "fp32_attention", "fused_adamw", "eval_by_length", "merged_generation")
 # memory levers without a recipe field (peftlab/levers.py), switched off the same way for measuring
 LEVER_SWITCHES = ("allocator", "labelled_logits")
 FP32_ATTENTION = "peftlab_sdpa_fp32"

@@ -59,11 +59,9 @@ def train_seconds(trainer) -> float:
 
 
 class ReleaseFreedMemory(TrainerCallback):
-    """The allocator's free pages back to the system after each optimizer step and evaluation batch
-    (levers.allocator_settings says why); last among the callbacks, after the memory meter has read the step."""
-
-    def on_step_end(self, args, state, control, **kwargs):
-        levers.release_freed_memory()
+    """The allocator's free pages back to the system after each evaluation batch (levers.allocator_settings says
+    why); after each optimizer step the memory meter does it, between reading the step's peak and the next phase's
+    start (memory.PeakRSS.switch)."""
 
     def on_prediction_step(self, args, state, control, **kwargs):
         levers.release_freed_memory()

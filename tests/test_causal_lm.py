@@ -294,6 +294,48 @@ def test_greedy_generation_drops_finished_rows_and_keeps_generates_tokens(llama)
     assert pruned == expected
 
 
+@pytest.mark.parametrize("kind", ["LoRA", "DoRA", "QLoRA", "PrefixTuning"])
+def test_generation_merges_a_float_adapter_and_takes_it_out_after(llama, kind):
+    """adapter_merged folds a LoRA or DoRA adapter into the float base while it is open (the model's outputs stay the
+    adapter's, up to rounding) and takes it out after (the base weights come back); a 4-bit base and prompt learning
+    are left as they are."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from peftlab import DoRA, LoRA, Model, PrefixTuning, Quant4bit, Recipe
+    from peftlab.building import build_model
+    from peftlab.models import Resolved
+
+    if kind == "QLoRA":
+        recipe = Recipe("t", Model(str(llama), task="causal_lm"), load_recipe_data(),
+                        LoRA(r=4, dropout=0.0, target="all-linear"), quant=Quant4bit())
+        model = _randomised(build_model(recipe, causal_lm, Resolved(str(llama), "local"), []))
+    else:
+        method = {"LoRA": LoRA, "DoRA": DoRA}[kind](r=4, target="all-linear") if kind != "PrefixTuning" else \
+            PrefixTuning(num_virtual_tokens=4)
+        model = _randomised(_wrapped(llama, method))
+    model.eval()
+    tokenizer = make_chat_tokenizer()
+    prompts = [causal_lm.prompt_text(tokenizer, load_recipe_data(), {"question": q})
+               for q in ("what is 3 plus 4", "what is 12 plus 1 and 2", "what is 9")]
+    encoded = tokenizer(prompts, add_special_tokens=False, padding=True, padding_side="left",
+                        return_token_type_ids=False, return_tensors="pt")
+    weights = {name: p.detach().clone() for name, p in model.named_parameters()}
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    with torch.no_grad():
+        logits = model(**encoded).logits
+        texts = causal_lm.generate_counted(model, tokenizer, prompts, max_new_tokens=6)
+        with causal_lm.adapter_merged(model) as merged:
+            assert merged == (kind in ("LoRA", "DoRA"))
+            assert all(layer.merged == merged for layer in layers)
+            merged_logits = model(**encoded).logits
+            merged_texts = causal_lm.generate_counted(model, tokenizer, prompts, max_new_tokens=6)
+    assert not any(layer.merged for layer in layers)
+    torch.testing.assert_close(merged_logits, logits, rtol=1e-4, atol=1e-4)
+    assert merged_texts == texts
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.detach(), weights[name], rtol=1e-5, atol=1e-6)
+
+
 def load_recipe_data():
     from peftlab import Data
 

@@ -61,10 +61,12 @@ def test_a_bounded_bench_writes_its_report(tmp_path, llama, sums_dir):
     # packed rows hold several examples each: fewer rows than examples per step
     assert training["packing"]["examples"] > 8 == training["recipe"]["examples"]
     generation = record["generation"]
-    assert [(r["batch_size"], r["decoder"]) for r in generation["runs"]] == \
-        [(1, "pruned"), (1, "generate"), (4, "pruned"), (4, "generate")] and generation["prompts"] == 4
+    assert [(r["batch_size"], r["decoder"], r["adapter_merged"]) for r in generation["runs"]] == \
+        [(size, decoder, merged) for size in (1, 4)
+         for decoder, merged in (("pruned", True), ("generate", True), ("unmerged", False))]
+    assert generation["prompts"] == 4
     assert all(r["same_texts_as_first"] and r["new_tokens"] > 0 for r in generation["runs"])
     text = (tmp_path / "out" / "bench_causal_lm.md").read_text()
     assert rundir.read_json(tmp_path / "out" / "bench_causal_lm.json")["training"]["recipe"]["tokens"] == \
         training["recipe"]["tokens"]
-    assert f"{training['recipe']['tokens_per_second']:.1f}" in text and "| 4 | kept (transformers' generate) |" in text
+    assert f"{training['recipe']['tokens_per_second']:.1f}" in text and "| 4 | kept (transformers' generate) | merged |" in text

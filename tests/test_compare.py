@@ -355,3 +355,21 @@ def test_resume_from_kept_records_adds_a_recipe(comparison, tmp_path, monkeypatc
     assert [v["name"] for v in kept["variants"]].count("lora2") == 2
     assert all((records / v["run"] / "metrics.json").is_file() for v in kept["variants"] if v["state"] == "finished")
     assert "| lora2 |" in (tmp_path / "reports" / "cmp.md").read_text()
+
+
+def test_rss_recorded_with_the_profilers_steps_is_left_out_of_the_table():
+    """Runs recorded before the training RSS left the profiled steps out show no RSS (it ranked LoRA above full
+    fine-tuning); runs recorded since show theirs; the live-tensor columns are shown either way."""
+    from peftlab import comparison_report
+
+    def row(name: str, **memory):
+        state = {"weights": 100, "gradients": 0, "optimizer": 0, "total": 100}
+        memory = {"model_state_bytes": state, "train_peak_bytes": 2**30, "train_peak_rss_bytes": 3 * 2**30,
+                  "eval_peak_rss_bytes": 2**31} | memory
+        return {"name": name, "runs": [{"metrics": {"memory": memory}}] * 2}
+
+    old, new = row("old"), row("new", train_rss_largest_batch={"tokens": 8, "sequence": 4})
+    assert comparison_report.memory_cells(old)[3:] == [comparison_report.OLD_RSS] * 2
+    assert comparison_report.memory_cells(new)[3:] == [human_bytes(3 * 2**30), human_bytes(2**31)]
+    assert comparison_report.memory_cells(old)[1] == comparison_report.memory_cells(new)[1] == human_bytes(2**30)
+    assert "old" in comparison_report.old_rss_note([old, new]) and comparison_report.old_rss_note([new]) == ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -102,6 +103,50 @@ def test_generation_wrapped_as_evaluation_counts_there():
     meter.rss.switch(None)
     if meter.rss.resettable:
         assert meter.rss.peaks["eval"] > meter.rss.peaks["train"] + 300 * MB
+
+
+def test_memory_a_phase_freed_counts_to_it_not_to_the_next(monkeypatch):
+    """200 MiB of heap blocks freed in one phase, pinned by the last one so that glibc keeps them resident: the next
+    phase starts after they are released, so its peak is not the freeing phase's (the training step before an
+    evaluation)."""
+    from peftlab import levers
+
+    monkeypatch.delenv("PEFTLAB_DISABLE", raising=False)
+    peaks = memory.PeakRSS()
+    if not (peaks.resettable and "malloc_trim" in levers.allocator_settings()):
+        pytest.skip("RSS peaks are not per phase here, or the allocator is not glibc's")
+    peaks.switch("train")
+    blocks = [torch.ones(16384) for _ in range(3200)]  # 64 KiB each: below glibc's mmap threshold
+    del blocks[:-1]
+    peaks.switch("eval")
+    torch.ones(1000).sum()
+    peaks.switch(None)
+    assert peaks.peaks["train"] > peaks.peaks["eval"] + 150 * 2**20
+
+
+def test_training_rss_leaves_out_the_steps_the_profiler_watched(monkeypatch):
+    """The live-tensor profiler's buffers grow over the steps it watches (here: 300 MB held while it runs); those
+    steps' RSS is recorded apart, and the training RSS is the other steps', with the largest batch among them."""
+    held, start, stop = [], memory.LiveTensorWindow.start, memory.LiveTensorWindow.stop
+    monkeypatch.setattr(memory.LiveTensorWindow, "start", lambda self, live: (held.append(torch.ones(75 * MB)),
+                                                                              start(self, live)))
+    monkeypatch.setattr(memory.LiveTensorWindow, "stop", lambda self, *a: (held.clear(), stop(self, *a))[1])
+    model = torch.nn.Embedding(10, 8).train()
+    model.forward = lambda input_ids: torch.nn.Embedding.forward(model, input_ids)
+    meter = memory.MemoryMeter()
+    if not meter.rss.resettable or torch.cuda.is_available():
+        pytest.skip("RSS peaks are not per phase here, or steps are measured by CUDA's allocator")
+    meter.on_train_begin(None, None, None, model=model)
+    for step, rows in enumerate([2, 2, 2, 1], start=1):
+        meter.on_step_begin(None, None, None)
+        model(input_ids=torch.zeros(rows, 3, dtype=torch.long)).sum().backward()
+        meter.on_step_end(None, SimpleNamespace(global_step=step), None)
+    meter.on_train_end(None, None, None)
+    record = meter.record()
+    assert record["profiled_steps"] == [1, 2]
+    assert record["largest_batch"] == {"tokens": 6, "sequence": 3}
+    assert record["train_rss_largest_batch"] == {"tokens": 6, "sequence": 3}  # steps 3 and 4
+    assert record["profiled_steps_peak_rss_bytes"] > record["train_peak_rss_bytes"] + 250 * MB
 
 
 def test_run_records_the_memory_object(tmp_path, data_dir):

@@ -36,13 +36,15 @@ import json
 import math
 import re
 import time
+from contextlib import contextmanager
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import AutoModelForCausalLM, DynamicCache, StoppingCriteria, StoppingCriteriaList
 
-from .. import chat, levers, rundir
+from .. import chat, levers, rundir, speed
 from ..data import require_columns
 from ..errors import PeftlabError, check
 from ..evaluation import evaluate
@@ -338,6 +340,29 @@ def generate_counted(model, tokenizer, prompts: list[str], max_new_tokens: int, 
     return texts, counts
 
 
+@contextmanager
+def adapter_merged(model, merge: bool = True):
+    """Within: the model's peft adapter folded into its base weights (peft's merge_adapter), taken out again after
+    (unmerge_adapter), so generation runs plain linear layers; yields whether it merged. An unmerged LoRA computes
+    its two small matmuls beside every adapted projection at every generated token, about a quarter of a CPU
+    decode step (reports/bench_causal_lm.md measures it). Not into a 4/8-bit base (rounding there changes the model,
+    export.py), nor for prompt learning or bottleneck adapters (nothing linear to fold), nor when
+    PEFTLAB_DISABLE=merged_generation. Unmerging subtracts what merging added: the base weights come back up to
+    float rounding (the adapter's own weights, which a run saves, are untouched)."""
+    config = getattr(model, "active_peft_config", None)
+    foldable = (merge and config is not None and not config.is_prompt_learning and speed.enabled("merged_generation")
+                and not any(p.dtype in (torch.uint8, torch.int8) for p in model.parameters())
+                and not any(layer.merged for layer in model.modules() if isinstance(layer, BaseTunerLayer)))
+    if not foldable:
+        yield False
+        return
+    model.merge_adapter()
+    try:
+        yield True
+    finally:
+        model.unmerge_adapter()
+
+
 def generation_case(tokenizer, data, row: dict, where: str) -> tuple[str, str, str]:
     """(prompt, question, reference reply) of a row: generation answers its last assistant turn."""
     if data.chat_format is None:
@@ -356,7 +381,8 @@ def generation_eval(model, tokenizer, recipe, rows) -> dict:
     check(not missing, f"{data.generate_split} split, row {missing[0] if missing else ''}: the reference has no final "
                        "number; exact match needs numeric answers (set data.generate_split=None for other data)")
     started = time.perf_counter()
-    texts, generated = generate(model, tokenizer, prompts, data.max_new_tokens, levers.generation_batch_size(recipe))
+    with adapter_merged(model):
+        texts, generated = generate(model, tokenizer, prompts, data.max_new_tokens, levers.generation_batch_size(recipe))
     seconds = time.perf_counter() - started
     answers = [final_number(t) for t in texts]
     correct = [a == r for a, r in zip(answers, references)]
