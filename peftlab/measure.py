@@ -65,9 +65,11 @@ def quantized_storage(model) -> dict | None:
     return {"quantized_params": n_params, "quantized_bytes": n_bytes, "bits_per_param": 8 * n_bytes / n_params}
 
 
-def peak_memory() -> dict:
-    """Peak resident memory of this process (whole run), and peak CUDA allocation when on a GPU."""
-    out = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}  # Linux: KiB
+def peak_memory(rss_bytes: int | None = None) -> dict:
+    """Peak resident memory of this process (whole run), and peak CUDA allocation when on a GPU. `rss_bytes`: that
+    peak as memory.PeakRSS kept it, in a process whose phases reset the kernel's peak (getrusage's then starts at
+    the last reset)."""
+    out = {"peak_rss_bytes": rss_bytes or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}  # Linux: KiB
     if torch.cuda.is_available():
         out["cuda_peak_allocated_bytes"] = torch.cuda.max_memory_allocated()
     return out

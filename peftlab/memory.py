@@ -133,6 +133,7 @@ class PeakRSS:
 
     def __init__(self):
         self.peaks: dict[str, int] = {}
+        self.highest = 0  # of every reading, whatever the phase: the whole process's peak (resets hide it from getrusage)
         self.current: str | None = None
         self.resettable = _reset_peak()
         self.method = "VmHWM reset via /proc/self/clear_refs" if self.resettable else \
@@ -142,12 +143,19 @@ class PeakRSS:
         """End the current phase (its peak since it began is credited to it) and begin `phase`. Freed memory goes
         back to the system in between (levers.release_freed_memory, when that lever is on): the next phase's peak
         then starts from what is live, not from the blocks the last one freed and glibc still holds."""
+        reading = _peak_rss()
+        self.highest = max(self.highest, reading)
         if self.current is not None:
-            self.peaks[self.current] = max(self.peaks.get(self.current, 0), _peak_rss())
+            self.peaks[self.current] = max(self.peaks.get(self.current, 0), reading)
         release_freed_memory()
         if self.resettable:
             _reset_peak()
         self.current = phase
+
+    def whole_run(self) -> int:
+        """The process's peak resident memory since it started: the kernel's peak (VmHWM, and getrusage's ru_maxrss,
+        which reads it) restarts at every reset, so the highest of all readings."""
+        return max(self.highest, _peak_rss())
 
     @contextlib.contextmanager
     def phase(self, name: str):

@@ -170,7 +170,7 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
     score = meter.during("eval", evaluation.score_split)  # module attribute: bench profiles it
     reported, records = score(trainer, task, eval_ds, splits.eval, label_names, recipe)
     test = score(trainer, task, inputs.test, splits.test, label_names, recipe) if inputs.test else None
-    peak_rss = distributed.gather(measure.peak_memory()["peak_rss_bytes"])
+    peak_rss = distributed.gather(meter.rss.whole_run())
     if not main_process:
         return {}
     rundir.write_json(run_dir / "log_history.json", state.log_history)
@@ -204,7 +204,7 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
         "wall_seconds": time.perf_counter() - started,  # of this process (the last one, if resumed)
         "load_average_at_end": os.getloadavg()[0],
         "saved_bytes": measure.disk_bytes(run_dir / recipe.method.saves),
-        **measure.peak_memory(),
+        **measure.peak_memory(meter.rss.whole_run()),
         **({"peak_rss_bytes_per_process": peak_rss} if len(peak_rss) > 1 else {}),
         "memory": meter.record(memory_plan, *(building.predict_memory_at(recipe, inputs, batch, memory_plan)
                                               for batch in (meter.largest_batch(), meter.largest_batch(profiled=False)))),

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from peftlab import load_recipe, memory
+from peftlab import load_recipe, measure, memory
 from peftlab.building import build_model, prepare_inputs
 from peftlab.tasks import metrics_for
 from peftlab.training import build_trainer
@@ -124,6 +124,23 @@ def test_memory_a_phase_freed_counts_to_it_not_to_the_next(monkeypatch):
     assert peaks.peaks["train"] > peaks.peaks["eval"] + 150 * 2**20
 
 
+def test_whole_run_peak_survives_the_phase_resets():
+    """Each phase boundary restarts the kernel's peak (and getrusage's, which reads it); the whole run's peak is kept
+    apart, at least every phase's."""
+    peaks = memory.PeakRSS()
+    if not peaks.resettable:
+        pytest.skip("/proc/self/clear_refs is not writable here: nothing resets the peak")
+    peaks.switch("train")
+    big = torch.ones(100 * MB)  # 400 MB, written: resident
+    assert big.sum() > 0
+    del big
+    peaks.switch("eval")
+    peaks.switch(None)
+    assert peaks.whole_run() >= peaks.peaks["train"] > peaks.peaks["eval"] + 300 * MB
+    assert measure.peak_memory()["peak_rss_bytes"] < peaks.peaks["train"] - 300 * MB  # what getrusage says now
+    assert measure.peak_memory(peaks.whole_run())["peak_rss_bytes"] == peaks.whole_run()
+
+
 def test_training_rss_leaves_out_the_steps_the_profiler_watched(monkeypatch):
     """The live-tensor profiler's buffers grow over the steps it watches (here: 300 MB held while it runs); those
     steps' RSS is recorded apart, and the training RSS is the other steps', with the largest batch among them."""
@@ -153,8 +170,11 @@ def test_run_records_the_memory_object(tmp_path, data_dir):
     bert = make_bert(tmp_path / "bert", hidden=64)
     run = run_recipe(tmp_path, write_recipe(tmp_path / "r.py", bert, train="epochs=1, lr=5e-3, batch_size=16"),
                      data_dir)
-    mem = json.loads((run / "metrics.json").read_text())["memory"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    mem = metrics["memory"]
     assert set(mem["model_state_bytes"]) == {"weights", "gradients", "optimizer", "total"}
+    phases = [mem[k] for k in ("train_peak_rss_bytes", "profiled_steps_peak_rss_bytes", "eval_peak_rss_bytes")]
+    assert metrics["peak_rss_bytes"] >= max(p for p in phases if p) > 0
     assert mem["train_peak_bytes"] >= mem["model_state_bytes"]["total"]
     assert mem["predicted_train_peak_bytes"] > 0 and mem["plan_error_percent"] is not None
     # the error is the plan's for the largest batch trained (rows x sequence), not the worst batch's
