@@ -4,8 +4,10 @@
         [recipes/compare_sst2.py recipes/compare_gsm8k.py]
 
 Each variant trains --steps optimizer steps (with its comparison's overrides) in a process of its own, one after the
-other, on its longest training examples only; the plan is evaluated at the longest batch those steps profiled. Prints a table; --json keeps the raw figures
-(re-read with --from-json to re-evaluate the plan without training again).
+other, every step on the same batch of its longest training examples; the plan is evaluated at that batch. The live
+peak comes from the first two steps (the profiler watches them), the training RSS from the others (peftlab/memory.py:
+the profiler's buffers are not training memory), so --steps is at least 3. Prints a table; --json keeps the raw
+figures (re-read with --from-json to re-evaluate the plan without training again).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ sys.path.insert(0, str(REPO))  # this checkout's peftlab, whatever is installed
 
 def measure_one(recipe_path: str, overrides: list[str], steps: int) -> dict:
     """Train a few steps of one variant in this process; its measured memory and the recipe's plan inputs."""
+    from torch.utils.data import SequentialSampler
+
     from peftlab import memory, plan
     from peftlab import recipe as recipe_mod
     from peftlab.building import build_model, prepare_inputs
@@ -36,8 +40,10 @@ def measure_one(recipe_path: str, overrides: list[str], steps: int) -> dict:
     quiet_libraries()
     recipe = recipe_mod.load_recipe(recipe_path, [*overrides, f"train.max_steps={steps}"])
     inputs = prepare_inputs(recipe, data_dir(None))
-    # the longest examples only: every step is a batch as long as the longest the recipe can see (what the plan is for)
-    inputs.train = inputs.train.sort("length", reverse=True).select(range(steps * recipe.train.batch_size))
+    # the longest batch the recipe can see (what the plan is for), every step: the steps after the profiled first two
+    # measure the RSS of the same batch
+    longest = inputs.train.sort("length", reverse=True)
+    inputs.train = longest.select(list(range(recipe.train.batch_size)) * steps)
     inputs.selection = inputs.selection.select(range(16))  # evaluation is not what is calibrated here
     runtime = plan.runtime_rss(recipe)  # where a run makes its plan: data tokenized, no model yet
     meter = memory.MemoryMeter()
@@ -46,6 +52,7 @@ def measure_one(recipe_path: str, overrides: list[str], steps: int) -> dict:
     trainer = build_trainer(recipe, inputs.task, model, inputs.tokenizer, inputs.train, inputs.selection, out,
                             metrics_for(inputs.task, inputs.selection, inputs.splits.selection, inputs.labels, recipe),
                             inputs.labels, meter)
+    trainer._get_train_sampler = lambda *args: SequentialSampler(inputs.train)  # the same batch every step
     trainer.train()
     import shutil
 
@@ -81,14 +88,15 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| {r['name']} | {b['tokens'] // b['sequence']} × {b['sequence']} "
                      f"| {human_bytes(r['model_state_bytes']['total'])} | {human_bytes(live)} "
                      f"| {human_bytes(pl)} ({100 * (pl - live) / live:+.1f} %) | {human_bytes(rss)} "
-                     f"| {human_bytes(pr)} ({100 * (pr - rss) / rss:+.1f} %) | {human_bytes(r['eval_peak_rss_bytes'])} |")
+                     f"| {human_bytes(pr)} {f'({100 * (pr - rss) / rss:+.1f} %)' if rss else ''} "
+                     f"| {human_bytes(r['eval_peak_rss_bytes'])} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("comparisons", nargs="*", default=["recipes/compare_sst2.py", "recipes/compare_gsm8k.py"])
-    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--json", type=Path, help="write the measurements here")
     parser.add_argument("--from-json", type=Path, help="re-evaluate the plan on earlier measurements")
     parser.add_argument("--one", nargs="+", help=argparse.SUPPRESS)  # RECIPE [OVERRIDE ...]: the child process

@@ -227,6 +227,18 @@ def bench(recipe_path: Path, settings: Settings, data_dir: str | None, out: Path
 
 # ------------------------------------------------------------------------------------------------- report
 
+def _noise_note(training: dict, steps: int) -> str:
+    """Where bf16 is not native, the no_bf16 setting trains exactly as the recipe does: their gap is the noise of
+    one measurement of a few steps, the size below which a setting's effect means nothing."""
+    same = [training.get(name, {}) for name in ("recipe", "no_bf16")]
+    if any("error" in r or "tokens_per_second" not in r for r in same) or same[0]["precision"] != same[1]["precision"]:
+        return ""
+    gap = abs(same[1]["tokens_per_second"] / same[0]["tokens_per_second"] - 1)
+    return (f"\n\nThis machine has no native bf16, so `no_bf16` trains exactly as `recipe` does: their gap, "
+            f"{100 * gap:.0f} %, is the noise of one {steps}-step measurement. A setting whose "
+            "effect is of that size has none that this bench can show.")
+
+
 def _adapter(run: dict) -> str:
     merged = run.get("adapter_merged")  # absent from records written before it was measured
     return "—" if merged is None else "merged" if merged else "not merged"
@@ -265,7 +277,7 @@ def render(record: dict) -> str:
         f"## Training\n\npeftlab's training path, {s['warmup']} warm-up steps then {s['steps']} measured; "
         "tokens/s = real tokens of the measured steps ÷ their seconds; each setting changed alone against the recipe.\n\n"
         + table(["setting", "what", "tokens/s", "vs recipe", "seconds per step (incl. warm-up)", "precision", "MFU"],
-                training),
+                training) + _noise_note(record["training"], s["steps"]),
         f"## Generation\n\nGreedy, key-value cache, {gen['prompts']} prompts of the generation split sorted by "
         f"token length, left padding, at most {gen['max_new_tokens']} new tokens, float32; tokens/s counts each "
         "prompt's tokens up to its end-of-sequence token. \"finished rows\": dropped from the batch as each prompt "

@@ -211,15 +211,23 @@ def _front(rows: list[dict], figs: dict, main: str, greater: bool) -> list[str]:
     return comparison_stats.significant_front(costs, figs, main, greater)
 
 
+def _ratio_cell(difference) -> str:
+    ratio = difference.ratio if difference else None
+    return f"{100 * ratio.point:.1f} [{100 * ratio.low:.1f}, {100 * ratio.high:.1f}]" if ratio else "—"
+
+
 def _paired_section(record: dict, rows: list[dict], figs: dict, metrics: list[str], raw: tuple[str, ...]) -> str:
-    header = ["variant"] + [f"Δ {_header(k, raw)}" for k in metrics]
+    main, baseline = metrics[0], record["baseline"]
+    header = ["variant"] + [f"Δ {_header(k, raw)}" for k in metrics] + [f"{main} as % of {baseline}"]
     body = [[r["name"]] + [_difference_cell(figs[r["name"]].vs_baseline[k], _scale(k, raw))
                            if k in figs[r["name"]].vs_baseline
                            else "—" if figs[r["name"]].vs_baseline else "no shared seed" for k in metrics]
-            for r in rows if r["name"] in figs and r["name"] != record["baseline"]]
-    return (f"## Paired tests against {record['baseline']}\n\nEach variant minus {record['baseline']} on the same "
+            + [_ratio_cell(figs[r["name"]].vs_baseline.get(main))]
+            for r in rows if r["name"] in figs and r["name"] != baseline]
+    return (f"## Paired tests against {baseline}\n\nEach variant minus {baseline} on the same "
             f"examples, pooled over the seeds both ran: Δ [95 % interval] and the two-sided p-value of a paired "
-            f"bootstrap; **bold \\*** marks p < {comparison_stats.ALPHA}.\n\n" + table(header, body))
+            f"bootstrap; **bold \\*** marks p < {comparison_stats.ALPHA}. The last column is the variant's {main} "
+            f"divided by {baseline}'s, with its 95 % interval from the same draws.\n\n" + table(header, body))
 
 
 def pair_differences(record: dict, figs: dict) -> dict[str, tuple[str, dict]]:
@@ -232,12 +240,12 @@ def pair_differences(record: dict, figs: dict) -> dict[str, tuple[str, dict]]:
 def _pairs_section(pairs: dict[str, tuple[str, dict]], metrics: list[str], raw: tuple[str, ...]) -> str:
     if not pairs:
         return ""
-    header = ["variant", "against"] + [f"Δ {_header(k, raw)}" for k in metrics]
+    header = ["variant", "against"] + [f"Δ {_header(k, raw)}" for k in metrics] + [f"{metrics[0]} as % of it"]
     body = [[a, b] + [_difference_cell(differences[k], _scale(k, raw)) if k in differences else "no shared seed"
-                      for k in metrics]
+                      for k in metrics] + [_ratio_cell(differences.get(metrics[0]))]
             for a, (b, differences) in pairs.items()]
     return ("## Other paired tests\n\nThe pairs the comparison file names: the first variant minus the second, "
-            "tested as above.\n\n" + table(header, body))
+            "tested as above, and the first's score as a percentage of the second's.\n\n" + table(header, body))
 
 
 def _separation_notes(figs: dict, metrics: list[str], raw: tuple[str, ...]) -> str:
@@ -407,7 +415,8 @@ def _base_section(rows: list[dict]) -> str:
 
 
 def _difference_json(d) -> dict:
-    return {"delta": d.difference, "delta_ci95": [d.low, d.high], "p_value": d.p_value}
+    ratio = {"ratio": d.ratio.point, "ratio_ci95": [d.ratio.low, d.ratio.high]} if d.ratio else {}
+    return {"delta": d.difference, "delta_ci95": [d.low, d.high], "p_value": d.p_value} | ratio
 
 
 def results_json(figs: dict, record: dict, pairs: dict[str, tuple[str, dict]]) -> dict:

@@ -310,8 +310,10 @@ def plan_errors(plan: dict, measured: dict, rss_plan: dict | None = None) -> dic
     def error(predicted, actual):
         return None if not (predicted and actual) else 100 * (predicted - actual) / actual
 
-    live, rss = plan.get("predicted_train_peak_bytes"), (rss_plan or plan).get("predicted_train_peak_rss_bytes")
+    rss_plan = rss_plan or plan
+    live, rss = plan.get("predicted_train_peak_bytes"), rss_plan.get("predicted_train_peak_rss_bytes")
     return {"plan_at_largest_batch": {"batch": plan.get("batch"), "sequence": plan.get("sequence"),
-                                      "train_peak_bytes": live, "train_peak_rss_bytes": rss},
+                                      "train_peak_bytes": live, "train_peak_rss_bytes": rss,
+                                      "rss_batch": rss_plan.get("batch"), "rss_sequence": rss_plan.get("sequence")},
             "plan_error_percent": error(live, measured["train_peak_bytes"]),
             "plan_rss_error_percent": error(rss, measured["train_peak_rss_bytes"])}

@@ -181,10 +181,12 @@ def test_named_pairs_are_tested_like_the_baseline(comparison, tmp_path):
     report, results = (tmp_path / "cmp.md").read_text(), json.loads((tmp_path / "cmp.json").read_text())["results"]
     assert results["lora"]["vs"]["against"] == "full"
     for metric, figures in results["lora"]["vs"]["metrics"].items():
-        assert figures == {k: results["lora"]["metrics"][metric][k] for k in ("delta", "delta_ci95", "p_value")}
+        assert figures == {k: results["lora"]["metrics"][metric][k]
+                           for k in ("delta", "delta_ci95", "p_value", "ratio", "ratio_ci95")}
     baseline_row = next(line for line in report.split("## Paired tests")[1].splitlines() if line.startswith("| lora |"))
     pair_row = next(line for line in report.split("## Other paired tests")[1].splitlines() if line.startswith("| lora |"))
     assert pair_row == baseline_row.replace("| lora |", "| lora | full |", 1)
+    assert "| accuracy as % of full |" in report and "| accuracy as % of it |" in report
 
 
 def test_pairs_must_name_variants_of_the_comparison(tmp_path, tiny_bert):

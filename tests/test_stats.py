@@ -57,6 +57,21 @@ def test_a_small_difference_is_not_significant():
     assert diff.difference == pytest.approx(2 / 400) and diff.low == 0 and 0.15 < diff.p_value < 0.4
 
 
+def test_ratio_to_the_baseline_comes_from_the_same_draws():
+    """a = b except on 20 of 400 examples that b gets right and a wrong: a ÷ b is 1 + Δ ÷ b in every resample, so its
+    interval is Δ's scaled by b's accuracy (which moves little), never above 1; identical runs give exactly 1."""
+    b = [True] * 20 + _bernoulli(380, 0.8, seed=6)
+    a = [False] * 20 + b[20:]
+    diff = stats.paired_bootstrap(_records(a), _records(b), accuracy, n=1000)
+    assert diff.ratio.point == pytest.approx(accuracy(_records(a)) / accuracy(_records(b)))
+    assert diff.ratio.low < diff.ratio.point < diff.ratio.high <= 1
+    assert diff.ratio.low == pytest.approx(1 + diff.low / accuracy(_records(b)), abs=0.005)
+    assert diff.ratio.high == pytest.approx(1 + diff.high / accuracy(_records(b)), abs=0.005)
+    same = stats.paired_bootstrap(_records(b), _records(b), accuracy, n=200)
+    assert tuple(same.ratio) == (1.0, 1.0, 1.0)
+    assert stats.paired_bootstrap(_records(b), _records([False] * 400), accuracy, n=200).ratio is None
+
+
 def test_records_are_matched_by_id_not_position():
     a, b = _records(_bernoulli(100, 0.8, seed=6)), _records(_bernoulli(100, 0.5, seed=7))
     shuffled = random.Random(0).sample(b, len(b))
