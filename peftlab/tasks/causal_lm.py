@@ -344,8 +344,8 @@ def generate_counted(model, tokenizer, prompts: list[str], max_new_tokens: int, 
 def adapter_merged(model, merge: bool = True):
     """Within: the model's peft adapter folded into its base weights (peft's merge_adapter), taken out again after
     (unmerge_adapter), so generation runs plain linear layers; yields whether it merged. An unmerged LoRA computes
-    its two small matmuls beside every adapted projection at every generated token, about a quarter of a CPU
-    decode step (reports/bench_causal_lm.md measures it). Not into a 4/8-bit base (rounding there changes the model,
+    its two small matmuls, each a separate kernel call, beside every adapted projection at every generated token
+    (reports/bench_causal_lm.md measures what that costs). Not into a 4/8-bit base (rounding there changes the model,
     export.py), nor for prompt learning or bottleneck adapters (nothing linear to fold), nor when
     PEFTLAB_DISABLE=merged_generation. Unmerging subtracts what merging added: the base weights come back up to
     float rounding (the adapter's own weights, which a run saves, are untouched)."""
