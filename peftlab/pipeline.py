@@ -206,12 +206,19 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
         "saved_bytes": measure.disk_bytes(run_dir / recipe.method.saves),
         **measure.peak_memory(meter.rss.whole_run()),
         **({"peak_rss_bytes_per_process": peak_rss} if len(peak_rss) > 1 else {}),
-        "memory": meter.record(memory_plan, *(building.predict_memory_at(recipe, inputs, batch, memory_plan)
-                                              for batch in (meter.largest_batch(), meter.largest_batch(profiled=False)))),
+        "memory": meter.record(memory_plan, *plans_at_measured_batches(recipe, inputs, meter, memory_plan)),
         "memory_plan": memory_plan["parts"],
     } | (extra.record(run_dir) if extra else {})
     rundir.write_json(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def plans_at_measured_batches(recipe, inputs, meter, memory_plan) -> tuple:
+    """The plan at the largest profiled batch (the live peak's) and at the largest other one (the RSS's): one plan
+    when they are the same batch, as they usually are."""
+    live, rss = meter.largest_batch(), meter.largest_batch(profiled=False)
+    at_live = building.predict_memory_at(recipe, inputs, live, memory_plan)
+    return at_live, at_live if rss == live else building.predict_memory_at(recipe, inputs, rss, memory_plan)
 
 
 def with_ids(records: list[dict], ids: list) -> list[dict]:

@@ -44,7 +44,7 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import AutoModelForCausalLM, DynamicCache, StoppingCriteria, StoppingCriteriaList
 
-from .. import chat, levers, rundir, speed
+from .. import chat, levers, measure, rundir, speed
 from ..data import require_columns
 from ..errors import PeftlabError, check
 from ..evaluation import evaluate
@@ -351,7 +351,7 @@ def adapter_merged(model, merge: bool = True):
     float rounding (the adapter's own weights, which a run saves, are untouched)."""
     config = getattr(model, "active_peft_config", None)
     foldable = (merge and config is not None and not config.is_prompt_learning and speed.enabled("merged_generation")
-                and not any(p.dtype in (torch.uint8, torch.int8) for p in model.parameters())
+                and measure.quantized_storage(model) is None
                 and not any(layer.merged for layer in model.modules() if isinstance(layer, BaseTunerLayer)))
     if not foldable:
         yield False
