@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
                                                       "comparison directory or its kept records")
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from recorded runs")
     parser.add_argument("--resume", type=Path, default=None, metavar="DIR",
-                        help="continue a comparison that stopped part-way or gained recipes "
+                        help="continue a comparison that stopped part-way or gained recipes or seeds "
                              "(runs/<comparison>-<timestamp>, or its records in reports/<comparison>/records): its "
                              "finished runs are kept, the rest run")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))

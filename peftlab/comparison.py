@@ -255,18 +255,22 @@ def run_all(args, argv: list[str], console) -> dict:
 def resumed(out_root: Path, record: dict, runs_dir: Path) -> tuple[Path, dict[str, dict], float]:
     """A comparison to continue: (the directory its runs go to, its finished runs by variant label, the wall seconds
     it had run). One that stopped part-way runs what is missing; a finished one whose file has since gained recipes
-    runs those (a finished one with nothing new only rebuilds its report). Only a comparison with the same name,
-    seeds, overrides and budget resumes; its failed runs run again. The learning-rate search is re-derived from the
-    recorded grid runs, so the same choice follows. From kept records (reports/<comparison>/records, perhaps made on
-    another machine) the new runs go to a new runs directory, which starts with the records' base-model figures."""
+    or seeds runs those (a finished one with nothing new only rebuilds its report). Only a comparison with the same
+    name, overrides and budget, and the same seeds or more after them, resumes; its failed runs run again. The
+    learning-rate search is re-derived from the recorded grid runs, so the same choice follows. From kept records
+    (reports/<comparison>/records, perhaps made on another machine) the new runs go to a new runs directory, which
+    starts with the records' base-model figures."""
     earlier = comparison_records.load(out_root)  # says what to pass where there is no comparison.json
     kept = comparison_records.MARK in earlier
     state = "finished" if kept else rundir.read_status(out_root)["state"]
     check(state != "running", f"--resume {out_root}: that comparison is still running; wait for it or stop it first")
-    same = ("name", "seeds", "overrides", "budget", "generate", "generate_seeds")
-    differs = [key for key in same if earlier.get(key) != record[key]]
+    same = ("name", "overrides", "budget", "generate", "generate_seeds")
+    # seeds may grow (more seeds narrow the interval); the first stays, since the learning-rate search ran on it
+    grown = record["seeds"][:len(earlier.get("seeds", []))] == earlier.get("seeds")
+    differs = [key for key in same if earlier.get(key) != record[key]] + ([] if grown else ["seeds"])
     check(not differs, f"--resume {out_root}: {', '.join(differs)} differ from that comparison's "
-                       f"({', '.join(f'{k}={earlier.get(k)!r}' for k in differs)}); resume with the same options")
+                       f"({', '.join(f'{k}={earlier.get(k)!r}' for k in differs)}); resume with the same options "
+                       f"(seeds may only be added after the recorded ones)")
     record["resumed"] = [*earlier.get("resumed", []), record["command"]]
     record["command"] = earlier["command"]
     if kept:  # the records are rewritten after every run, so the kept runs move to the new runs directory first

@@ -87,7 +87,7 @@ def entity_scores(predictions: list[list[str]], references: list[list[str]]) -> 
     return scores
 
 
-@lru_cache(maxsize=1 << 16)  # a bootstrap normalises the same answers 1,000 times
+@lru_cache(maxsize=1 << 16)  # exact match and F1 normalise each answer again
 def normalize_answer(text: str) -> str:
     """The official SQuAD v1.1 normalisation: lower case, no punctuation, no articles, single spaces."""
     import re
@@ -110,10 +110,22 @@ def answer_f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def squad_per_question(predictions: list[str], references: list[list[str]]) -> dict[str, np.ndarray]:
+    """Each question's exact match and F1 (the max over its reference answers), and a count of 1: SQuAD's scores
+    are means of these, so a bootstrap sums resampled rows (stats.Additive) instead of rescoring answers."""
+    exact = [max(normalize_answer(p) == normalize_answer(r) for r in refs) for p, refs in zip(predictions, references)]
+    f1 = [max(answer_f1(p, r) for r in refs) for p, refs in zip(predictions, references)]
+    return {"exact_match": np.array(exact, dtype=float), "f1": np.array(f1, dtype=float),
+            "questions": np.ones(len(predictions))}
+
+
+def squad_means(sums: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    questions = np.maximum(sums["questions"], 1)
+    return {"exact_match": sums["exact_match"] / questions, "f1": sums["f1"] / questions}
+
+
 def squad_scores(predictions: list[str], references: list[list[str]]) -> dict:
     """SQuAD v1.1 exact match and F1, each the max over an example's reference answers, averaged; as fractions
     in [0, 1] like every other peftlab metric (the official script prints percentages)."""
-    n = max(len(predictions), 1)
-    exact = sum(max(normalize_answer(p) == normalize_answer(r) for r in refs) for p, refs in zip(predictions, references))
-    f1 = sum(max(answer_f1(p, r) for r in refs) for p, refs in zip(predictions, references))
-    return {"exact_match": exact / n, "f1": f1 / n}
+    sums = {k: v.sum() for k, v in squad_per_question(predictions, references).items()}
+    return {k: float(v) for k, v in squad_means(sums).items()}

@@ -337,6 +337,44 @@ def test_resume_adds_a_recipe_to_a_finished_comparison(comparison, tmp_path, mon
 
 
 @pytest.mark.slow
+def test_resume_adds_seeds_to_a_finished_comparison(comparison, tmp_path, monkeypatch, data_dir, capsys):
+    """More seeds narrow a comparison's interval: a finished comparison whose file gained a seed after its own runs
+    that seed only, at the rates the first seed's search chose. Seeds that do not extend the recorded ones (the
+    search ran on the first) are refused."""
+    import shutil
+
+    from peftlab import comparison as harness
+
+    full = json.loads((comparison / "reports" / "cmp.json").read_text())
+    done = shutil.copytree(full["dir"], tmp_path / "cmp-done")
+    for name in ("full.py", "lora.py", "broken.py"):
+        shutil.copy(comparison / name, tmp_path / name)
+    (tmp_path / "cmp.py").write_text((comparison / "cmp.py").read_text().replace("seeds=[0, 1]", "seeds=[0, 1, 2]"))
+    ran, real_run = [], harness.run_variant
+
+    def replay_or_run(variant, *args, **kwargs):
+        ran.append(variant.label)
+        recorded = [v for v in full["variants"] if (v["name"], v["seed"], v["lr"]) == (variant.name, variant.seed,
+                                                                                       variant.lr)]
+        return recorded[0] if recorded else real_run(variant, *args, **kwargs)
+
+    monkeypatch.setattr(harness, "run_variant", replay_or_run)
+    monkeypatch.setenv("PEFTLAB_DATA_DIR", str(data_dir))
+    argv = [str(tmp_path / "cmp.py"), "--resume", str(done), "--reports-dir", str(tmp_path / "reports")]
+    assert compare.main(argv) == 0
+    chosen = {name: full["lr_search"][name]["chosen"] for name in ("full", "lora")}
+    assert sorted(label for label in ran if not label.startswith("broken")) == [
+        f"{name}-seed2-lr{chosen[name]:g}" for name in ("full", "lora")]
+    resumed = json.loads((tmp_path / "reports" / "cmp.json").read_text())
+    assert resumed["seeds"] == [0, 1, 2] and all(v in resumed["variants"] for v in full["variants"])
+    assert {v["name"] for v in resumed["variants"] if v["seed"] == 2 and v["state"] == "finished"} == {"full", "lora"}
+
+    (tmp_path / "cmp.py").write_text((comparison / "cmp.py").read_text().replace("seeds=[0, 1]", "seeds=[1, 2]"))
+    assert compare.main(argv) == 2
+    assert "seeds differ" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_resume_from_kept_records_adds_a_recipe(comparison, tmp_path, monkeypatch, data_dir):
     """A comparison continued from its kept records (as on another machine): the recorded runs are kept, the new
     recipe's runs run in a new runs directory, and the records afterwards hold both."""

@@ -189,6 +189,23 @@ def test_squad_normalisation_and_scores():
     assert s == pytest.approx({"exact_match": 0.5, "f1": (1 + 2 / 3) / 2})
 
 
+def test_squad_bootstrap_draws_equal_rescoring_each_resample():
+    # the QA score resamples per-question rows (stats.Additive); each draw must be what scoring that resample's
+    # answers from scratch gives
+    from peftlab import stats
+
+    answers = ["Denver Broncos", "the Eiffel Tower", "Paris", "1990", "blue whale"]
+    records = [{"id": i, "prediction": answers[i % 5], "gold": [answers[(i * 7) % 5], answers[(i * 3) % 5] + " x"]}
+               for i in range(40)]
+    fast = stats.replicate(records, get_task("qa").score_predictions, n_boot=50, seed=1)
+    slow = stats.replicate(records, lambda rs: squad_scores([r["prediction"] for r in rs], [r["gold"] for r in rs]),
+                           n_boot=50, seed=1)
+    assert fast.point == pytest.approx(slow.point)
+    for key in ("exact_match", "f1"):
+        assert np.std(slow.draws[key]) > 0  # the resamples differ, so equal draws are a real check
+        np.testing.assert_allclose(fast.draws[key], slow.draws[key], rtol=1e-12)
+
+
 # ------------------------------------------------------------------------------------ word-piece alignment
 
 def wordpiece_tokenizer():

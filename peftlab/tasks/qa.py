@@ -20,7 +20,8 @@ from transformers import AutoModelForQuestionAnswering
 
 from ..data import require_columns
 from ..errors import check
-from ..metrics import squad_scores
+from ..metrics import squad_means, squad_per_question
+from ..stats import Additive
 from . import require_fast_tokenizer
 
 MODEL_CLASS = AutoModelForQuestionAnswering
@@ -195,8 +196,10 @@ def records_for(eval_ds, raw_eval, label_names: list[str], recipe):
     return records
 
 
-def score_predictions(records: list[dict]) -> dict:
-    return squad_scores([r["prediction"] for r in records], [r["gold"] for r in records])
+# Additive: a bootstrap of 5,609 questions x 1,000 resamples rescored every answer (minutes per run)
+score_predictions = Additive(
+    lambda records: squad_per_question([r["prediction"] for r in records], [r["gold"] for r in records]),
+    squad_means)
 
 
 @torch.no_grad()
