@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="a.b=value")
     parser.add_argument("--steps", type=int, default=Settings.steps, help="measured training steps per setting")
     parser.add_argument("--warmup", type=int, default=Settings.warmup, help="unmeasured steps before them")
+    parser.add_argument("--rounds", type=int, default=Settings.rounds,
+                        help="rounds of the training settings, alternating their order (compile: the first only)")
     parser.add_argument("--prompts", type=int, default=Settings.prompts, help="generation prompts")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(Settings.batch_sizes))
@@ -42,11 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     from peftlab.causal_lm_bench import bench
     from peftlab.errors import cli_exit_code
 
-    settings = Settings(steps=args.steps, warmup=args.warmup, prompts=args.prompts, max_new_tokens=args.max_new_tokens,
+    settings = Settings(steps=args.steps, warmup=args.warmup, rounds=args.rounds, prompts=args.prompts,
+                        max_new_tokens=args.max_new_tokens,
                         batch_sizes=tuple(args.batch_sizes), decoders=tuple(args.decoders),
                         variants=tuple(args.variants), overrides=args.overrides)
     if args.quick:
-        settings.steps, settings.warmup, settings.prompts, settings.max_new_tokens = 1, 1, 4, 16
+        settings.steps, settings.warmup, settings.rounds, settings.prompts, settings.max_new_tokens = 1, 1, 1, 4, 16
         settings.batch_sizes, settings.peak_seconds = (1, 4), 1.0
     pipeline.quiet_libraries()
     command = shlex.join(["python", "benchmarks/causal_lm_bench.py", *argv])

@@ -10,7 +10,7 @@ from peft import prepare_model_for_kbit_training
 from transformers import set_seed
 
 from . import data as data_stage
-from . import heads, models, plan, speed
+from . import distributed, heads, levers, models, plan, speed
 from .methods.base import Context
 from .quant import keep_one_weight_layout
 from .tasks import get_task
@@ -93,6 +93,18 @@ def predict_memory(recipe, inputs: Inputs) -> dict:
     """The plan for the worst batch the recipe can meet (micro-batch x its longest training example): what a budget
     is checked against, before training."""
     return plan.predict(recipe, inputs.task, inputs.resolved, inputs.labels, max(inputs.train["length"]))
+
+
+def choose_levers(recipe, inputs, budget: int | None) -> tuple:
+    """(the recipe with "auto" gradient checkpointing resolved, its memory plan, the choice for the records or
+    None): a run without --budget (which chose its levers already) checkpoints only where the plan without it
+    does not fit the memory available now. The main process chooses, so every process of a run trains alike."""
+    if budget is not None or not levers.automatic_checkpointing(recipe):
+        return recipe, predict_memory(recipe, inputs), None
+    choice = distributed.share_from_main(lambda: levers.choose_checkpointing(
+        recipe, lambda r: predict_memory(r, inputs), plan.available_memory()[0]))
+    recipe = levers.with_levers(recipe, levers.micro_batch_size(recipe), choice["gradient_checkpointing"])
+    return recipe, predict_memory(recipe, inputs), choice
 
 
 def predict_memory_at(recipe, inputs: Inputs, largest: dict, before: dict) -> dict | None:

@@ -11,6 +11,7 @@ directory and join the records.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -34,10 +35,7 @@ def keep(record: dict, folder: Path) -> Path:
         run = Path(variant["run"]) if variant.get("run") else None
         if run is not None and run.is_dir():
             kept = Path(run.parent.name) / run.name
-            (staging / kept).mkdir(parents=True)
-            for name in FILES:
-                if (run / name).is_file():
-                    shutil.copy2(run / name, staging / kept / name)
+            _keep_run(run, folder / kept, staging / kept)
             variant = variant | {"run": str(kept)}
         variants.append(variant)
     base = Path(record["dir"]) / BASE
@@ -48,6 +46,24 @@ def keep(record: dict, folder: Path) -> Path:
     shutil.rmtree(folder, ignore_errors=True)
     staging.rename(folder)
     return folder
+
+
+def _keep_run(run: Path, earlier: Path, to: Path) -> None:
+    """Copy a run's record files to `to`, or hard-link the copies kept last time when the run has not changed since
+    (the same status.json): keep runs after every run of a comparison, and copying every finished run again each
+    time made it O(runs²) copies of their predictions."""
+    to.mkdir(parents=True)
+    unchanged = (earlier / "status.json").is_file() and (run / "status.json").is_file() and \
+        (earlier / "status.json").read_bytes() == (run / "status.json").read_bytes()
+    for name in FILES:
+        if unchanged and (earlier / name).is_file():
+            try:
+                os.link(earlier / name, to / name)
+                continue
+            except OSError:  # a file system without hard links: copy
+                pass
+        if (run / name).is_file():
+            shutil.copy2(run / name, to / name)
 
 
 def copy_into(records: Path, variants: list[dict], out_root: Path) -> list[dict]:

@@ -306,15 +306,34 @@ def _protocol_line(first: dict) -> str:
 
 
 def _resumed_line(record: dict) -> str:
-    """A comparison continued with --resume (after a stop, or to add recipes) says so: its runs span sittings."""
+    """A comparison continued with --resume (after a stop, or to add recipes or seeds) says so: its runs span
+    sittings."""
     commands = record.get("resumed", [])
-    return "Continued (after a stop, or to add recipes) with:\n\n```\n" + "\n".join(commands) + "\n```" if commands else ""
+    return "Continued (after a stop, or to add recipes or seeds) with:\n\n```\n" + "\n".join(commands) + "\n```" if commands else ""
 
 
 def _commits(rows: list[dict]) -> str:
     """Every peftlab commit the reported runs were made at (a resumed comparison may have more than one)."""
     commits = dict.fromkeys(str(r["environment"].get("peftlab_commit")) for row in rows for r in row["runs"])
     return ", ".join(commits)
+
+
+def levers_note(rows: list[dict]) -> str:
+    """The memory levers the runs trained with (gradient checkpointing, micro-batch): "auto" and --budget choose
+    them per run, so variants may differ, and then their memory and time columns compare the settings too."""
+    def words(levers: dict) -> str:
+        return (f"gradient checkpointing {'on' if levers['gradient_checkpointing'] else 'off'}, micro-batch "
+                f"{levers['micro_batch_size']}")
+
+    used = {row["name"]: sorted({words(r["environment"]["levers"]) for r in row["runs"]
+                                 if "levers" in r["environment"]}) for row in rows}
+    settings = {s for found in used.values() for s in found}
+    if len(settings) == 1:
+        return f"Memory levers, every run: {settings.pop()}."
+    if not settings:
+        return ""
+    return ("Memory levers differ between runs (their memory and time columns compare these settings as well as the "
+            "methods): " + "; ".join(f"{name}: {' / '.join(found)}" for name, found in used.items() if found) + ".")
 
 
 def _load_row(rows: list[dict], cores: int) -> list[list[str]]:
@@ -359,7 +378,7 @@ def render(record: dict, rows: list[dict], first: dict, figs: dict, pairs: dict,
         _protocol_line(first),
         "## Results\n\n" + table(header, [_row_cells(r, main, others, figs.get(r["name"]), raw) for r in rows]),
         "\n".join(filter(None, [_separation_notes(figs, others, raw), _partial_metrics_note(figs, others, record),
-                                 old_rss_note(rows)])),
+                                 old_rss_note(rows), levers_note(rows)])),
         f"Pareto front (lowest training peak for its {main}; a variant leaves it only for one significantly "
         f"better, p < {comparison_stats.ALPHA}, or clearly cheaper, under {comparison_stats.CLEARLY_CHEAPER:.0%} "
         f"of its memory): {', '.join(_front(rows, figs, main, greater))}.",

@@ -31,7 +31,8 @@ IGNORE = -100
 
 
 def gradient_checkpointing(recipe) -> bool:
-    """What Train.gradient_checkpointing="auto" resolves to: on for the causal LM, off for the encoder tasks.
+    """What Train.gradient_checkpointing="auto" resolves to: on for the causal LM (unless the run finds that it fits
+    without: `choose_checkpointing`), off for the encoder tasks.
     A checkpointed step runs every layer's forward twice, about a third more compute. The causal LM's activations
     (SmolLM2 GSM8K, 8 x 384 tokens, 30 layers) are gigabytes, most of its peak, so halving it is worth that; the
     encoders' batches are short (SST-2: 32 x ~25 tokens through 6 MiniLM layers), where activations are a few
@@ -42,6 +43,42 @@ def gradient_checkpointing(recipe) -> bool:
     if setting == "auto":
         return recipe.model.task == "causal_lm" and recipe.method.kind != "prefix"
     return setting
+
+
+# The share of the memory available at the start that "auto" lets a run plan for without checkpointing; the rest
+# covers the plan's error, evaluation and generation batches, and what else starts on the machine meanwhile.
+AUTO_SHARE = 0.5
+
+
+def automatic_checkpointing(recipe) -> bool:
+    """Whether the recipe leaves checkpointing to "auto" and "auto" turns it on (the causal LM): then a run without
+    --budget turns it off where the plan without it fits (`choose_checkpointing`)."""
+    return recipe.train.gradient_checkpointing == "auto" and gradient_checkpointing(recipe)
+
+
+def choose_checkpointing(recipe, predict, available: int) -> dict:
+    """Checkpointing off when the plan without it (`predict(recipe)`, held as plan.compared_figure) is within
+    AUTO_SHARE of `available` memory, else on; returned with its grounds, for the records. Checkpointing learns the
+    same (tests/test_levers.py) but recomputes every layer's forward in backward: the causal-LM bench measures what
+    that costs."""
+    from .plan import compared_figure
+
+    needs = compared_figure(predict(with_levers(recipe, micro_batch_size(recipe), False)))
+    return {"gradient_checkpointing": needs > AUTO_SHARE * available, "plan_without_bytes": needs,
+            "available_bytes": available, "share": AUTO_SHARE}
+
+
+def describe(settings: dict) -> str:
+    """A run's levers (its environment record's `levers`) in words, with the grounds of an automatic choice."""
+    from .measure import human_bytes
+
+    auto, budget = settings.get("auto"), settings.get("budget")
+    why = (f" (--budget {human_bytes(budget)})" if budget is not None else
+           f" (auto: the plan without it, {human_bytes(auto['plan_without_bytes'])}, is "
+           f"{'above' if auto['gradient_checkpointing'] else 'within'} {auto['share']:.0%} of the "
+           f"{human_bytes(auto['available_bytes'])} available)" if auto else "")
+    return (f"gradient checkpointing {'on' if settings['gradient_checkpointing'] else 'off'}{why}, micro-batch "
+            f"{settings['micro_batch_size']} x {settings['accumulation_steps']} accumulation steps")
 
 
 def micro_batch_size(recipe) -> int:

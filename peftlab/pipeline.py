@@ -70,7 +70,8 @@ def run(options: Options, argv: list[str], console: Console) -> int:
         check(options.base_cache is None or hasattr(get_task(recipe.model.task), "Evaluation"),
               f"--base-cache: task {recipe.model.task!r} scores no base model before training; drop the option")
         if options.plan:  # predict and exit: nothing is trained or written
-            predicted = building.predict_memory(recipe, building.prepare_inputs(recipe, data_root))
+            recipe, predicted, auto = building.choose_levers(recipe, building.prepare_inputs(recipe, data_root), options.budget)
+            console.print(levers.describe(levers.settings(recipe) | {"auto": auto}), highlight=False)
             return 0 if plan.print_plan(predicted, options.budget) else 1
         if options.budget is not None:  # micro-batch and checkpointing chosen to fit, before anything is created
             recipe = fit_budget(recipe, data_root, options.budget, console)
@@ -133,6 +134,7 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
         rundir.write_json(run_dir / "recipe.json", recipe_to_dict(recipe))
         shutil.copyfile(recipe_path, run_dir / "recipe.py")
     inputs = building.prepare_inputs(recipe, data_root)
+    recipe, memory_plan, auto_levers = building.choose_levers(recipe, inputs, budget)
     task, resolved, tokenizer, splits = inputs.task, inputs.resolved, inputs.tokenizer, inputs.splits
     label_names, train_ds, eval_ds = inputs.labels, inputs.train, inputs.eval
 
@@ -145,13 +147,13 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
                  "selection_examples": len(splits.selection), "eval_examples": len(splits.eval)},
         "processes": distributed.world_size(),
         "speed": speed.settings(recipe),
-        "levers": levers.settings(recipe) | {"budget": budget, "allocator": levers.allocator_settings()},
+        "levers": levers.settings(recipe) | {"budget": budget, "auto": auto_levers,
+                                             "allocator": levers.allocator_settings()},
         "report_to": tracking.trackers(recipe.train.report_to),
     }
     if main_process:
         rundir.write_json(run_dir / "environment.json", resume.environment(resuming, env) if resuming else env)
 
-    memory_plan = building.predict_memory(recipe, inputs)
     extra = task.Evaluation(inputs, recipe, base_cache) if hasattr(task, "Evaluation") else None  # before/after
     meter = memory.MemoryMeter()  # the base's evaluation before training counts as evaluation
     model = building.build_model(recipe, task, resolved, label_names,

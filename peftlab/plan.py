@@ -321,6 +321,29 @@ def verdict(prediction: dict, budget: int | None) -> tuple[bool, int, str]:
     return prediction["predicted_train_peak_bytes"] <= limit, limit, what
 
 
+def available_memory() -> tuple[int, str]:
+    """Memory a run can count on now, and what it is: the GPU's free memory, or the memory the kernel can give
+    without swapping (MemAvailable; physical memory where /proc/meminfo is missing), shared by this machine's
+    processes of a DDP run (each has a GPU of its own)."""
+    if torch.cuda.is_available():
+        return torch.cuda.mem_get_info()[0], "free GPU memory"
+    import os
+
+    try:
+        with open("/proc/meminfo") as fh:
+            fields = dict(line.split(":", 1) for line in fh)
+        available, what = int(fields["MemAvailable"].split()[0]) * 1024, "available memory"
+    except (OSError, KeyError):
+        available, what = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "physical memory"
+    return available // int(os.environ.get("LOCAL_WORLD_SIZE", "1")), what
+
+
+def compared_figure(prediction: dict) -> int:
+    """What a prediction is held against the machine with: the process's resident memory on a CPU (live tensors,
+    the libraries and the allocator's slack), the live tensors on a GPU."""
+    return prediction["predicted_train_peak_rss_bytes"] or prediction["predicted_train_peak_bytes"]
+
+
 def parse_size(text: str) -> int:
     """'16GiB', '512MiB', '8GB', '1e9' -> bytes (binary units either way, as memory is sold)."""
     match = re.fullmatch(r"\s*([\d.e+]+)\s*([KMGT]?)i?B?\s*", text, re.IGNORECASE)

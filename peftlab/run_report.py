@@ -9,7 +9,7 @@ import shlex
 import shutil
 from pathlib import Path
 
-from . import rundir
+from . import levers, rundir
 from .data import title
 from .measure import human_bytes
 from .memory import compared_plan
@@ -372,6 +372,7 @@ def render(record: dict, curve: str | None = None) -> str:
             ["data", f"{data_title} from {data['source']}: train {data['train_examples']:,} examples, "
                      f"validation {data['eval_examples']:,}"],
             ["training", ", ".join(f"{k}={v}" for k, v in recipe["train"].items())],
+            *([["memory levers", levers.describe(env["levers"])]] if "levers" in env else []),
             ["processes; speed settings", f"{env.get('processes', 1)}; " + ", ".join(
                 f"{k} {v}" for k, v in env.get("speed", {}).items())],
             ["seed", recipe["train"]["seed"]],

@@ -448,6 +448,25 @@ def test_merge_is_exact_for_the_causal_lm(lora_run, sums_dir, tmp_path, capsys):
     assert "generation" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
+def test_auto_checkpointing_follows_the_memory_available(tmp_path, llama, sums_dir, monkeypatch):
+    """A causal LM left at gradient_checkpointing="auto" trains without checkpointing where the plan without it fits
+    half the memory available, with it where not; the run records the choice, its plan follows it, and its report
+    gives the grounds."""
+    from peftlab import plan
+
+    path = write_recipe(tmp_path / "r.py", llama, train="epochs=1, lr=1e-2, batch_size=16, logging_steps=5")
+    for available, checkpointed in ((64 * 2**30, False), (2**20, True)):
+        monkeypatch.setattr(plan, "available_memory", lambda available=available: (available, "available memory"))
+        run = run_recipe(tmp_path / f"available{available}", path, sums_dir)
+        chosen = json.loads((run / "environment.json").read_text())["levers"]
+        assert chosen["gradient_checkpointing"] is checkpointed and chosen["budget"] is None
+        assert chosen["auto"]["gradient_checkpointing"] is checkpointed and chosen["auto"]["available_bytes"] == available
+        parts = json.loads((run / "metrics.json").read_text())["memory_plan"]
+        assert ("activations: layer inputs (checkpointed)" in parts) is checkpointed
+        report = (run / "report.md").read_text()
+        assert f"gradient checkpointing {'on' if checkpointed else 'off'} (auto: the plan without it" in report
+
+
 @pytest.mark.slow
 def test_qlora_run_keeps_the_output_layer_in_full_precision(tmp_path, llama, sums_dir):
     path = write_recipe(tmp_path / "r.py", llama, train="epochs=1, lr=1e-2, batch_size=16, logging_steps=5",

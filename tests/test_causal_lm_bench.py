@@ -49,17 +49,31 @@ def test_batch_log_splits_packed_rows_into_their_examples():
 
 def test_a_bounded_bench_writes_its_report(tmp_path, llama, sums_dir):
     recipe_path = write_recipe(tmp_path / "r.py", llama)
-    settings = causal_lm_bench.Settings(steps=1, warmup=1, prompts=4, max_new_tokens=6, batch_sizes=(1, 4),
+    settings = causal_lm_bench.Settings(steps=1, warmup=1, rounds=2, prompts=4, max_new_tokens=6, batch_sizes=(1, 4),
                                         peak_seconds=0.2, variants=("recipe", "packing", "padding_free", "no_bf16"))
     record = causal_lm_bench.bench(recipe_path, settings, str(sums_dir), tmp_path / "out", "bench r.py")
     training = record["training"]
     assert set(training) == {"recipe", "packing", "padding_free", "no_bf16"}
     for name, result in training.items():
-        assert "error" not in result and result["steps"] == 1 and result["tokens"] > 0, name
-        assert 0 < result["mfu"] and result["model_flops"] > 0
-    assert training["no_bf16"]["precision"] == "fp32" and training["packing"]["speed"]["packing"]
+        assert len(result["rounds"]) == 2, name
+        for run in result["rounds"]:
+            assert "error" not in run and run["steps"] == 1 and run["tokens"] > 0, name
+            assert 0 < run["mfu"] and run["model_flops"] > 0
+            # the measured step is one the profiler did not watch, after the warm-up step
+            measured = [i for i in range(1, len(run["step_seconds"])) if i not in run["profiled_steps"]]
+            assert len(measured) == 1 and measured[0] == len(run["step_seconds"]) - 1
+    recipe_rounds = training["recipe"]["rounds"]
+    assert recipe_rounds[0]["tokens"] == recipe_rounds[1]["tokens"]  # the same batches each round
+    assert training["recipe"]["vs_recipe"] == 1.0 and training["recipe"]["vs_recipe_range"] == [1.0, 1.0]
+    ratios = [r["tokens_per_second"] / b["tokens_per_second"] for r, b in zip(training["packing"]["rounds"],
+                                                                               recipe_rounds)]
+    assert training["packing"]["vs_recipe_range"] == [min(ratios), max(ratios)]
+    # "auto" checkpointing resolved as a run resolves it: a tiny model fits without
+    assert recipe_rounds[0]["levers"]["gradient_checkpointing"] is False
+    packed = training["packing"]["rounds"][0]
+    assert training["no_bf16"]["precision"] == "fp32" and packed["speed"]["packing"]
     # packed rows hold several examples each: fewer rows than examples per step
-    assert training["packing"]["examples"] > 8 == training["recipe"]["examples"]
+    assert packed["examples"] > 8 == recipe_rounds[0]["examples"]
     generation = record["generation"]
     assert [(r["batch_size"], r["decoder"], r["adapter_merged"]) for r in generation["runs"]] == \
         [(size, decoder, merged) for size in (1, 4)
@@ -67,6 +81,12 @@ def test_a_bounded_bench_writes_its_report(tmp_path, llama, sums_dir):
     assert generation["prompts"] == 4
     assert all(r["same_texts_as_first"] and r["new_tokens"] > 0 for r in generation["runs"])
     text = (tmp_path / "out" / "bench_causal_lm.md").read_text()
-    assert rundir.read_json(tmp_path / "out" / "bench_causal_lm.json")["training"]["recipe"]["tokens"] == \
-        training["recipe"]["tokens"]
+    assert rundir.read_json(tmp_path / "out" / "bench_causal_lm.json")["training"] == training
     assert f"{training['recipe']['tokens_per_second']:.1f}" in text and "| 4 | kept (transformers' generate) | merged |" in text
+    assert "Noise: the recipe's own 2 rounds differ by" in text
+
+
+def test_training_rounds_alternate_and_compile_runs_once_at_the_end():
+    order = causal_lm_bench.training_order(("recipe", "compile", "packing", "no_bf16"), rounds=3)
+    assert order == [(0, "recipe"), (0, "packing"), (0, "no_bf16"), (1, "no_bf16"), (1, "packing"), (1, "recipe"),
+                     (2, "recipe"), (2, "packing"), (2, "no_bf16"), (0, "compile")]

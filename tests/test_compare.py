@@ -169,6 +169,37 @@ def test_kept_records_rebuild_the_report_without_the_runs_directory(comparison, 
     assert str(records) in rebuilt.split("## Runs")[1]
 
 
+def test_records_kept_again_link_unchanged_runs_and_copy_changed_ones(tmp_path):
+    """Records are kept after every run: a run whose status is unchanged since last time is hard-linked from the
+    earlier copy (not copied again), a run that changed is copied afresh, and a run the record no longer names goes."""
+    from peftlab import comparison_records
+
+    runs = tmp_path / "runs" / "cmp"
+    record = {"dir": str(runs), "variants": []}
+    for name in ("a", "b", "c"):
+        run = runs / f"{name}-seed0" / f"{name}-1"
+        run.mkdir(parents=True)
+        (run / "status.json").write_text('{"state": "running"}')
+        (run / "predictions.jsonl").write_text(f'{{"id": 0, "run": "{name}"}}\n')
+        (run / "model.safetensors").write_text("weights")
+        record["variants"].append({"name": name, "run": str(run)})
+    folder = comparison_records.keep(record, tmp_path / "records")
+    first = {name: os.stat(folder / f"{name}-seed0" / f"{name}-1" / "predictions.jsonl").st_ino for name in "abc"}
+
+    changed = runs / "b-seed0" / "b-1"
+    (changed / "status.json").write_text('{"state": "finished"}')
+    (changed / "predictions.jsonl").write_text('{"id": 0, "run": "b, finished"}\n')
+    record["variants"] = record["variants"][:2]
+    comparison_records.keep(record, folder)
+    kept_a, kept_b = folder / "a-seed0" / "a-1", folder / "b-seed0" / "b-1"
+    assert os.stat(kept_a / "predictions.jsonl").st_ino == first["a"]
+    assert (kept_a / "predictions.jsonl").read_text() == '{"id": 0, "run": "a"}\n'
+    assert (kept_b / "predictions.jsonl").read_text() == '{"id": 0, "run": "b, finished"}\n'
+    assert (kept_b / "status.json").read_text() == '{"state": "finished"}'
+    assert not (folder / "c-seed0").exists() and not (kept_a / "model.safetensors").exists()
+    assert comparison_records.load(folder)["variants"][0]["run"] == str(kept_a)
+
+
 @pytest.mark.slow
 def test_named_pairs_are_tested_like_the_baseline(comparison, tmp_path):
     """Comparison.pairs adds paired tests between two variants: lora against full must give exactly the figures of
@@ -413,3 +444,21 @@ def test_rss_recorded_with_the_profilers_steps_is_left_out_of_the_table():
     assert comparison_report.memory_cells(new)[3:] == [human_bytes(3 * 2**30), human_bytes(2**31)]
     assert comparison_report.memory_cells(old)[1] == comparison_report.memory_cells(new)[1] == human_bytes(2**30)
     assert "old" in comparison_report.old_rss_note([old, new]) and comparison_report.old_rss_note([new]) == ""
+
+
+def test_differing_memory_levers_are_named_beside_the_table():
+    """"auto" and --budget choose checkpointing and the micro-batch per run: a table whose variants trained with
+    different levers says so, naming each variant's, since its memory and time columns compare them too."""
+    from peftlab import comparison_report
+
+    def row(name: str, *levers: tuple[bool, int]):
+        return {"name": name, "runs": [{"environment": {"levers": {"gradient_checkpointing": c, "micro_batch_size": m}}}
+                                       for c, m in levers]}
+
+    same = [row("full", (False, 8), (False, 8)), row("lora", (False, 8))]
+    assert comparison_report.levers_note(same) == "Memory levers, every run: gradient checkpointing off, micro-batch 8."
+    mixed = comparison_report.levers_note([row("full", (True, 8), (False, 8)), row("lora", (False, 8))])
+    assert mixed.startswith("Memory levers differ between runs")
+    assert "full: gradient checkpointing off, micro-batch 8 / gradient checkpointing on, micro-batch 8" in mixed
+    assert "lora: gradient checkpointing off, micro-batch 8." in mixed
+    assert comparison_report.levers_note([{"name": "old", "runs": [{"environment": {}}]}]) == ""

@@ -272,6 +272,24 @@ def test_fit_budget_prefers_large_micro_batches_then_checkpointing():
     assert (chosen.train.micro_batch_size, chosen.train.gradient_checkpointing) == (8, True)  # explicit: kept
 
 
+def test_auto_checkpointing_is_off_only_where_the_plan_without_it_fits():
+    seen = []
+
+    def plan(recipe):  # resident memory without checkpointing: 1000 bytes
+        seen.append(levers.gradient_checkpointing(recipe))
+        return {"predicted_train_peak_bytes": 600, "predicted_train_peak_rss_bytes": 1000}
+
+    assert levers.automatic_checkpointing(_recipe())
+    assert not levers.automatic_checkpointing(_recipe(gradient_checkpointing=True))  # explicit: never changed
+    assert levers.choose_checkpointing(_recipe(), plan, available=2000) == {
+        "gradient_checkpointing": False, "plan_without_bytes": 1000, "available_bytes": 2000, "share": 0.5}
+    assert levers.choose_checkpointing(_recipe(), plan, available=1999)["gradient_checkpointing"] is True
+    assert seen == [False, False]  # the plan asked is the one without checkpointing, at the recipe's micro-batch
+    gpu = levers.choose_checkpointing(_recipe(), lambda r: {"predicted_train_peak_bytes": 600,
+                                                             "predicted_train_peak_rss_bytes": None}, available=1300)
+    assert gpu["plan_without_bytes"] == 600 and gpu["gradient_checkpointing"] is False  # GPU: live tensors
+
+
 # ------------------------------------------------------------------------------------------ allocator
 
 def _no_user_allocator(monkeypatch):
