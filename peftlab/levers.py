@@ -57,13 +57,13 @@ def automatic_checkpointing(recipe) -> bool:
 
 
 def choose_checkpointing(recipe, predict, available: int) -> dict:
-    """Checkpointing off when the plan without it (`predict(recipe)`, held as plan.compared_figure) is within
-    AUTO_SHARE of `available` memory, else on; returned with its grounds, for the records. Checkpointing learns the
-    same (tests/test_levers.py) but recomputes every layer's forward in backward: the causal-LM bench measures what
-    that costs."""
-    from .plan import compared_figure
-
-    needs = compared_figure(predict(with_levers(recipe, micro_batch_size(recipe), False)))
+    """Checkpointing off when the plan without it (`predict(recipe)`) is within AUTO_SHARE of `available` memory,
+    else on; returned with its grounds, for the records. The plan's figure is the process's resident memory on a CPU
+    (live tensors, libraries, the allocator's slack), its live tensors on a GPU (no RSS figure there). Checkpointing
+    learns the same (tests/test_levers.py) but recomputes every layer's forward in backward: the causal-LM bench
+    measures what that costs."""
+    prediction = predict(with_levers(recipe, micro_batch_size(recipe), False))
+    needs = prediction["predicted_train_peak_rss_bytes"] or prediction["predicted_train_peak_bytes"]
     return {"gradient_checkpointing": needs > AUTO_SHARE * available, "plan_without_bytes": needs,
             "available_bytes": available, "share": AUTO_SHARE}
 

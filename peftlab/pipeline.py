@@ -70,7 +70,8 @@ def run(options: Options, argv: list[str], console: Console) -> int:
         check(options.base_cache is None or hasattr(get_task(recipe.model.task), "Evaluation"),
               f"--base-cache: task {recipe.model.task!r} scores no base model before training; drop the option")
         if options.plan:  # predict and exit: nothing is trained or written
-            recipe, predicted, auto = building.choose_levers(recipe, building.prepare_inputs(recipe, data_root), options.budget)
+            inputs = building.prepare_inputs(recipe, data_root)
+            recipe, predicted, auto = building.choose_levers(recipe, inputs, options.budget)
             console.print(levers.describe(levers.settings(recipe) | {"auto": auto}), highlight=False)
             return 0 if plan.print_plan(predicted, options.budget) else 1
         if options.budget is not None:  # micro-batch and checkpointing chosen to fit, before anything is created

@@ -338,12 +338,6 @@ def available_memory() -> tuple[int, str]:
     return available // int(os.environ.get("LOCAL_WORLD_SIZE", "1")), what
 
 
-def compared_figure(prediction: dict) -> int:
-    """What a prediction is held against the machine with: the process's resident memory on a CPU (live tensors,
-    the libraries and the allocator's slack), the live tensors on a GPU."""
-    return prediction["predicted_train_peak_rss_bytes"] or prediction["predicted_train_peak_bytes"]
-
-
 def parse_size(text: str) -> int:
     """'16GiB', '512MiB', '8GB', '1e9' -> bytes (binary units either way, as memory is sold)."""
     match = re.fullmatch(r"\s*([\d.e+]+)\s*([KMGT]?)i?B?\s*", text, re.IGNORECASE)

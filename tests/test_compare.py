@@ -313,7 +313,7 @@ def test_resume_runs_only_what_is_missing(comparison, tmp_path, monkeypatch):
     assert ran == labels
     assert resumed["lr_search"] == full["lr_search"] and resumed["variants"] == full["variants"]
     assert resumed["resumed"] and rundir.status(stopped) == rundir.FINISHED
-    assert "Continued (after a stop, or to add recipes) with:" in (tmp_path / "cmp.md").read_text()
+    assert "Continued (after a stop, or to add recipes or seeds) with:" in (tmp_path / "cmp.md").read_text()
     ran.clear()  # resumed again once finished, with no recipe added: only its failed runs (broken.py) run again
     assert compare.main([str(comparison / "cmp.py"), "--resume", str(stopped), "--reports-dir", str(tmp_path)]) == 0
     again = json.loads((tmp_path / "cmp.json").read_text())
