@@ -101,10 +101,17 @@ def choose_levers(recipe, inputs, budget: int | None) -> tuple:
     does not fit the memory available now. The main process chooses, so every process of a run trains alike."""
     if budget is not None or not levers.automatic_checkpointing(recipe):
         return recipe, predict_memory(recipe, inputs), None
-    choice = distributed.share_from_main(lambda: levers.choose_checkpointing(
-        recipe, lambda r: predict_memory(r, inputs), plan.available_memory()[0]))
+    traced = {}  # the plan the choice was made with, kept: tracing one costs seconds
+
+    def predict(candidate):
+        traced[levers.gradient_checkpointing(candidate)] = predict_memory(candidate, inputs)
+        return traced[levers.gradient_checkpointing(candidate)]
+
+    choice = distributed.share_from_main(lambda: levers.choose_checkpointing(recipe, predict,
+                                                                             plan.available_memory()[0]))
     recipe = levers.with_levers(recipe, levers.micro_batch_size(recipe), choice["gradient_checkpointing"])
-    return recipe, predict_memory(recipe, inputs), choice
+    chosen = traced.get(choice["gradient_checkpointing"])  # other processes of a DDP run trace their own
+    return recipe, chosen or predict_memory(recipe, inputs), choice
 
 
 def predict_memory_at(recipe, inputs: Inputs, largest: dict, before: dict) -> dict | None:
