@@ -3,7 +3,8 @@
 variant (python -m peftlab.compare is the command; peftlab/comparison_report.py renders the report).
 
 With `lrs`, each variant first runs a small learning-rate grid on the first seed, keeps the rate with the best
-selection-split score (lr_search) and runs its other seeds at that rate.
+selection-split score (lr_search) and runs its other seeds at that rate. Every variant's first seed runs first,
+then the other seeds one at a time across the variants, so that a comparison stopped part-way pairs its variants.
 
 A variant with no overrides at its recipe's own seed is exactly the recipe's run, so its report also goes to
 reports/<recipe>.md (no second run needed for the recipe's own report).
@@ -11,6 +12,7 @@ reports/<recipe>.md (no second run needed for the recipe's own report).
 
 from __future__ import annotations
 
+import itertools
 import re
 import runpy
 import shlex
@@ -235,16 +237,24 @@ def run_all(args, argv: list[str], console) -> dict:
             progress.update(task, total=max(bar.total, bar.completed + 1), advance=1)
             return result
 
+        later_seeds = []  # per recipe, the runs after its first seed's
         for name in dict.fromkeys(v.name for v in variants):
-            first, *rest = todo = [v for v in variants if v.name == name]
+            first, *rest = [v for v in variants if v.name == name]
             if name in grids:  # the first seed's run at the chosen rate is one of the grid's
                 extend = lr_search.EDGE_EXTENSIONS if comparison.lrs == "auto" else 0  # a list given is kept
                 search = record["lr_search"][name] = search_lr(first, grids[name], run, extend)
                 # the first seed runs again at the chosen rate where its grid runs left generation out
-                again = [first] if first.generates else []
-                todo = [replace(v, lr=search["chosen"], is_recipe_run=False) for v in again + rest] \
+                if first.generates and search["chosen"] is not None:
+                    run(replace(first, lr=search["chosen"], is_recipe_run=False))
+                rest = [replace(v, lr=search["chosen"], is_recipe_run=False) for v in rest] \
                     if search["chosen"] is not None else []
-            for variant in todo:
+            else:
+                run(first)
+            later_seeds.append(rest)
+        # seed by seed across the recipes: a comparison stopped part-way (they can take several sittings) holds
+        # every recipe's runs for the seeds it reached, so its partial report still pairs them
+        for same_seed in itertools.zip_longest(*later_seeds):
+            for variant in filter(None, same_seed):
                 run(variant)
     record["wall_seconds"] = earlier_seconds + time.perf_counter() - started
     save()

@@ -69,18 +69,20 @@ def run(options: Options, argv: list[str], console: Console) -> int:
         data_stage.preflight(recipe.data, data_root, get_task(recipe.model.task).columns(recipe))
         check(options.base_cache is None or hasattr(get_task(recipe.model.task), "Evaluation"),
               f"--base-cache: task {recipe.model.task!r} scores no base model before training; drop the option")
+        distributed.start()  # the main process makes the choices every process shares, --plan's levers too
+        if not distributed.is_main():
+            console.quiet = True  # the main process reports for all
         if options.plan:  # predict and exit: nothing is trained or written
             inputs = building.prepare_inputs(recipe, data_root)
             recipe, predicted, auto = building.choose_levers(recipe, inputs, options.budget)
             console.print(levers.describe(levers.settings(recipe) | {"auto": auto}), highlight=False)
+            if not distributed.is_main():  # the main process prints for all
+                return 0 if plan.verdict(predicted, options.budget)[0] else 1
             return 0 if plan.print_plan(predicted, options.budget) else 1
         if options.budget is not None:  # micro-batch and checkpointing chosen to fit, before anything is created
             recipe = fit_budget(recipe, data_root, options.budget, console)
         reports_dir = Path(options.reports_dir) if options.reports_dir else None
-        distributed.start()
         resuming, run_dir = distributed.share_from_main(lambda: open_run_dir(options, recipe, data_root, reports_dir))
-        if not distributed.is_main():
-            console.quiet = True  # the main process reports for all
         console.print(f"run directory: {run_dir}" + (f" ({resuming})" if resuming else ""))
         metrics = execute(recipe, options.recipe, run_dir, data_root, command, resuming, options.budget,
                           options.base_cache)

@@ -245,6 +245,29 @@ def test_two_processes_train_a_causal_lm_like_one_process(tmp_path):
         [g["generation"] for g in rundir.read_json(single / "generations.json")["after"]]
 
 
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="two CPU processes; on a GPU machine accelerate would use nccl")
+def test_two_processes_plan_once_and_write_nothing(tmp_path):
+    """--plan launched with two processes: the main process chooses "auto" checkpointing and shares it (the
+    processes join their group first), the plan prints once, and no run directory is made."""
+    from test_causal_lm import make_llama, write_jsonl
+    from test_causal_lm import write_recipe as write_causal_recipe
+
+    llama = make_llama(tmp_path / "llama")
+    data = tmp_path / "data"
+    write_jsonl(data / "sums" / "train.jsonl", varied_sums(40, seed=1))
+    write_jsonl(data / "sums" / "test.jsonl", varied_sums(6, seed=2))
+    recipe = write_causal_recipe(tmp_path / "r.py", llama, train="epochs=1, lr=1e-2, batch_size=8, precision='fp32'")
+    runs = tmp_path / "runs"
+    launched = accelerate_launch(["-m", "peftlab.run", str(recipe), "--data-dir", str(data), "--runs-dir", str(runs),
+                                  "--plan"])
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert launched.stdout.count("predicted training peak (process RSS)") == 1, launched.stdout
+    # the levers line goes to the console (stderr), where the library's warnings go too
+    assert launched.stderr.count("gradient checkpointing off (auto:") == 1, launched.stderr[-3000:]
+    assert not runs.exists()
+
+
 # Rank 0 alone gets a Ctrl-C (SIGINT) at the end of step argv[1]; both processes must save and stop there.
 CTRL_C = textwrap.dedent("""\
     import os, signal, sys
