@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     except PeftlabError as err:
         console.print(f"[bold red]error:[/] {err}", highlight=False)
         return 2
+    except KeyboardInterrupt as err:  # Ctrl-C: the runs finished so far are kept
+        console.print(f"interrupted{'; ' + str(err) if str(err) else ''}", highlight=False)
+        return 130
 
 
 if __name__ == "__main__":

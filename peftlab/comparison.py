@@ -12,6 +12,7 @@ reports/<recipe>.md (no second run needed for the recipe's own report).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 import runpy
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from . import comparison_records, lr_search, run_report, rundir
+from . import comparison_records, lr_search, resume, run_report, rundir
 from .errors import PeftlabError, check
 from .recipe import load_recipe
 from .tasks import get_task
@@ -205,8 +206,8 @@ def run_all(args, argv: list[str], console) -> dict:
               "bootstrap": comparison.bootstrap, "pairs": comparison.pairs, "generate": comparison.generate,
               "generate_seeds": comparison.generate_seeds, "variants": [], "lr_search": {},
               "command": shlex.join(["python", "-m", "peftlab.compare", *argv])}
-    resume = getattr(args, "resume", None)
-    out_root, recorded, earlier_seconds = (resumed(resume, record, args.runs_dir) if resume else
+    resume_from = getattr(args, "resume", None)
+    out_root, recorded, earlier_seconds = (resumed(resume_from, record, args.runs_dir) if resume_from else
                                            (rundir.create(args.runs_dir, comparison.name), {}, 0.0))
     record["dir"] = str(out_root)
     started = time.perf_counter()
@@ -218,8 +219,10 @@ def run_all(args, argv: list[str], console) -> dict:
     # where a task scores the base model before training, the variants sharing a base score it once (--base-cache)
     scores_base = {path: hasattr(get_task(load_recipe(path, comparison.overrides).model.task), "Evaluation")
                    for path in dict.fromkeys(v.recipe for v in variants)}
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as progress:
+    continue_with = resume.command_line(argv, resume_from and str(resume_from), out_root, "peftlab.compare")
+    with interrupted_at(out_root, continue_with), \
+            Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                     console=console) as progress:
         task = progress.add_task("comparison", total=len(variants) + sum(len(g) - 1 for g in grids.values()))
 
         def run(variant: Variant) -> dict:
@@ -260,6 +263,17 @@ def run_all(args, argv: list[str], console) -> dict:
     save()
     rundir.set_status(out_root, rundir.FINISHED)
     return record
+
+
+@contextlib.contextmanager
+def interrupted_at(out_root: Path, resume_command: str):
+    """Ctrl-C: every finished run is recorded already (after each one), so the comparison is marked interrupted
+    and the command that continues it is the interruption's message."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        rundir.set_status(out_root, "interrupted", "interrupted by the user")
+        raise KeyboardInterrupt(f"resume with: {resume_command}") from None
 
 
 def resumed(out_root: Path, record: dict, runs_dir: Path) -> tuple[Path, dict[str, dict], float]:

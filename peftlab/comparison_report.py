@@ -37,10 +37,26 @@ def _header(name: str, raw: tuple[str, ...]) -> str:
 
 def _reported_runs(record: dict) -> list[dict]:
     """The runs the tables report: for a variant with a learning-rate search, those at its chosen rate (the other
-    grid points are shown in the learning-rate table only; grid runs that left generation out, in that table only)."""
+    grid points are shown in the learning-rate table only; grid runs that left generation out, in that table only).
+    A variant whose search has not finished (a comparison stopped during its grid) has none yet."""
     search = record.get("lr_search", {})
     return [v for v in record["variants"] if not v.get("search")
-            and (v["name"] not in search or search[v["name"]]["chosen"] in (None, v.get("lr")))]
+            and (search[v["name"]]["chosen"] in (None, v.get("lr")) if v["name"] in search else v.get("lr") is None)]
+
+
+def _part_way_line(record: dict) -> str:
+    """A comparison stopped part-way (its file's seeds not all run yet) says what each variant has so far, since
+    the header names the file's seeds: resuming it runs the rest."""
+    reported = _reported_runs(record)
+    names = list(dict.fromkeys(v["name"] for v in record["variants"]))
+    ran = {name: sorted({v["seed"] for v in reported if v["name"] == name}) for name in names}
+    short = {name: seeds for name, seeds in ran.items() if seeds != sorted(record["seeds"])}
+    if not short:
+        return ""
+    so_far = [f"{name} seeds {', '.join(map(str, seeds))}" if seeds else f"{name} none (its rate search has not finished)"
+              for name, seeds in short.items()]
+    return (f"**Part-way:** the comparison asks for seeds {', '.join(map(str, record['seeds']))}; reported so far: "
+            f"{'; '.join(so_far)}. Every figure below is on those runs; `--resume` on the records runs the rest.")
 
 
 def summarise(record: dict) -> tuple[list[dict], dict]:
@@ -365,6 +381,7 @@ def render(record: dict, rows: list[dict], first: dict, figs: dict, pairs: dict,
         f"`{record['name']}/records/` beside this report (`python -m peftlab.compare --report-only "
         f"reports/{record['name']}/records` rebuilds it). Command:\n\n```\n{record['command']}\n```",
         _resumed_line(record),
+        _part_way_line(record),
         f"Every variant: same model, same data ({data['train_examples']:,} training examples, "
         f"{data['eval_examples']:,} evaluated), seeds {seeds}, overrides {record['overrides'] or 'none'}, "
         f"each in its own process. Scores are recomputed from each run's per-example predictions: mean over seeds "

@@ -132,8 +132,8 @@ def environment(resume: Resume, env: dict) -> dict:
     return recorded
 
 
-def command_line(argv: list[str], resume_arg: str | None, run_dir: Path) -> str:
-    """The command that resumes run_dir: this one, with --resume pointing at it."""
+def command_line(argv: list[str], resume_arg: str | None, run_dir: Path, module: str = "peftlab.run") -> str:
+    """The command that resumes run_dir: this one (`python -m module argv`), with --resume pointing at it."""
     parts, skip = [], False
     for i, token in enumerate(argv):
         if skip:
@@ -145,4 +145,4 @@ def command_line(argv: list[str], resume_arg: str | None, run_dir: Path) -> str:
             skip = resume_arg not in (None, AUTO) and i + 1 < len(argv) and argv[i + 1] == resume_arg
             continue
         parts.append(token)
-    return shlex.join(["python", "-m", "peftlab.run", *parts, "--resume", str(run_dir)])
+    return shlex.join(["python", "-m", module, *parts, "--resume", str(run_dir)])

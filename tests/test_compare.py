@@ -325,6 +325,40 @@ def test_resume_runs_only_what_is_missing(comparison, tmp_path, monkeypatch):
     assert failed and ran == failed and again["variants"] == full["variants"] and len(again["resumed"]) == 2
 
 
+
+@pytest.mark.slow
+def test_ctrl_c_marks_the_comparison_interrupted_and_says_how_to_resume(comparison, tmp_path, monkeypatch, capsys):
+    """Ctrl-C during the second run: exit code 130, the first run recorded, the comparison marked interrupted, and
+    the command printed continues it, running only what was missing."""
+    import shlex
+
+    from peftlab import comparison as harness
+    from peftlab import rundir
+
+    full = json.loads((comparison / "reports" / "cmp.json").read_text())
+    ran = []
+
+    def replay(variant, *args, **kwargs):
+        ran.append(variant.label)
+        if len(ran) == 2:
+            raise KeyboardInterrupt
+        return next(v for v in full["variants"] if (v["name"], v["seed"], v["lr"]) == (variant.name, variant.seed,
+                                                                                      variant.lr))
+
+    monkeypatch.setattr(harness, "run_variant", replay)
+    argv = [str(comparison / "cmp.py"), "--runs-dir", str(tmp_path / "runs"), "--reports-dir", str(tmp_path)]
+    assert compare.main(argv) == 130
+    (stopped,) = list((tmp_path / "runs").iterdir())
+    assert rundir.status(stopped) == "interrupted"
+    assert len(json.loads((stopped / "comparison.json").read_text())["variants"]) == 1
+    command = capsys.readouterr().err.split("resume with: ")[1].strip()
+    assert shlex.split(command) == ["python", "-m", "peftlab.compare", *argv, "--resume", str(stopped)]
+    assert compare.main(shlex.split(command)[3:]) == 0  # the interrupted run again, then the rest
+    assert ran[2:] == [harness.Variant(Path(v["recipe"]), v["name"], v["seed"], lr=v["lr"]).label
+                       for v in full["variants"][1:]]
+    assert rundir.status(stopped) == rundir.FINISHED
+
+
 def _with_a_new_recipe(comparison, tmp_path, full: dict, monkeypatch, data_dir) -> list[str]:
     """tmp_path/cmp.py: the comparison file with a new recipe, lora2. Runs recorded in `full` replay (the failed ones
     fail again), lora2's run for real; returns the list the labels of the runs asked for are appended to."""
@@ -465,3 +499,25 @@ def test_differing_memory_levers_are_named_beside_the_table():
     assert "full: gradient checkpointing off, micro-batch 8 / gradient checkpointing on, micro-batch 8" in mixed
     assert "lora: gradient checkpointing off, micro-batch 8." in mixed
     assert comparison_report.levers_note([{"name": "old", "runs": [{"environment": {}}]}]) == ""
+
+
+def test_a_comparison_stopped_part_way_says_which_seeds_its_figures_are_on():
+    """Stopped after full's grid and seed 1 but during lora's grid: full reports its chosen rate's seeds 0 and 1 and
+    says that seed 2 is missing; lora's lone grid run is reported nowhere (its rate is not chosen yet)."""
+    from peftlab import comparison_report
+
+    def run(name: str, seed: int, lr: float) -> dict:
+        return {"name": name, "seed": seed, "lr": lr, "state": "finished", "error": None}
+
+    record = {"seeds": [0, 1, 2], "lr_search": {"full": {"chosen": 1e-3}},
+              "variants": [run("full", 0, 1e-5), run("full", 0, 1e-3), run("lora", 0, 1e-5), run("full", 1, 1e-3)]}
+    assert comparison_report._reported_runs(record) == [run("full", 0, 1e-3), run("full", 1, 1e-3)]
+    line = comparison_report._part_way_line(record)
+    assert line.startswith("**Part-way:** the comparison asks for seeds 0, 1, 2; reported so far: full seeds 0, 1; "
+                           "lora none (its rate search has not finished).")
+    finished = record | {"lr_search": record["lr_search"] | {"lora": {"chosen": 1e-5}},
+                         "variants": [*record["variants"], run("lora", 1, 1e-5), run("full", 2, 1e-3),
+                                      run("lora", 2, 1e-5)]}
+    assert comparison_report._part_way_line(finished) == ""
+    no_grid = {"seeds": [0, 1], "variants": [run("full", 0, None), run("full", 1, None)]}  # recipe rates
+    assert len(comparison_report._reported_runs(no_grid)) == 2 and comparison_report._part_way_line(no_grid) == ""
