@@ -387,7 +387,7 @@ def render(record: dict, rows: list[dict], first: dict, figs: dict, pairs: dict,
         f"each in its own process. Scores are recomputed from each run's per-example predictions: mean over seeds "
         f"[95 % interval] from a {n_boot}-resample bootstrap that draws examples (the same for every seed and "
         f"variant) and seeds ({'higher' if greater else 'lower'} {main} is better; variants are ranked by it). "
-        f"With {len(record['seeds'])} seed(s) the seed part of the interval is coarse. Memory: model state = weights "
+        f"With {len({run['recipe']['train']['seed'] for row in rows for run in row['runs']})} seed(s) reported the seed part of the interval is coarse. Memory: model state = weights "
         f"as stored + gradients + optimizer state; training peak = peak of live tensors during training steps; plan "
         f"= the plan's figure for the largest batch the run trained (rows x tokens; the plan a budget is checked "
         f"against is for the worst batch, micro-batch x the longest example, and is in each run's report); training / evaluation RSS = the process's peak resident memory in each "

@@ -730,9 +730,8 @@ def test_comparison_generates_only_where_asked_and_never_in_its_grid(tmp_path, l
     record = json.loads((reports / "cmp.json").read_text())
     chosen = record["lr_search"]["lora"]["chosen"]
     assert [(v["name"], v["seed"], v["lr"], v["search"], v["state"]) for v in record["variants"]] == [
-        ("full", 0, None, False, "finished"), ("full", 1, None, False, "finished"),
-        ("lora", 0, 1e-3, True, "finished"), ("lora", 0, 1e-2, True, "finished"),
-        ("lora", 0, chosen, False, "finished"), ("lora", 1, chosen, False, "finished")]
+        ("full", 0, None, False, "finished"), ("lora", 0, 1e-3, True, "finished"), ("lora", 0, 1e-2, True, "finished"),
+        ("lora", 0, chosen, False, "finished"), ("full", 1, None, False, "finished"), ("lora", 1, chosen, False, "finished")]
     for v in record["variants"]:
         generated = "exact_match" in json.loads((Path(v["run"]) / "metrics.json").read_text())["task_metrics"]
         assert generated == (v["name"] == "lora" and not v["search"] and v["seed"] == 0), v
