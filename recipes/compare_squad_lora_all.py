@@ -1,14 +1,14 @@
 """LoRA against full fine-tuning on SQuAD v1.1, trained on every question of the training half outside the
-selection part (4,465 of validation.json's 4,961, one epoch, ~280 steps at batch 16) and scored on the whole test
-half (5,609 questions). compare_squad_lora trains on 1,000 of them (65 steps): there full fine-tuning alone moved
-from 33.8 to 42.9 F1 between seeds, too wide to tell whether LoRA reaches 90 % of it. Four and a half times the
-steps bring both methods nearer convergence, which should narrow that spread.
+selection part (4,465 of validation.json's 4,961, one epoch, 288 steps at batch 16) and scored on the whole test
+half (5,609 questions). compare_squad_lora trains on 1,000 of them (65 steps): there the spread between seeds
+(reports/compare_squad_lora.md) was too wide to tell whether LoRA reaches 90 % of full fine-tuning's F1. Four and a
+half times the steps bring both methods nearer convergence, which should narrow that spread.
 
 The rates compare_squad chose at 1,000 questions need not suit four times the steps (a longer schedule usually
 prefers a lower rate), so each method searches a two-point grid on seed 0 — that rate and the one half of it —
-choosing on the selection part, then seeds 1 to 4 run at the chosen rate: 2 × (2 + 4) runs, about 17 min each on a
-2-core CPU. It takes more than one sitting: python -m peftlab.compare recipes/compare_squad_lora_all.py
---resume reports/compare_squad_lora_all/records.
+choosing on the selection part, then seeds 1 to 4 run at the chosen rate: 2 × (2 + 4) runs (the report gives each
+one's time). On a 2-core CPU it takes more than one sitting: python -m peftlab.compare
+recipes/compare_squad_lora_all.py --resume reports/compare_squad_lora_all/records.
 """
 
 from peftlab import Comparison
