@@ -373,6 +373,7 @@ def render(record: dict, rows: list[dict], first: dict, figs: dict, pairs: dict,
               + [_header(k, raw) for k in [main, *others]] + [f"Δ {main} vs {record['baseline']}"])
     env, data, recipe_data = first["environment"], first["environment"]["data"], first["recipe"]["data"]
     seeds = ", ".join(map(str, record["seeds"]))
+    reported_seeds = {run["recipe"]["train"]["seed"] for row in rows for run in row["runs"]}  # part-way: fewer
     n_boot = record.get("bootstrap", 1000)
     return "\n\n".join(part for part in [
         f"# {record['name']}: methods compared on {title(recipe_data['name'], recipe_data.get('files'))} "
@@ -387,7 +388,7 @@ def render(record: dict, rows: list[dict], first: dict, figs: dict, pairs: dict,
         f"each in its own process. Scores are recomputed from each run's per-example predictions: mean over seeds "
         f"[95 % interval] from a {n_boot}-resample bootstrap that draws examples (the same for every seed and "
         f"variant) and seeds ({'higher' if greater else 'lower'} {main} is better; variants are ranked by it). "
-        f"With {len({run['recipe']['train']['seed'] for row in rows for run in row['runs']})} seed(s) reported the seed part of the interval is coarse. Memory: model state = weights "
+        f"With {len(reported_seeds)} seed(s) reported the seed part of the interval is coarse. Memory: model state = weights "
         f"as stored + gradients + optimizer state; training peak = peak of live tensors during training steps; plan "
         f"= the plan's figure for the largest batch the run trained (rows x tokens; the plan a budget is checked "
         f"against is for the worst batch, micro-batch x the longest example, and is in each run's report); training / evaluation RSS = the process's peak resident memory in each "
