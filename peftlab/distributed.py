@@ -45,6 +45,17 @@ def start() -> None:
         PartialState(cpu=not torch.cuda.is_available())
 
 
+def finish() -> None:
+    """Leave the process group, on every way out of a run. PyTorch asks each process to destroy it before exit:
+    left to interpreter shutdown, gloo's worker threads can outlive it and abort the process (SIGABRT,
+    "terminate called without an active exception") after a run that succeeded."""
+    if world_size() > 1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def launch_command(argv: list[str]) -> list[str]:
     """The command a person typed to start this run: `python -m peftlab.run ARGS` in one process; with several,
     the launcher's (accelerate launch / torchrun), read from the parent process, which is the launcher, on Linux."""

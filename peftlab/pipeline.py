@@ -115,6 +115,8 @@ def run(options: Options, argv: list[str], console: Console) -> int:
         if run_dir is not None:
             console.print(f"resume with: {resume.command_line(argv, options.resume, run_dir)}", highlight=False)
         return 2
+    finally:
+        distributed.finish()
 
 
 def fit_budget(recipe, data_root: Path | None, budget: int, console: Console):

@@ -55,7 +55,11 @@ PROBE = textwrap.dedent("""\
         from peftlab import run
 
         install(os.environ["PROBE_FILE"])
-        sys.exit(run.main(sys.argv[1:]))
+        code = run.main(sys.argv[1:])
+        import torch.distributed as dist  # left to interpreter exit, the group can abort the process (SIGABRT)
+        with open(f"{os.environ['PROBE_FILE']}.group.{os.environ.get('RANK', '0')}", "w") as fh:
+            fh.write(str(dist.is_initialized()))
+        sys.exit(code)
     """)
 
 
@@ -132,6 +136,8 @@ def test_two_processes_match_one_process(tmp_path, tiny_bert, data_dir, monkeypa
     assert environment["command"] == shlex.join(["python", *launched.args[1:]])
     assert f"```\n{environment['command']}\n```" in (reports / "tiny.md").read_text()
     assert len(two["peak_rss_bytes_per_process"]) == 2
+    # every process has left the process group by the time the run returns
+    assert [(tmp_path / f"two.group.{rank}").read_text() for rank in (0, 1)] == ["False", "False"]
 
     # each step's global batch of 16 = the same examples as in one process, 8 on each process
     batches = {name: lines(tmp_path / f"{name}.train.0") for name in ("one", "two")}
