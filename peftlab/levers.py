@@ -240,8 +240,8 @@ def allocator_settings() -> dict:
     and evaluation batch (training.ReleaseFreedMemory), which hands the free lists' whole pages back to the system.
     A lower mmap threshold (every block from 1 MiB mmap-ed, unmapped when freed) holds the RSS as low but makes every
     large allocation fault its pages in afresh (reports/memory_budget.md measures that cost); trimming pays it once
-    a step. A preloaded jemalloc/tcmalloc, MALLOC_* settings given by the user, or
-    PEFTLAB_DISABLE=allocator leave the allocator as it is."""
+    a step, for the pages it returned (reports/bench_causal_lm.md measures training without it). A preloaded
+    jemalloc/tcmalloc, MALLOC_* settings given by the user, or PEFTLAB_DISABLE=allocator leave the allocator as it is."""
     from .speed import enabled
 
     user = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}

@@ -2,7 +2,7 @@
 tuned on grade-school math word problems, prompt = the question as a chat user turn, response = the worked solution
 ending in `#### <answer>` (calculator annotations `<<...>>` removed: they cost tokens a 135M model cannot use).
 
-Sized for a 2-core CPU (one run about 15 minutes; measured there about 100-130 training tokens/s): 240 training
+Sized for a 2-core CPU (reports/lora_gsm8k.md and reports/bench_causal_lm.md hold what a run takes there): 240 training
 problems (drawn with the data seed), one epoch, batch 8. GSM8K has no validation split: the checkpoint is selected on
 the perplexity of 64 training problems held out with the data seed; reported, once after training: perplexity on
 128 test problems and exact match of the final answer on 30 of them (drawn with the data seed), greedy, at most 200
