@@ -96,9 +96,18 @@ def predict_memory(recipe, inputs: Inputs) -> dict:
 
 
 def choose_levers(recipe, inputs, budget: int | None) -> tuple:
-    """(the recipe with "auto" gradient checkpointing resolved, its memory plan, the choice for the records or
-    None): a run without --budget (which chose its levers already) checkpoints only where the plan without it
-    does not fit the memory available now. The main process chooses, so every process of a run trains alike."""
+    """(the recipe with its "auto" levers resolved, its memory plan, the checkpointing choice for the records or
+    None): a run without --budget (which chose its levers already) checkpoints only where the plan without it does
+    not fit the memory available now, and trims freed memory after every step only where the plan's RSS leaves too
+    little room (levers.choose_trimming; its grounds in levers.settings' "trimming"). The main process chooses, so
+    every process of a run trains alike."""
+    recipe, memory_plan, choice = _choose_checkpointing(recipe, inputs, budget)
+    trimming = distributed.share_from_main(lambda: levers.choose_trimming(recipe, memory_plan,
+                                                                          plan.available_memory()[0], budget))
+    return levers.with_trimming(recipe, trimming["trim_memory"]), memory_plan, choice, trimming
+
+
+def _choose_checkpointing(recipe, inputs, budget: int | None) -> tuple:
     if budget is not None or not levers.automatic_checkpointing(recipe):
         return recipe, predict_memory(recipe, inputs), None
     traced = {}  # the plan the choice was made with, kept: tracing one costs seconds

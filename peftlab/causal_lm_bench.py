@@ -61,7 +61,7 @@ VARIANTS = {
     "packing": Variant("packing on: examples share rows of max_length tokens", ("data.packing=True",)),
     "padding_free": Variant("padding-free: DataCollatorWithFlattening, the batch as one row", flatten=True),
     "no_bf16": Variant("bf16 off: float32 training", disable="bf16"),
-    "allocator_untouched": Variant("no malloc_trim after each step (glibc as it is)", disable="allocator"),
+    "trim_every_step": Variant("malloc_trim after every step (Train.trim_memory=True)", ("train.trim_memory=True",)),
     "lora_dropout": Variant("LoRA dropout 0.05: a random mask over each adapted layer's input",
                             ("method.dropout=0.05",)),
     "compile": Variant("torch.compile(dynamic=True) on the model", compile=True, once=True),
@@ -148,7 +148,7 @@ def train_variant(recipe_path: Path, variant: Variant, settings: Settings, data_
         model = building.build_model(recipe, inputs.task, inputs.resolved, inputs.labels)
         if variant.compile:
             model.compile(dynamic=True)
-        meter = memory.MemoryMeter()
+        meter = memory.MemoryMeter(levers.trims_every_step(recipe))
         clock = StepClock(settings.warmup, settings.steps, meter)
         with tempfile.TemporaryDirectory() as out:
             trainer = build_trainer(recipe, inputs.task, model, inputs.tokenizer, inputs.train, inputs.selection,

@@ -339,7 +339,8 @@ def levers_note(rows: list[dict]) -> str:
     them per run, so variants may differ, and then their memory and time columns compare the settings too."""
     def words(levers: dict) -> str:
         return (f"gradient checkpointing {'on' if levers['gradient_checkpointing'] else 'off'}, micro-batch "
-                f"{levers['micro_batch_size']}")
+                f"{levers['micro_batch_size']}, freed memory returned "  # before trim_memory existed: every step
+                f"{'after every step' if levers.get('trim_memory', True) else 'between phases only'}")
 
     used = {row["name"]: sorted({words(r["environment"]["levers"]) for r in row["runs"]
                                  if "levers" in r["environment"]}) for row in rows}

@@ -8,7 +8,8 @@ for equal losses and gradients, tests/test_levers.py).
 - label-only logits (causal LM): the output layer runs only on positions that have a label, a chunk at a time,
   each chunk's logits recomputed in backward instead of kept (`labelled_nll`);
 - evaluation and generation batches no larger than what keeps them below the training peak;
-- the CPU allocator returns freed memory to the operating system after every step (`release_freed_memory`).
+- the CPU allocator returns freed memory to the operating system between phases, and after every step where memory
+  is short (`release_freed_memory`, Train.trim_memory, `choose_trimming`).
 `fit_budget` chooses micro-batch and checkpointing for `--budget` from the plan's prediction.
 """
 
@@ -68,6 +69,35 @@ def choose_checkpointing(recipe, predict, available: int) -> dict:
             "available_bytes": available, "share": AUTO_SHARE}
 
 
+def choose_trimming(recipe, prediction: dict, available: int, budget: int | None) -> dict:
+    """Whether freed memory goes back to the system after every training step (Train.trim_memory; at phase
+    boundaries and evaluation batches it always does), with the grounds of an "auto" choice, for the records. Each
+    trim has a price: the next step faults the returned pages in again (reports/bench_causal_lm.md measures it), so
+    "auto" trims every step only under --budget or where the plan's RSS is above AUTO_SHARE of `available`. That plan
+    already counts glibc keeping the freed blocks of every transient tensor (plan.resident), which is what an
+    untrimmed step holds; trimming lowers the RSS below it. On a GPU the plan has no RSS figure and the host's
+    churn is small: no per-step trim."""
+    setting = recipe.train.trim_memory
+    if setting != "auto":
+        return {"trim_memory": setting}
+    if budget is not None:
+        return {"trim_memory": True, "auto": "--budget"}
+    rss = prediction.get("predicted_train_peak_rss_bytes")
+    if not rss:
+        return {"trim_memory": False, "auto": "no RSS plan (GPU)"}
+    return {"trim_memory": rss > AUTO_SHARE * available, "auto": "plan", "plan_rss_bytes": rss,
+            "available_bytes": available, "share": AUTO_SHARE}
+
+
+def trims_every_step(recipe) -> bool:
+    """Train.trim_memory as a run resolved it (building.choose_levers); an unresolved "auto" trims (the low RSS)."""
+    return recipe.train.trim_memory is not False
+
+
+def with_trimming(recipe, trim: bool):
+    return dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, trim_memory=trim))
+
+
 def describe(settings: dict) -> str:
     """A run's levers (its environment record's `levers`) in words, with the grounds of an automatic choice."""
     from .measure import human_bytes
@@ -77,8 +107,22 @@ def describe(settings: dict) -> str:
            f" (auto: the plan without it, {human_bytes(auto['plan_without_bytes'])}, is "
            f"{'above' if auto['gradient_checkpointing'] else 'within'} {auto['share']:.0%} of the "
            f"{human_bytes(auto['available_bytes'])} available)" if auto else "")
-    return (f"gradient checkpointing {'on' if settings['gradient_checkpointing'] else 'off'}{why}, micro-batch "
-            f"{settings['micro_batch_size']} x {settings['accumulation_steps']} accumulation steps")
+    words = (f"gradient checkpointing {'on' if settings['gradient_checkpointing'] else 'off'}{why}, micro-batch "
+             f"{settings['micro_batch_size']} x {settings['accumulation_steps']} accumulation steps")
+    # records made before Train.trim_memory existed trimmed after every step
+    trim = settings.get("trimming") or {"trim_memory": settings.get("trim_memory", True)}
+    return f"{words}, {describe_trimming(trim)}"
+
+
+def describe_trimming(trim: dict) -> str:
+    from .measure import human_bytes
+
+    when = "after every step" if trim["trim_memory"] else "between phases only"
+    if trim.get("auto") == "plan":
+        fits = "above" if trim["trim_memory"] else "within"
+        return (f"freed memory returned {when} (auto: the plan's RSS, {human_bytes(trim['plan_rss_bytes'])}, is "
+                f"{fits} {trim['share']:.0%} of the {human_bytes(trim['available_bytes'])} available)")
+    return f"freed memory returned {when}" + (f" (auto: {trim['auto']})" if trim.get("auto") else "")
 
 
 def micro_batch_size(recipe) -> int:
@@ -121,7 +165,7 @@ def generation_batch_size(recipe) -> int:
 def settings(recipe) -> dict:
     """The levers a run used, for its records (metrics `memory.levers`)."""
     return {"gradient_checkpointing": gradient_checkpointing(recipe), "micro_batch_size": micro_batch_size(recipe),
-            "accumulation_steps": accumulation_steps(recipe)}
+            "accumulation_steps": accumulation_steps(recipe), "trim_memory": trims_every_step(recipe)}
 
 
 # ------------------------------------------------------------------------------------------ --budget
@@ -236,8 +280,9 @@ def _malloc_trim():
 def allocator_settings() -> dict:
     """What happens to freed tensor memory, for the run's records. glibc keeps a step's freed blocks on its free lists
     and grows its mmap threshold to the largest block freed (up to 32 MiB), so the heap holds the high-water mark of
-    every batch shape seen so far: GBs over a causal-LM run. peftlab calls malloc_trim(0) after every optimizer step
-    and evaluation batch (training.ReleaseFreedMemory), which hands the free lists' whole pages back to the system.
+    every batch shape seen so far: GBs over a causal-LM run. peftlab calls malloc_trim(0) at every phase boundary,
+    after every evaluation batch (training.ReleaseFreedMemory) and, where Train.trim_memory says so
+    (`choose_trimming`), after every optimizer step, which hands the free lists' whole pages back to the system.
     A lower mmap threshold (every block from 1 MiB mmap-ed, unmapped when freed) holds the RSS as low but makes every
     large allocation fault its pages in afresh (reports/memory_budget.md measures that cost); trimming pays it once
     a step, for the pages it returned (reports/bench_causal_lm.md measures training without it). A preloaded
@@ -253,7 +298,8 @@ def allocator_settings() -> dict:
         return {"allocator": "glibc", "environment": user}
     if _malloc_trim() is None:
         return {"allocator": "system (not glibc): unchanged"}
-    return {"allocator": "glibc", "malloc_trim": "after every optimizer step and evaluation batch"}
+    return {"allocator": "glibc", "malloc_trim": "between phases, after every evaluation batch and, per "
+                                                  "Train.trim_memory, every optimizer step"}
 
 
 def release_freed_memory() -> bool:

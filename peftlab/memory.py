@@ -139,15 +139,16 @@ class PeakRSS:
         self.method = "VmHWM reset via /proc/self/clear_refs" if self.resettable else \
             "getrusage ru_maxrss: whole process so far (clear_refs not writable), not per phase"
 
-    def switch(self, phase: str | None) -> None:
+    def switch(self, phase: str | None, release: bool = True) -> None:
         """End the current phase (its peak since it began is credited to it) and begin `phase`. Freed memory goes
-        back to the system in between (levers.release_freed_memory, when that lever is on): the next phase's peak
-        then starts from what is live, not from the blocks the last one freed and glibc still holds."""
+        back to the system in between, if `release` (levers.release_freed_memory, when that lever is on): the next
+        phase's peak then starts from what is live, not from the blocks the last one freed and glibc still holds."""
         reading = _peak_rss()
         self.highest = max(self.highest, reading)
         if self.current is not None:
             self.peaks[self.current] = max(self.peaks.get(self.current, 0), reading)
-        release_freed_memory()
+        if release:
+            release_freed_memory()
         if self.resettable:
             _reset_peak()
         self.current = phase
@@ -192,8 +193,9 @@ class MemoryMeter(TrainerCallback):
     on_step_end) is training; from a step's end, an evaluation (seen by its first prediction step) until
     on_evaluate is evaluation; saving and logging belong to neither."""
 
-    def __init__(self):
+    def __init__(self, trim_steps: bool = True):
         self.rss = PeakRSS()
+        self.trim_steps = trim_steps  # freed memory back to the system between steps too (Train.trim_memory)
         self.state_bytes: dict | None = None
         self.train_peak = 0
         self.profiled_steps: list[int] = []
@@ -212,7 +214,7 @@ class MemoryMeter(TrainerCallback):
         self.rss.switch(None)
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
-        self.rss.switch("train")
+        self.rss.switch("train", release=self.trim_steps)
         self._in_step = True
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
@@ -228,7 +230,7 @@ class MemoryMeter(TrainerCallback):
             return
         self._largest = max(self._largest, size)
         live = model_state(module, self._optimizer)["total"] + _storage_bytes(inputs, set())
-        self.rss.switch("profiled")  # the profiler's own memory is not the training's
+        self.rss.switch("profiled", release=self.trim_steps)  # the profiler's own memory is not the training's
         self._window.start(live)
 
     def on_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
@@ -242,12 +244,12 @@ class MemoryMeter(TrainerCallback):
             self.profiled_steps.append(state.global_step)
         elif torch.cuda.is_available():
             self.train_peak = max(self.train_peak, torch.cuda.max_memory_allocated())
-        self.rss.switch("between")
+        self.rss.switch("between", release=self.trim_steps)
 
     # ---- evaluation between steps
     def on_prediction_step(self, args, state, control, **kwargs):
-        if self.rss.current != "eval":  # the evaluation began since the step ended: all of it is evaluation
-            self.rss.current = "eval"
+        if self.rss.current != "eval":  # an evaluation begins: from what is live, whatever the steps left freed
+            self.rss.switch("eval")
 
     def on_evaluate(self, args, state, control, **kwargs):
         self.rss.current = "eval"  # also an evaluation that had no prediction steps

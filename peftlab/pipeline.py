@@ -74,8 +74,9 @@ def run(options: Options, argv: list[str], console: Console) -> int:
             console.quiet = True  # the main process reports for all
         if options.plan:  # predict and exit: nothing is trained or written
             inputs = building.prepare_inputs(recipe, data_root)
-            recipe, predicted, auto = building.choose_levers(recipe, inputs, options.budget)
-            console.print(levers.describe(levers.settings(recipe) | {"auto": auto}), highlight=False)
+            recipe, predicted, auto, trimming = building.choose_levers(recipe, inputs, options.budget)
+            console.print(levers.describe(levers.settings(recipe) | {"auto": auto, "trimming": trimming}),
+                          highlight=False)
             if not distributed.is_main():  # the main process prints for all
                 return 0 if plan.verdict(predicted, options.budget)[0] else 1
             return 0 if plan.print_plan(predicted, options.budget) else 1
@@ -139,7 +140,7 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
         rundir.write_json(run_dir / "recipe.json", recipe_to_dict(recipe))
         shutil.copyfile(recipe_path, run_dir / "recipe.py")
     inputs = building.prepare_inputs(recipe, data_root)
-    recipe, memory_plan, auto_levers = building.choose_levers(recipe, inputs, budget)
+    recipe, memory_plan, auto_levers, trimming = building.choose_levers(recipe, inputs, budget)
     task, resolved, tokenizer, splits = inputs.task, inputs.resolved, inputs.tokenizer, inputs.splits
     label_names, train_ds, eval_ds = inputs.labels, inputs.train, inputs.eval
 
@@ -152,7 +153,7 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
                  "selection_examples": len(splits.selection), "eval_examples": len(splits.eval)},
         "processes": distributed.world_size(),
         "speed": speed.settings(recipe),
-        "levers": levers.settings(recipe) | {"budget": budget, "auto": auto_levers,
+        "levers": levers.settings(recipe) | {"budget": budget, "auto": auto_levers, "trimming": trimming,
                                              "allocator": levers.allocator_settings()},
         "report_to": tracking.trackers(recipe.train.report_to),
     }
@@ -160,7 +161,7 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
         rundir.write_json(run_dir / "environment.json", resume.environment(resuming, env) if resuming else env)
 
     extra = task.Evaluation(inputs, recipe, base_cache) if hasattr(task, "Evaluation") else None  # before/after
-    meter = memory.MemoryMeter()  # the base's evaluation before training counts as evaluation
+    meter = memory.MemoryMeter(levers.trims_every_step(recipe))  # the base's evaluation before training: evaluation
     model = building.build_model(recipe, task, resolved, label_names,
                                  on_base=meter.during("eval", extra.before) if extra else None,
                                  batches=building.init_batches(recipe, task, tokenizer, train_ds))

@@ -149,6 +149,9 @@ class Train:
     # memory levers (peftlab/levers.py): "auto" checkpoints the causal LM's layers, not the short-sequence encoders
     gradient_checkpointing: bool | Literal["auto"] = "auto"
     micro_batch_size: int | None = None  # examples per forward pass (over all processes); None: batch_size
+    # freed memory back to the system after every step (lowest RSS; each step faults its pages in again): "auto" only
+    # where memory is short or under --budget (levers.choose_trimming); between phases always
+    trim_memory: bool | Literal["auto"] = "auto"
     warmup_ratio: float = 0.06
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0

@@ -267,7 +267,7 @@ def build_trainer(recipe, task, model, tokenizer, train_ds, eval_ds, out_dir: Pa
     bf16 = speed.use_bf16(recipe)
     if bf16 and speed.fp32_attention_applies(recipe):
         speed.keep_attention_fp32(model)
-    callbacks = [EvaluateAtEnd(), StepTimer(), meter or memory.MemoryMeter(), RichProgress(recipe.train.batch_size),
+    callbacks = [EvaluateAtEnd(), StepTimer(), meter or memory.MemoryMeter(levers.trims_every_step(recipe)), RichProgress(recipe.train.batch_size),
                  checkpoints.CheckpointControl(recipe.train.checkpoint_steps)]
     if recipe.train.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.train.early_stopping_patience))

@@ -488,16 +488,18 @@ def test_differing_memory_levers_are_named_beside_the_table():
     different levers says so, naming each variant's, since its memory and time columns compare them too."""
     from peftlab import comparison_report
 
-    def row(name: str, *levers: tuple[bool, int]):
-        return {"name": name, "runs": [{"environment": {"levers": {"gradient_checkpointing": c, "micro_batch_size": m}}}
-                                       for c, m in levers]}
+    def row(name: str, *levers: tuple):  # (checkpointing, micro-batch[, trim_memory: absent in older records])
+        return {"name": name, "runs": [{"environment": {"levers": {"gradient_checkpointing": c, "micro_batch_size": m}
+                                                        | ({"trim_memory": t[0]} if t else {})}} for c, m, *t in levers]}
 
-    same = [row("full", (False, 8), (False, 8)), row("lora", (False, 8))]
-    assert comparison_report.levers_note(same) == "Memory levers, every run: gradient checkpointing off, micro-batch 8."
-    mixed = comparison_report.levers_note([row("full", (True, 8), (False, 8)), row("lora", (False, 8))])
+    same = [row("full", (False, 8, False), (False, 8, False)), row("lora", (False, 8, False))]
+    assert comparison_report.levers_note(same) == ("Memory levers, every run: gradient checkpointing off, micro-batch "
+                                                   "8, freed memory returned between phases only.")
+    mixed = comparison_report.levers_note([row("full", (True, 8, False), (False, 8)), row("lora", (False, 8, False))])
     assert mixed.startswith("Memory levers differ between runs")
-    assert "full: gradient checkpointing off, micro-batch 8 / gradient checkpointing on, micro-batch 8" in mixed
-    assert "lora: gradient checkpointing off, micro-batch 8." in mixed
+    assert ("full: gradient checkpointing off, micro-batch 8, freed memory returned after every step / gradient "
+            "checkpointing on, micro-batch 8, freed memory returned between phases only") in mixed
+    assert "lora: gradient checkpointing off, micro-batch 8, freed memory returned between phases only." in mixed
     assert comparison_report.levers_note([{"name": "old", "runs": [{"environment": {}}]}]) == ""
 
 

@@ -290,6 +290,25 @@ def test_auto_checkpointing_is_off_only_where_the_plan_without_it_fits():
     assert gpu["plan_without_bytes"] == 600 and gpu["gradient_checkpointing"] is False  # GPU: live tensors
 
 
+def test_auto_trimming_trims_every_step_only_where_memory_is_short():
+    plan = {"predicted_train_peak_bytes": 600, "predicted_train_peak_rss_bytes": 1000}
+    roomy = levers.choose_trimming(_recipe(), plan, available=2000, budget=None)
+    assert roomy == {"trim_memory": False, "auto": "plan", "plan_rss_bytes": 1000, "available_bytes": 2000,
+                     "share": 0.5}
+    assert levers.choose_trimming(_recipe(), plan, available=1999, budget=None)["trim_memory"] is True
+    assert levers.choose_trimming(_recipe(), plan, available=10**12, budget=2000) == {"trim_memory": True,
+                                                                                      "auto": "--budget"}
+    gpu = {"predicted_train_peak_bytes": 600, "predicted_train_peak_rss_bytes": None}
+    assert levers.choose_trimming(_recipe(), gpu, available=1, budget=None)["trim_memory"] is False
+    for explicit in (True, False):  # as the recipe says, whatever the memory
+        assert levers.choose_trimming(_recipe(trim_memory=explicit), plan, 1, None) == {"trim_memory": explicit}
+    resolved = levers.with_trimming(_recipe(), False)
+    assert not levers.trims_every_step(resolved) and levers.settings(resolved)["trim_memory"] is False
+    assert levers.trims_every_step(_recipe())  # unresolved "auto": the low-RSS side
+    assert "between phases only (auto: the plan's RSS, 1000 B, is within 50%" in levers.describe(
+        levers.settings(resolved) | {"trimming": roomy})
+
+
 # ------------------------------------------------------------------------------------------ allocator
 
 def _no_user_allocator(monkeypatch):
@@ -301,8 +320,8 @@ def _no_user_allocator(monkeypatch):
 
 def test_allocator_settings(monkeypatch):
     _no_user_allocator(monkeypatch)
-    assert levers.allocator_settings() == {"allocator": "glibc",
-                                           "malloc_trim": "after every optimizer step and evaluation batch"}
+    assert levers.allocator_settings() == {"allocator": "glibc", "malloc_trim": "between phases, after every "
+                                           "evaluation batch and, per Train.trim_memory, every optimizer step"}
     monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
     assert levers.allocator_settings() == {"allocator": "jemalloc (LD_PRELOAD)"}
     assert levers.release_freed_memory() is False  # another allocator: left alone
@@ -333,6 +352,7 @@ def test_run_under_a_budget_records_its_choice(tmp_path, tiny_bert, data_dir):
     run_dir = run_recipe(tmp_path, recipe, data_dir, "--budget", "64GiB", "--set", "data.train_limit=32")
     env = json.loads((run_dir / "environment.json").read_text())["levers"]
     assert env["micro_batch_size"] == 8 and env["gradient_checkpointing"] is False and env["budget"] == 64 * 2**30
+    assert env["trim_memory"] is True and env["trimming"] == {"trim_memory": True, "auto": "--budget"}
     assert env["allocator"]["allocator"] in ("glibc", "jemalloc (LD_PRELOAD)", "tcmalloc (LD_PRELOAD)")
     assert json.loads((run_dir / "recipe.json").read_text())["train"]["micro_batch_size"] == 8
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -122,6 +123,31 @@ def test_memory_a_phase_freed_counts_to_it_not_to_the_next(monkeypatch):
     torch.ones(1000).sum()
     peaks.switch(None)
     assert peaks.peaks["train"] > peaks.peaks["eval"] + 150 * 2**20
+
+
+@pytest.mark.parametrize("trim_steps", [True, False])
+def test_steps_return_freed_memory_only_when_told(monkeypatch, trim_steps):
+    """A step frees 200 MiB of pinned heap blocks (as in the test above): with trim_steps they go back to the system
+    when it ends; without, glibc keeps them for the next step (Train.trim_memory=False), until the evaluation's
+    phase boundary returns them."""
+    from peftlab import levers
+
+    monkeypatch.delenv("PEFTLAB_DISABLE", raising=False)
+    meter = memory.MemoryMeter(trim_steps=trim_steps)
+    if "malloc_trim" not in levers.allocator_settings():
+        pytest.skip("the allocator is not glibc's")
+    meter.on_step_begin(None, None, None)
+    blocks = [torch.ones(16384) for _ in range(3200)]  # 64 KiB each: below glibc's mmap threshold
+    del blocks[:-1]
+    held = _rss()
+    meter.on_step_end(None, SimpleNamespace(global_step=1), None)
+    assert (held - _rss() > 150 * 2**20) is trim_steps
+    meter.on_prediction_step(None, None, None)  # an evaluation begins: always from what is live
+    assert held - _rss() > 150 * 2**20
+
+
+def _rss() -> int:
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def test_whole_run_peak_survives_the_phase_resets():
