@@ -239,12 +239,14 @@ class MemoryMeter(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self._in_step = False
-        if self._window.active:
+        profiled = self._window.active
+        if profiled:
             self.train_peak = max(self.train_peak, self._window.stop())
             self.profiled_steps.append(state.global_step)
         elif torch.cuda.is_available():
             self.train_peak = max(self.train_peak, torch.cuda.max_memory_allocated())
-        self.rss.switch("between", release=self.trim_steps)
+        # the profiler's freed event buffers go back whatever trim_steps says: kept, the next steps' RSS would hold them
+        self.rss.switch("between", release=self.trim_steps or profiled)
 
     # ---- evaluation between steps
     def on_prediction_step(self, args, state, control, **kwargs):

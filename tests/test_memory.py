@@ -167,16 +167,25 @@ def test_whole_run_peak_survives_the_phase_resets():
     assert measure.peak_memory(peaks.whole_run())["peak_rss_bytes"] == peaks.whole_run()
 
 
-def test_training_rss_leaves_out_the_steps_the_profiler_watched(monkeypatch):
-    """The live-tensor profiler's buffers grow over the steps it watches (here: 300 MB held while it runs); those
-    steps' RSS is recorded apart, and the training RSS is the other steps', with the largest batch among them."""
-    held, start, stop = [], memory.LiveTensorWindow.start, memory.LiveTensorWindow.stop
-    monkeypatch.setattr(memory.LiveTensorWindow, "start", lambda self, live: (held.append(torch.ones(75 * MB)),
-                                                                              start(self, live)))
+@pytest.mark.parametrize("trim_steps", [True, False])
+def test_training_rss_leaves_out_the_steps_the_profiler_watched(monkeypatch, trim_steps):
+    """The live-tensor profiler's buffers grow over the steps it watches (here: 300 MiB of heap blocks held while it
+    runs, pinned as in the tests above); those steps' RSS is recorded apart, and the training RSS is the other
+    steps', with the largest batch among them. The buffers' freed blocks go back to the system when a profiled step
+    ends even where steps are not trimmed, or the next steps' RSS would hold them."""
+    held, pins, start, stop = [], [], memory.LiveTensorWindow.start, memory.LiveTensorWindow.stop
+
+    def hold(self, live):
+        held.extend(torch.ones(16384) for _ in range(4800))  # 64 KiB each: heap, below glibc's mmap threshold
+        pins.append(torch.ones(16384))
+        start(self, live)
+
+    monkeypatch.setattr(memory.LiveTensorWindow, "start", hold)
     monkeypatch.setattr(memory.LiveTensorWindow, "stop", lambda self, *a: (held.clear(), stop(self, *a))[1])
+    monkeypatch.delenv("PEFTLAB_DISABLE", raising=False)
     model = torch.nn.Embedding(10, 8).train()
     model.forward = lambda input_ids: torch.nn.Embedding.forward(model, input_ids)
-    meter = memory.MemoryMeter()
+    meter = memory.MemoryMeter(trim_steps)
     if not meter.rss.resettable or torch.cuda.is_available():
         pytest.skip("RSS peaks are not per phase here, or steps are measured by CUDA's allocator")
     meter.on_train_begin(None, None, None, model=model)
