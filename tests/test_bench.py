@@ -45,7 +45,7 @@ def test_baselines_train_the_same_steps_and_tokens_and_the_report_compares_them(
         speedup = ours["samples_per_second"] / result["samples_per_second"]
         assert record["summary"][name]["peftlab_speedup"] == pytest.approx(speedup)
         assert f"| peftlab vs {name} | {speedup:.2f}× |" in text
-        assert record["summary"][name]["speed_met"] == (speedup >= benchmark.TARGETS[name])
+        assert record["summary"][name]["speed_met"] is False  # one round: no interval, never "met"
     assert f"{100 * best['task_metrics']['accuracy']:.2f} %" in text
 
 
@@ -87,7 +87,10 @@ def test_speed_ups_are_taken_per_round_and_accuracy_gaps_per_seed():
     # mean 1.5, sd 0.5, t(0.975, 2) = 4.3027: half-width 4.3027 * 0.5 / sqrt(3) = 1.2421
     assert (spread["min"], spread["max"], spread["mean"]) == pytest.approx((1.0, 2.0, 1.5))
     assert (spread["low"], spread["high"]) == pytest.approx((1.5 - 1.2421, 1.5 + 1.2421), abs=1e-4)
-    assert best["speed_met"] == (1.5 >= benchmark.TARGETS["best_practice"])
+    # the median 1.5 is above the 1.3 target, but the interval [0.26, 2.74] holds it: inside the noise
+    assert best["speed_verdict"] == "within noise" and best["speed_met"] is False
+    assert [benchmark.speed_verdict(1.5, low, 1.3) for low in (1.3, 1.29)] == ["met", "within noise"]
+    assert benchmark.speed_verdict(1.29, 1.0, 1.3) == "not met"
     assert summary["tutorial"]["speedup_rounds"] == pytest.approx([15.0, 10.0, 16.0])
     # accuracy: mean over seeds with its interval; peftlab's gap per seed: +0.01, 0.00, -0.01 vs best practice
     assert summary["peftlab"]["accuracy"] == pytest.approx(0.86)
