@@ -177,7 +177,8 @@ def train_variant(recipe_path: Path, variant: Variant, settings: Settings, data_
             "step_seconds": clock.seconds, "profiled_steps": [i for i, p in enumerate(clock.profiled) if p],
             "examples": sum(len(b["lengths"]) for b in measured), "model_flops": model_work,
             "precision": precision, "mfu": flops.mfu(model_work, seconds, peak[precision]),
-            "speed": speed.settings(recipe) | {"packing": recipe.data.packing}, "levers": levers.settings(recipe)}
+            "speed": speed.settings(recipe) | {"packing": recipe.data.packing}, "levers": levers.settings(recipe),
+            "train_rss_bytes": meter.rss.peaks.get("train")}  # the unprofiled steps' peak RSS
 
 
 def training_order(variants: tuple[str, ...], rounds: int) -> list[tuple[int, str]]:
@@ -203,6 +204,7 @@ def summarise(rounds: list[dict], recipe_rounds: list[dict]) -> dict:
         paired = [r["tokens_per_second"] / base for r in ok] if base else []
     return {"tokens_per_second": statistics.median(r["tokens_per_second"] for r in ok),
             "mfu": statistics.median(r["mfu"] for r in ok), "precision": ok[0]["precision"],
+            "train_rss_bytes": max((r.get("train_rss_bytes") or 0 for r in ok), default=0) or None,
             "vs_recipe": statistics.median(paired) if paired else None,
             "vs_recipe_range": [min(paired), max(paired)] if paired else None, "rounds": rounds}
 
@@ -307,7 +309,7 @@ def render(record: dict) -> str:
     training = []
     for name, result in record["training"].items():
         if "error" in result:
-            training.append([name, VARIANTS[name].describe, "failed: " + result["error"], "", "", "", "", ""])
+            training.append([name, VARIANTS[name].describe, "failed: " + result["error"], "", "", "", "", "", ""])
             continue
         ratio, spread = result["vs_recipe"], result["vs_recipe_range"]
         training.append([
@@ -316,7 +318,7 @@ def render(record: dict) -> str:
             "—" if ratio is None else f"{ratio:.2f}×" + (f" ({spread[0]:.2f}–{spread[1]:.2f})" if len(
                 result["rounds"]) > 1 else ""),
             " / ".join(_step_seconds(r) for r in result["rounds"] if "error" not in r), result["precision"],
-            f"{100 * result['mfu']:.1f} %"])
+            f"{100 * result['mfu']:.1f} %", measure.human_bytes(result.get("train_rss_bytes"))])
     gen = record["generation"]
     generating = [[r["batch_size"] if r["batch_size"] != gen["recipe_batch_size"] else f"{r['batch_size']} (recipe)",
                    DECODERS[r.get("decoder", "generate")][0], _adapter(r), r["new_tokens"], f"{r['seconds']:.1f}",
@@ -340,9 +342,10 @@ def render(record: dict) -> str:
         "profiler watched (marked p: its allocator events slow a step several times) are not measured. tokens/s = "
         "real tokens of the measured steps ÷ their seconds, median over rounds; vs recipe: the median (range) of "
         "each round's ratio to the recipe's tokens/s in that round; each setting changed alone against the "
-        "recipe.\n\n"
+        "recipe. Training RSS: the process's peak resident memory over the unprofiled steps, the highest of the "
+        "rounds.\n\n"
         + table(["setting", "what", "tokens/s", "per round", "vs recipe", "seconds per step (warm-up first)",
-                 "precision", "MFU"], training) + _noise_note(record["training"]),
+                 "precision", "MFU", "training RSS"], training) + _noise_note(record["training"]),
         f"## Generation\n\nGreedy, key-value cache, {gen['prompts']} prompts of the generation split sorted by "
         f"token length, left padding, at most {gen['max_new_tokens']} new tokens, float32; tokens/s counts each "
         "prompt's tokens up to its end-of-sequence token. \"finished rows\": dropped from the batch as each prompt "

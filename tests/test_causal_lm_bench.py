@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from peftlab import causal_lm_bench, load_recipe, rundir
+from peftlab import causal_lm_bench, load_recipe, measure, rundir
 from peftlab.building import prepare_inputs
 
 from test_causal_lm import make_chat_tokenizer, make_llama, sums, write_jsonl, write_recipe
@@ -68,8 +68,10 @@ def test_a_bounded_bench_writes_its_report(tmp_path, llama, sums_dir):
     ratios = [r["tokens_per_second"] / b["tokens_per_second"] for r, b in zip(training["packing"]["rounds"],
                                                                                recipe_rounds)]
     assert training["packing"]["vs_recipe_range"] == [min(ratios), max(ratios)]
-    # "auto" checkpointing resolved as a run resolves it: a tiny model fits without
+    # "auto" levers resolved as a run resolves them: a tiny model fits without checkpointing or per-step trimming
     assert recipe_rounds[0]["levers"]["gradient_checkpointing"] is False
+    assert recipe_rounds[0]["levers"]["trim_memory"] is False
+    assert training["recipe"]["train_rss_bytes"] == max(r["train_rss_bytes"] for r in recipe_rounds) > 0
     packed = training["packing"]["rounds"][0]
     assert training["no_bf16"]["precision"] == "fp32" and packed["speed"]["packing"]
     # packed rows hold several examples each: fewer rows than examples per step
@@ -84,6 +86,7 @@ def test_a_bounded_bench_writes_its_report(tmp_path, llama, sums_dir):
     assert rundir.read_json(tmp_path / "out" / "bench_causal_lm.json")["training"] == training
     assert f"{training['recipe']['tokens_per_second']:.1f}" in text and "| 4 | kept (transformers' generate) | merged |" in text
     assert "Noise: the recipe's own 2 rounds differ by" in text
+    assert measure.human_bytes(training["recipe"]["train_rss_bytes"]) in text
 
 
 def test_training_rounds_alternate_and_compile_runs_once_at_the_end():
