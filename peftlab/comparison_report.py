@@ -392,8 +392,12 @@ def render(record: dict, rows: list[dict], first: dict, figs: dict, pairs: dict,
         f"With {len(reported_seeds)} seed(s) reported the seed part of the interval is coarse. Memory: model state = weights "
         f"as stored + gradients + optimizer state; training peak = peak of live tensors during training steps; plan "
         f"= the plan's figure for the largest batch the run trained (rows x tokens; the plan a budget is checked "
-        f"against is for the worst batch, micro-batch x the longest example, and is in each run's report); training / evaluation RSS = the process's peak resident memory in each "
-        f"phase, training's over the steps the live-tensor profiler did not watch (README, section Memory). Wall time of the whole comparison: {record['wall_seconds'] / 60:.1f} min.",
+        f"against is for the worst batch, micro-batch x the longest example, and is in each run's report); training "
+        f"/ evaluation RSS = the process's peak resident memory in each phase, training's over the steps the "
+        f"live-tensor profiler did not watch (README, section Memory): what the process held, with its libraries "
+        f"(bitsandbytes' for a quantized base) and the freed blocks the allocator kept for reuse (the levers below "
+        f"say whether it returned them every step), so methods are ranked by the training peak, not by it. Wall time "
+        f"of the whole comparison: {record['wall_seconds'] / 60:.1f} min.",
         _protocol_line(first),
         "## Results\n\n" + table(header, [_row_cells(r, main, others, figs.get(r["name"]), raw) for r in rows]),
         "\n".join(filter(None, [_separation_notes(figs, others, raw), _partial_metrics_note(figs, others, record),
