@@ -204,7 +204,7 @@ def summarise(rounds: list[dict], recipe_rounds: list[dict]) -> dict:
         paired = [r["tokens_per_second"] / base for r in ok] if base else []
     return {"tokens_per_second": statistics.median(r["tokens_per_second"] for r in ok),
             "mfu": statistics.median(r["mfu"] for r in ok), "precision": ok[0]["precision"],
-            "train_rss_bytes": max((r.get("train_rss_bytes") or 0 for r in ok), default=0) or None,
+            "train_rss_bytes": max(r["train_rss_bytes"] or 0 for r in ok) or None,  # None: no reading (not Linux)
             "vs_recipe": statistics.median(paired) if paired else None,
             "vs_recipe_range": [min(paired), max(paired)] if paired else None, "rounds": rounds}
 

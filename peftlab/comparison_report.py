@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import comparison_stats, lr_search, rundir, stats
 from .data import title
+from .levers import trimming_words
 from .measure import human_bytes
 from .memory import compared_plan
 from .run_report import _per_type_keys, load_record, table
@@ -339,8 +340,7 @@ def levers_note(rows: list[dict]) -> str:
     them per run, so variants may differ, and then their memory and time columns compare the settings too."""
     def words(levers: dict) -> str:
         return (f"gradient checkpointing {'on' if levers['gradient_checkpointing'] else 'off'}, micro-batch "
-                f"{levers['micro_batch_size']}, freed memory returned "  # before trim_memory existed: every step
-                f"{'after every step' if levers.get('trim_memory', True) else 'between phases only'}")
+                f"{levers['micro_batch_size']}, {trimming_words(levers)}")
 
     used = {row["name"]: sorted({words(r["environment"]["levers"]) for r in row["runs"]
                                  if "levers" in r["environment"]}) for row in rows}

@@ -109,20 +109,25 @@ def describe(settings: dict) -> str:
            f"{human_bytes(auto['available_bytes'])} available)" if auto else "")
     words = (f"gradient checkpointing {'on' if settings['gradient_checkpointing'] else 'off'}{why}, micro-batch "
              f"{settings['micro_batch_size']} x {settings['accumulation_steps']} accumulation steps")
-    # records made before Train.trim_memory existed trimmed after every step
-    trim = settings.get("trimming") or {"trim_memory": settings.get("trim_memory", True)}
-    return f"{words}, {describe_trimming(trim)}"
+    return f"{words}, {trimming_words(settings)}{_trimming_grounds(settings.get('trimming'))}"
 
 
-def describe_trimming(trim: dict) -> str:
+def trimming_words(settings: dict) -> str:
+    """When a run returned freed memory, from its levers record (records made before Train.trim_memory existed
+    trimmed after every step)."""
+    return f"freed memory returned {'after every step' if settings.get('trim_memory', True) else 'between phases only'}"
+
+
+def _trimming_grounds(trim: dict | None) -> str:
     from .measure import human_bytes
 
-    when = "after every step" if trim["trim_memory"] else "between phases only"
-    if trim.get("auto") == "plan":
-        fits = "above" if trim["trim_memory"] else "within"
-        return (f"freed memory returned {when} (auto: the plan's RSS, {human_bytes(trim['plan_rss_bytes'])}, is "
-                f"{fits} {trim['share']:.0%} of the {human_bytes(trim['available_bytes'])} available)")
-    return f"freed memory returned {when}" + (f" (auto: {trim['auto']})" if trim.get("auto") else "")
+    if not trim or not trim.get("auto"):
+        return ""
+    if trim["auto"] != "plan":
+        return f" (auto: {trim['auto']})"
+    fits = "above" if trim["trim_memory"] else "within"
+    return (f" (auto: the plan's RSS, {human_bytes(trim['plan_rss_bytes'])}, is {fits} {trim['share']:.0%} of the "
+            f"{human_bytes(trim['available_bytes'])} available)")
 
 
 def micro_batch_size(recipe) -> int:

@@ -370,6 +370,9 @@ def _parse_value(text: str, tp: Any, path: str) -> Any:
                 return _parse_value(text, arg, path)
             except PeftlabError as err:
                 errors.append(str(err))
+        expected = f"--set {path}={text}: expected "  # every alternative named: "true or false, or one of auto"
+        if len(errors) > 1 and all(e.startswith(expected) for e in errors):
+            raise PeftlabError(expected + ", or ".join(e.removeprefix(expected) for e in errors))
         raise PeftlabError(errors[0] if errors else f"--set {path}: cannot parse {text!r}")
     if origin is list:  # a,b — or a list as a recipe writes it, ["a", "b"]
         items = text[1:-1].split(",") if text.startswith("[") and text.endswith("]") else text.split(",")

@@ -21,6 +21,14 @@ SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 VOCAB = SPECIAL + POSITIVE + NEGATIVE + FILLER
 
 
+def pinned_freed_heap() -> torch.Tensor:
+    """200 MiB of 64 KiB tensors (below glibc's mmap threshold: heap), all freed but the last, which is returned: kept
+    alive, it pins the heap's top, so glibc cannot give the freed memory back by shrinking the heap; it stays
+    resident until a malloc_trim releases its pages."""
+    blocks = [torch.ones(16384) for _ in range(3200)]
+    return blocks[-1]
+
+
 def make_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast

@@ -12,8 +12,9 @@ import peftlab
 from peftlab import levers, load_recipe
 from peftlab.errors import PeftlabError
 from peftlab.methods.base import Context
+from peftlab.plan import current_rss
 
-from conftest import run_recipe, write_recipe
+from conftest import pinned_freed_heap, run_recipe, write_recipe
 
 VOCAB = 3000
 
@@ -330,19 +331,14 @@ def test_allocator_settings(monkeypatch):
     assert levers.release_freed_memory() is False
 
 
-def _rss() -> int:
-    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def test_release_freed_memory_returns_freed_heap_pages(monkeypatch):
-    """200 MiB of 64 KiB tensors (below glibc's mmap threshold: heap), all freed but the last, which pins the heap's
-    top so that glibc cannot give the memory back by shrinking it: resident until the pages are released."""
+    """Freed heap blocks pinned by the last one (conftest.pinned_freed_heap): resident until the pages are
+    released."""
     _no_user_allocator(monkeypatch)
-    blocks = [torch.ones(16384) for _ in range(3200)]
-    del blocks[:-1]
-    held = _rss()
+    pin = pinned_freed_heap()  # noqa: F841 (kept alive: it pins the freed blocks)
+    held = current_rss()
     assert levers.release_freed_memory()
-    assert held - _rss() > 150 * 2**20
+    assert held - current_rss() > 150 * 2**20
 
 
 # ------------------------------------------------------------------------------------ --budget, end to end

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from types import SimpleNamespace
 
 import pytest
@@ -12,10 +11,11 @@ from transformers import TrainerCallback
 
 from peftlab import load_recipe, measure, memory
 from peftlab.building import build_model, prepare_inputs
+from peftlab.plan import current_rss
 from peftlab.tasks import metrics_for
 from peftlab.training import build_trainer
 
-from conftest import make_bert, run_recipe, write_recipe
+from conftest import make_bert, pinned_freed_heap, run_recipe, write_recipe
 
 MB = 1_000_000
 
@@ -117,8 +117,7 @@ def test_memory_a_phase_freed_counts_to_it_not_to_the_next(monkeypatch):
     if not (peaks.resettable and "malloc_trim" in levers.allocator_settings()):
         pytest.skip("RSS peaks are not per phase here, or the allocator is not glibc's")
     peaks.switch("train")
-    blocks = [torch.ones(16384) for _ in range(3200)]  # 64 KiB each: below glibc's mmap threshold
-    del blocks[:-1]
+    pin = pinned_freed_heap()  # noqa: F841 (kept alive: it pins the freed blocks)
     peaks.switch("eval")
     torch.ones(1000).sum()
     peaks.switch(None)
@@ -137,17 +136,12 @@ def test_steps_return_freed_memory_only_when_told(monkeypatch, trim_steps):
     if "malloc_trim" not in levers.allocator_settings():
         pytest.skip("the allocator is not glibc's")
     meter.on_step_begin(None, None, None)
-    blocks = [torch.ones(16384) for _ in range(3200)]  # 64 KiB each: below glibc's mmap threshold
-    del blocks[:-1]
-    held = _rss()
+    pin = pinned_freed_heap()  # noqa: F841 (kept alive: it pins the freed blocks)
+    held = current_rss()
     meter.on_step_end(None, SimpleNamespace(global_step=1), None)
-    assert (held - _rss() > 150 * 2**20) is trim_steps
+    assert (held - current_rss() > 150 * 2**20) is trim_steps
     meter.on_prediction_step(None, None, None)  # an evaluation begins: always from what is live
-    assert held - _rss() > 150 * 2**20
-
-
-def _rss() -> int:
-    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    assert held - current_rss() > 150 * 2**20
 
 
 def test_whole_run_peak_survives_the_phase_resets():
