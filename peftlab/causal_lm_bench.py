@@ -148,7 +148,7 @@ def train_variant(recipe_path: Path, variant: Variant, settings: Settings, data_
         model = building.build_model(recipe, inputs.task, inputs.resolved, inputs.labels)
         if variant.compile:
             model.compile(dynamic=True)
-        meter = memory.MemoryMeter(levers.trims_every_step(recipe))
+        meter = memory.MemoryMeter(levers.trim_period(recipe))
         clock = StepClock(settings.warmup, settings.steps, meter)
         with tempfile.TemporaryDirectory() as out:
             trainer = build_trainer(recipe, inputs.task, model, inputs.tokenizer, inputs.train, inputs.selection,

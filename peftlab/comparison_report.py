@@ -298,11 +298,16 @@ def _lr_section(record: dict, raw: tuple[str, ...]) -> str:
         scale = _scale(s["metric"], raw) if s["metric"] else 100
         cells = [("**" if lr == s["chosen"] else "") + f"{lr:g}: " + ("failed" if math.isnan(v) else f"{scale * v:.2f}")
                  + ("**" if lr == s["chosen"] else "") for lr, v in scores.items()]
+        edge = " (grid edge)" if lr_search.beyond_edge(list(scores), s["chosen"]) is not None else ""
         rows.append([name, s["metric"] or "", ", ".join(cells), "none (every grid point failed)"
-                     if s["chosen"] is None else f"{s['chosen']:g}"])
+                     if s["chosen"] is None else f"{s['chosen']:g}{edge}"])
+    edges = any(r[-1].endswith("(grid edge)") for r in rows)
     return (f"## Learning rates\n\nEach variant's grid ran on seed {record['seeds'][0]}; the rate with the best "
             "selection-split score (its best checkpoint's, on examples held out of train) was kept and the other "
-            "seeds ran at it." + _rerun_note(record) + "\n\n"
+            "seeds ran at it." + _rerun_note(record)
+            + (" A rate chosen at its grid's edge may be beaten by one beyond it: with `lrs=\"auto\"` the search goes "
+               "on past the edge, a grid given as a list is searched as given, so that variant's row may understate "
+               "it." if edges else "") + "\n\n"
             + table(["variant", "selection metric", "grid: score", "chosen"], rows))
 
 
@@ -396,7 +401,7 @@ def render(record: dict, rows: list[dict], first: dict, figs: dict, pairs: dict,
         f"/ evaluation RSS = the process's peak resident memory in each phase, training's over the steps the "
         f"live-tensor profiler did not watch (README, section Memory): what the process held, with its libraries "
         f"(bitsandbytes' for a quantized base) and the freed blocks the allocator kept for reuse (the levers below "
-        f"say whether it returned them every step), so methods are ranked by the training peak, not by it. Wall time "
+        f"say how often it returned them), so methods are ranked by the training peak, not by it. Wall time "
         f"of the whole comparison: {record['wall_seconds'] / 60:.1f} min.",
         _protocol_line(first),
         "## Results\n\n" + table(header, [_row_cells(r, main, others, figs.get(r["name"]), raw) for r in rows]),

@@ -9,7 +9,8 @@ for equal losses and gradients, tests/test_levers.py).
   each chunk's logits recomputed in backward instead of kept (`labelled_nll`);
 - evaluation and generation batches no larger than what keeps them below the training peak;
 - the CPU allocator returns freed memory to the operating system between phases, and after every step where memory
-  is short (`release_freed_memory`, Train.trim_memory, `choose_trimming`).
+  is short or every N steps where the recipe says so (`release_freed_memory`, Train.trim_memory, `choose_trimming`);
+- under --budget, oneDNN keeps at most 256 compiled bf16 kernels instead of 1024 (`limit_onednn_cache`).
 `fit_budget` chooses micro-batch and checkpointing for `--budget` from the plan's prediction.
 """
 
@@ -70,13 +71,11 @@ def choose_checkpointing(recipe, predict, available: int) -> dict:
 
 
 def choose_trimming(recipe, prediction: dict, available: int, budget: int | None) -> dict:
-    """Whether freed memory goes back to the system after every training step (Train.trim_memory; at phase
-    boundaries and evaluation batches it always does), with the grounds of an "auto" choice, for the records. Each
-    trim has a price: the next step faults the returned pages in again (reports/bench_causal_lm.md measures it), so
-    "auto" trims every step only under --budget or where the plan's RSS is above AUTO_SHARE of `available`. That plan
-    already counts glibc keeping the freed blocks of every transient tensor (plan.resident), which is what an
-    untrimmed step holds; trimming lowers the RSS below it. On a GPU the plan has no RSS figure and the host's
-    churn is small: no per-step trim."""
+    """How often freed memory goes back to the system during training (Train.trim_memory; at phase boundaries and
+    evaluation batches it always does), with the grounds of an "auto" choice, for the records. Each trim has a price:
+    the next step faults the returned pages in again, so "auto" trims every step only under --budget or where the
+    plan's RSS is above AUTO_SHARE of `available`. reports/training_rss.md measures RSS and speed of each setting:
+    trimming every few steps saves little RSS for much of the per-step price."""
     setting = recipe.train.trim_memory
     if setting != "auto":
         return {"trim_memory": setting}
@@ -89,12 +88,16 @@ def choose_trimming(recipe, prediction: dict, available: int, budget: int | None
             "available_bytes": available, "share": AUTO_SHARE}
 
 
-def trims_every_step(recipe) -> bool:
-    """Train.trim_memory as a run resolved it (building.choose_levers); an unresolved "auto" trims (the low RSS)."""
-    return recipe.train.trim_memory is not False
+def trim_period(recipe) -> int | None:
+    """Steps between trims as a run resolved Train.trim_memory (building.choose_levers): 1 every step, None between
+    phases only; an unresolved "auto" trims every step (the low RSS)."""
+    setting = recipe.train.trim_memory
+    if setting is False:
+        return None
+    return 1 if setting in (True, "auto") else setting
 
 
-def with_trimming(recipe, trim: bool):
+def with_trimming(recipe, trim: bool | int):
     return dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, trim_memory=trim))
 
 
@@ -115,7 +118,10 @@ def describe(settings: dict) -> str:
 def trimming_words(settings: dict) -> str:
     """When a run returned freed memory, from its levers record (records made before Train.trim_memory existed
     trimmed after every step)."""
-    return f"freed memory returned {'after every step' if settings.get('trim_memory', True) else 'between phases only'}"
+    setting = settings.get("trim_memory", True)
+    when = ("between phases only" if setting is False else "after every step" if setting in (True, 1)
+            else f"every {setting} steps and between phases")
+    return f"freed memory returned {when}"
 
 
 def _trimming_grounds(trim: dict | None) -> str:
@@ -125,7 +131,7 @@ def _trimming_grounds(trim: dict | None) -> str:
         return ""
     if trim["auto"] != "plan":
         return f" (auto: {trim['auto']})"
-    fits = "above" if trim["trim_memory"] else "within"
+    fits = "above" if trim["trim_memory"] is True else "within"
     return (f" (auto: the plan's RSS, {human_bytes(trim['plan_rss_bytes'])}, is {fits} {trim['share']:.0%} of the "
             f"{human_bytes(trim['available_bytes'])} available)")
 
@@ -169,8 +175,9 @@ def generation_batch_size(recipe) -> int:
 
 def settings(recipe) -> dict:
     """The levers a run used, for its records (metrics `memory.levers`)."""
+    period = trim_period(recipe)
     return {"gradient_checkpointing": gradient_checkpointing(recipe), "micro_batch_size": micro_batch_size(recipe),
-            "accumulation_steps": accumulation_steps(recipe), "trim_memory": trims_every_step(recipe)}
+            "accumulation_steps": accumulation_steps(recipe), "trim_memory": {1: True, None: False}.get(period, period)}
 
 
 # ------------------------------------------------------------------------------------------ --budget
@@ -287,10 +294,10 @@ def allocator_settings() -> dict:
     and grows its mmap threshold to the largest block freed (up to 32 MiB), so the heap holds the high-water mark of
     every batch shape seen so far: GBs over a causal-LM run. peftlab calls malloc_trim(0) at every phase boundary,
     after every evaluation batch (training.ReleaseFreedMemory) and, where Train.trim_memory says so
-    (`choose_trimming`), after every optimizer step, which hands the free lists' whole pages back to the system.
+    (`choose_trimming`), after every N-th optimizer step, which hands the free lists' whole pages back to the system.
     A lower mmap threshold (every block from 1 MiB mmap-ed, unmapped when freed) holds the RSS as low but makes every
     large allocation fault its pages in afresh (reports/memory_budget.md measures that cost); trimming pays it once
-    a step, for the pages it returned (reports/bench_causal_lm.md measures training without it). A preloaded
+    per trim, for the pages it returned (reports/training_rss.md measures each period). A preloaded
     jemalloc/tcmalloc, MALLOC_* settings given by the user, or PEFTLAB_DISABLE=allocator leave the allocator as it is."""
     from .speed import enabled
 
@@ -304,7 +311,24 @@ def allocator_settings() -> dict:
     if _malloc_trim() is None:
         return {"allocator": "system (not glibc): unchanged"}
     return {"allocator": "glibc", "malloc_trim": "between phases, after every evaluation batch and, per "
-                                                  "Train.trim_memory, every optimizer step"}
+                                                  "Train.trim_memory, every N optimizer steps"}
+
+
+# oneDNN, which runs torch's bf16 matmuls on a CPU, keeps a compiled primitive per operation and shape, up to 1024 by
+# default: with batches of many lengths that cache holds a few hundred MiB the plan does not count. 256 holds less but
+# recompiles more, about 10 % slower untrimmed (reports/training_rss.md), so only a run under --budget gets it.
+ONEDNN_CACHE_ENV, ONEDNN_CACHE_CAPACITY = "ONEDNN_PRIMITIVE_CACHE_CAPACITY", 256
+
+
+def limit_onednn_cache(budget: int | None) -> dict:
+    """Under --budget, cap oneDNN's primitive cache unless the user sized it or PEFTLAB_DISABLE=onednn_cache; the size
+    the process uses, for its records. oneDNN reads the variable when torch first runs one of its kernels, so this is
+    called before a run computes anything (the memory plan's trace included)."""
+    from .speed import enabled
+
+    if budget is not None and ONEDNN_CACHE_ENV not in os.environ and enabled("onednn_cache"):
+        os.environ[ONEDNN_CACHE_ENV] = str(ONEDNN_CACHE_CAPACITY)
+    return {"onednn_primitive_cache": os.environ.get(ONEDNN_CACHE_ENV, "oneDNN default (1024)")}
 
 
 def release_freed_memory() -> bool:

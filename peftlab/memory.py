@@ -193,9 +193,9 @@ class MemoryMeter(TrainerCallback):
     on_step_end) is training; from a step's end, an evaluation (seen by its first prediction step) until
     on_evaluate is evaluation; saving and logging belong to neither."""
 
-    def __init__(self, trim_steps: bool = True):
+    def __init__(self, trim_every: int | None = 1):
         self.rss = PeakRSS()
-        self.trim_steps = trim_steps  # freed memory back to the system between steps too (Train.trim_memory)
+        self.trim_every = trim_every  # freed memory back to the system every this many steps too (Train.trim_memory)
         self.state_bytes: dict | None = None
         self.train_peak = 0
         self.profiled_steps: list[int] = []
@@ -214,7 +214,7 @@ class MemoryMeter(TrainerCallback):
         self.rss.switch(None)
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
-        self.rss.switch("train", release=self.trim_steps)
+        self.rss.switch("train", release=self._trim_due(state))
         self._in_step = True
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
@@ -230,7 +230,7 @@ class MemoryMeter(TrainerCallback):
             return
         self._largest = max(self._largest, size)
         live = model_state(module, self._optimizer)["total"] + _storage_bytes(inputs, set())
-        self.rss.switch("profiled", release=self.trim_steps)  # the profiler's own memory is not the training's
+        self.rss.switch("profiled", release=self.trim_every == 1)  # the profiler's own memory is not the training's
         self._window.start(live)
 
     def on_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
@@ -245,8 +245,12 @@ class MemoryMeter(TrainerCallback):
             self.profiled_steps.append(state.global_step)
         elif torch.cuda.is_available():
             self.train_peak = max(self.train_peak, torch.cuda.max_memory_allocated())
-        # the profiler's freed event buffers go back whatever trim_steps says: kept, the next steps' RSS would hold them
-        self.rss.switch("between", release=self.trim_steps or profiled)
+        # the profiler's freed event buffers go back whatever trim_every says: kept, the next steps' RSS would hold them
+        self.rss.switch("between", release=self._trim_due(state) or profiled)
+
+    def _trim_due(self, state) -> bool:
+        """At a step's end (global_step counts it) and the next one's beginning, every trim_every steps."""
+        return self.trim_every is not None and state.global_step % self.trim_every == 0
 
     # ---- evaluation between steps
     def on_prediction_step(self, args, state, control, **kwargs):

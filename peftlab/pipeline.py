@@ -135,6 +135,7 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
             resuming: resume.Resume | None = None, budget: int | None = None, base_cache: Path | None = None) -> dict:
     started = time.perf_counter()
     main_process = distributed.is_main()  # with several processes only the main one writes
+    onednn_cache = levers.limit_onednn_cache(budget)  # before anything computes
     set_seed(recipe.train.seed)
     if main_process and resuming is None:  # a resumed run keeps the records it started with (recipe checked equal)
         rundir.write_json(run_dir / "recipe.json", recipe_to_dict(recipe))
@@ -154,14 +155,14 @@ def execute(recipe, recipe_path: Path, run_dir: Path, data_root: Path | None, co
         "processes": distributed.world_size(),
         "speed": speed.settings(recipe),
         "levers": levers.settings(recipe) | {"budget": budget, "auto": auto_levers, "trimming": trimming,
-                                             "allocator": levers.allocator_settings()},
+                                             "allocator": levers.allocator_settings() | onednn_cache},
         "report_to": tracking.trackers(recipe.train.report_to),
     }
     if main_process:
         rundir.write_json(run_dir / "environment.json", resume.environment(resuming, env) if resuming else env)
 
     extra = task.Evaluation(inputs, recipe, base_cache) if hasattr(task, "Evaluation") else None  # before/after
-    meter = memory.MemoryMeter(levers.trims_every_step(recipe))  # the base's evaluation before training: evaluation
+    meter = memory.MemoryMeter(levers.trim_period(recipe))  # the base's evaluation before training: evaluation
     model = building.build_model(recipe, task, resolved, label_names,
                                  on_base=meter.during("eval", extra.before) if extra else None,
                                  batches=building.init_batches(recipe, task, tokenizer, train_ds))

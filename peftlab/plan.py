@@ -30,7 +30,8 @@ parameter counts per dtype and trainability. For the longest batch (micro-batch 
 On CPU the plan of resident memory adds the process before the model loads (Python, libraries incl. bitsandbytes
 for a quantized base, tokenized data: `runtime`, measured) and the allocator's slack: glibc keeps freed blocks of a
 step's transient tensors for reuse rather than returning them (`ALLOCATOR_SLACK` of the transient bytes, set from
-benchmarks/memory_calibration.py).
+benchmarks/memory_calibration.py). Not counted: the compiled kernels oneDNN keeps for bf16 matmuls, one per
+operation and shape (capped by levers.limit_onednn_cache; reports/training_rss.md measures what they hold).
 """
 
 from __future__ import annotations

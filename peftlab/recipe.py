@@ -149,9 +149,10 @@ class Train:
     # memory levers (peftlab/levers.py): "auto" checkpoints the causal LM's layers, not the short-sequence encoders
     gradient_checkpointing: bool | Literal["auto"] = "auto"
     micro_batch_size: int | None = None  # examples per forward pass (over all processes); None: batch_size
-    # freed memory back to the system after every step (lowest RSS; each step faults its pages in again): "auto" only
-    # where memory is short or under --budget (levers.choose_trimming); between phases always
-    trim_memory: bool | Literal["auto"] = "auto"
+    # freed memory back to the system after every step (True: lowest RSS; each step faults its pages in again), every
+    # N steps (an int), or between phases only (False); "auto": every step where memory is short or under --budget,
+    # else between phases only (levers.choose_trimming)
+    trim_memory: bool | int | Literal["auto"] = "auto"
     warmup_ratio: float = 0.06
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
@@ -190,6 +191,8 @@ class Train:
         check(self.early_stopping_patience is None or self.early_stopping_patience > 0,
               f"{where}.early_stopping_patience: must be > 0 or None")
         check(self.evals_per_epoch >= 1, f"{where}.evals_per_epoch={self.evals_per_epoch}: must be >= 1")
+        check(isinstance(self.trim_memory, (bool, str)) or self.trim_memory >= 1,
+              f"{where}.trim_memory={self.trim_memory}: use a number of steps >= 1, or false for between phases only")
         check(self.logging_steps >= 1, f"{where}.logging_steps={self.logging_steps}: must be >= 1")
         check(self.checkpoint_steps is None or self.checkpoint_steps >= 1,
               f"{where}.checkpoint_steps={self.checkpoint_steps}: use a positive step count, or None")

@@ -26,7 +26,7 @@ from .errors import check
 DISABLE_ENV = "PEFTLAB_DISABLE"
 SWITCHES = ("length_buckets", "bf16", "fp32_attention", "fused_adamw", "eval_by_length", "merged_generation")
 # memory levers without a recipe field (peftlab/levers.py), switched off the same way for measuring
-LEVER_SWITCHES = ("allocator", "labelled_logits")
+LEVER_SWITCHES = ("allocator", "labelled_logits", "onednn_cache")
 FP32_ATTENTION = "peftlab_sdpa_fp32"
 
 

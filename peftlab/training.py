@@ -267,7 +267,7 @@ def build_trainer(recipe, task, model, tokenizer, train_ds, eval_ds, out_dir: Pa
     bf16 = speed.use_bf16(recipe)
     if bf16 and speed.fp32_attention_applies(recipe):
         speed.keep_attention_fp32(model)
-    meter = meter or memory.MemoryMeter(levers.trims_every_step(recipe))
+    meter = meter or memory.MemoryMeter(levers.trim_period(recipe))
     callbacks = [EvaluateAtEnd(), StepTimer(), meter, RichProgress(recipe.train.batch_size),
                  checkpoints.CheckpointControl(recipe.train.checkpoint_steps)]
     if recipe.train.early_stopping_patience:

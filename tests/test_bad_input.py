@@ -17,6 +17,7 @@ field variants at the API level; this table is the end-to-end list.)
 | out of range: LoRA rank | method.r=0: the rank must be >= 1 |
 | out of range: max_length | data.max_length=4: use a value in 8..8192 |
 | out of range: keep_checkpoints | train.keep_checkpoints=0: must be >= 1 |
+| out of range: trim_memory | train.trim_memory=0: use a number of steps >= 1, or false … |
 | unknown task | model.task='translation': expected one of 'classification', … |
 | unknown method | method: str is not a method; use one of FullFineTuning, LoRA, … |
 | unknown quantization | recipe.quant: use None, Quant4bit(...) or Quant8bit(...) |
@@ -340,6 +341,8 @@ CASES = [
          "data.max_length=4", "use a value in 8..8192"),
     Case("out of range: keep_checkpoints", lambda b: b.run(b.recipe(train="keep_checkpoints=0")),
          "train.keep_checkpoints=0", "must be >= 1"),
+    Case("out of range: trim_memory", lambda b: b.run(b.recipe(train="trim_memory=0")),
+         "train.trim_memory=0", "use a number of steps >= 1, or false for between phases only"),
     Case("unknown task", lambda b: b.run(b.recipe([('"classification"', '"translation"')])),
          "model.task='translation'", "expected one of 'classification'"),
     Case("unknown method", lambda b: b.run(b.recipe(method="'lora'")), "method: str is not a method",

@@ -301,11 +301,15 @@ def test_auto_trimming_trims_every_step_only_where_memory_is_short():
                                                                                       "auto": "--budget"}
     gpu = {"predicted_train_peak_bytes": 600, "predicted_train_peak_rss_bytes": None}
     assert levers.choose_trimming(_recipe(), gpu, available=1, budget=None)["trim_memory"] is False
-    for explicit in (True, False):  # as the recipe says, whatever the memory
+    for explicit in (True, False, 8):  # as the recipe says, whatever the memory
         assert levers.choose_trimming(_recipe(trim_memory=explicit), plan, 1, None) == {"trim_memory": explicit}
-    resolved = levers.with_trimming(_recipe(), False)
-    assert not levers.trims_every_step(resolved) and levers.settings(resolved)["trim_memory"] is False
-    assert levers.trims_every_step(_recipe())  # unresolved "auto": the low-RSS side
+    resolved = levers.with_trimming(_recipe(), roomy["trim_memory"])
+    assert (levers.trim_period(resolved), levers.trim_period(_recipe())) == (None, 1)  # unresolved "auto": low RSS
+    assert levers.settings(resolved)["trim_memory"] is False
+    periodic = levers.with_trimming(_recipe(), 32)
+    assert levers.trim_period(periodic) == 32 == levers.settings(periodic)["trim_memory"]
+    assert levers.settings(levers.with_trimming(_recipe(), 1))["trim_memory"] is True  # 1 step: every step
+    assert "every 32 steps and between phases" in levers.describe(levers.settings(periodic))
     assert "between phases only (auto: the plan's RSS, 1000 B, is within 50%" in levers.describe(
         levers.settings(resolved) | {"trimming": roomy})
 
@@ -322,7 +326,7 @@ def _no_user_allocator(monkeypatch):
 def test_allocator_settings(monkeypatch):
     _no_user_allocator(monkeypatch)
     assert levers.allocator_settings() == {"allocator": "glibc", "malloc_trim": "between phases, after every "
-                                           "evaluation batch and, per Train.trim_memory, every optimizer step"}
+                                           "evaluation batch and, per Train.trim_memory, every N optimizer steps"}
     monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
     assert levers.allocator_settings() == {"allocator": "jemalloc (LD_PRELOAD)"}
     assert levers.release_freed_memory() is False  # another allocator: left alone
@@ -341,6 +345,20 @@ def test_release_freed_memory_returns_freed_heap_pages(monkeypatch):
     assert held - current_rss() > 150 * 2**20
 
 
+def test_onednn_cache_is_capped_under_a_budget_unless_the_user_sized_it(monkeypatch):
+    monkeypatch.delenv(levers.ONEDNN_CACHE_ENV, raising=False)  # restored after the test, whatever the calls set
+    monkeypatch.delenv("PEFTLAB_DISABLE", raising=False)
+    default = {"onednn_primitive_cache": "oneDNN default (1024)"}
+    assert levers.limit_onednn_cache(None) == default and levers.ONEDNN_CACHE_ENV not in os.environ  # the speed
+    assert levers.limit_onednn_cache(2**30) == {"onednn_primitive_cache": str(levers.ONEDNN_CACHE_CAPACITY)}
+    assert os.environ[levers.ONEDNN_CACHE_ENV] == str(levers.ONEDNN_CACHE_CAPACITY)  # where oneDNN reads it
+    monkeypatch.setenv(levers.ONEDNN_CACHE_ENV, "64")  # the user's size is kept
+    assert levers.limit_onednn_cache(2**30) == levers.limit_onednn_cache(None) == {"onednn_primitive_cache": "64"}
+    monkeypatch.delenv(levers.ONEDNN_CACHE_ENV)
+    monkeypatch.setenv("PEFTLAB_DISABLE", "onednn_cache")  # switched off for measuring: oneDNN's own default
+    assert levers.limit_onednn_cache(2**30) == default and levers.ONEDNN_CACHE_ENV not in os.environ
+
+
 # ------------------------------------------------------------------------------------ --budget, end to end
 
 def test_run_under_a_budget_records_its_choice(tmp_path, tiny_bert, data_dir):
@@ -350,6 +368,7 @@ def test_run_under_a_budget_records_its_choice(tmp_path, tiny_bert, data_dir):
     assert env["micro_batch_size"] == 8 and env["gradient_checkpointing"] is False and env["budget"] == 64 * 2**30
     assert env["trim_memory"] is True and env["trimming"] == {"trim_memory": True, "auto": "--budget"}
     assert env["allocator"]["allocator"] in ("glibc", "jemalloc (LD_PRELOAD)", "tcmalloc (LD_PRELOAD)")
+    assert env["allocator"]["onednn_primitive_cache"] == os.environ[levers.ONEDNN_CACHE_ENV]  # what it ran with
     assert json.loads((run_dir / "recipe.json").read_text())["train"]["micro_batch_size"] == 8
 
 

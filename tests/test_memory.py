@@ -124,22 +124,22 @@ def test_memory_a_phase_freed_counts_to_it_not_to_the_next(monkeypatch):
     assert peaks.peaks["train"] > peaks.peaks["eval"] + 150 * 2**20
 
 
-@pytest.mark.parametrize("trim_steps", [True, False])
-def test_steps_return_freed_memory_only_when_told(monkeypatch, trim_steps):
-    """A step frees 200 MiB of pinned heap blocks (as in the test above): with trim_steps they go back to the system
-    when it ends; without, glibc keeps them for the next step (Train.trim_memory=False), until the evaluation's
-    phase boundary returns them."""
+@pytest.mark.parametrize("trim_every,step,returned", [(1, 1, True), (None, 1, False), (4, 3, False), (4, 8, True)])
+def test_steps_return_freed_memory_only_when_told(monkeypatch, trim_every, step, returned):
+    """A step frees 200 MiB of pinned heap blocks (as in the test above): they go back to the system when it ends
+    where steps are trimmed every step, or every 4 steps and it is the 8th; otherwise glibc keeps them for the next
+    step (Train.trim_memory), until the evaluation's phase boundary returns them."""
     from peftlab import levers
 
     monkeypatch.delenv("PEFTLAB_DISABLE", raising=False)
-    meter = memory.MemoryMeter(trim_steps=trim_steps)
+    meter = memory.MemoryMeter(trim_every=trim_every)
     if "malloc_trim" not in levers.allocator_settings():
         pytest.skip("the allocator is not glibc's")
-    meter.on_step_begin(None, None, None)
+    meter.on_step_begin(None, SimpleNamespace(global_step=step - 1), None)
     pin = pinned_freed_heap()  # noqa: F841 (kept alive: it pins the freed blocks)
     held = current_rss()
-    meter.on_step_end(None, SimpleNamespace(global_step=1), None)
-    assert (held - current_rss() > 150 * 2**20) is trim_steps
+    meter.on_step_end(None, SimpleNamespace(global_step=step), None)
+    assert (held - current_rss() > 150 * 2**20) is returned
     meter.on_prediction_step(None, None, None)  # an evaluation begins: always from what is live
     assert held - current_rss() > 150 * 2**20
 
@@ -161,8 +161,8 @@ def test_whole_run_peak_survives_the_phase_resets():
     assert measure.peak_memory(peaks.whole_run())["peak_rss_bytes"] == peaks.whole_run()
 
 
-@pytest.mark.parametrize("trim_steps", [True, False])
-def test_training_rss_leaves_out_the_steps_the_profiler_watched(monkeypatch, trim_steps):
+@pytest.mark.parametrize("trim_every", [1, None])
+def test_training_rss_leaves_out_the_steps_the_profiler_watched(monkeypatch, trim_every):
     """The live-tensor profiler's buffers grow over the steps it watches (here: 300 MiB of heap blocks held while it
     runs, pinned as in the tests above); those steps' RSS is recorded apart, and the training RSS is the other
     steps', with the largest batch among them. The buffers' freed blocks go back to the system when a profiled step
@@ -179,12 +179,12 @@ def test_training_rss_leaves_out_the_steps_the_profiler_watched(monkeypatch, tri
     monkeypatch.delenv("PEFTLAB_DISABLE", raising=False)
     model = torch.nn.Embedding(10, 8).train()
     model.forward = lambda input_ids: torch.nn.Embedding.forward(model, input_ids)
-    meter = memory.MemoryMeter(trim_steps)
+    meter = memory.MemoryMeter(trim_every)
     if not meter.rss.resettable or torch.cuda.is_available():
         pytest.skip("RSS peaks are not per phase here, or steps are measured by CUDA's allocator")
     meter.on_train_begin(None, None, None, model=model)
     for step, rows in enumerate([2, 2, 2, 1], start=1):
-        meter.on_step_begin(None, None, None)
+        meter.on_step_begin(None, SimpleNamespace(global_step=step - 1), None)
         model(input_ids=torch.zeros(rows, 3, dtype=torch.long)).sum().backward()
         meter.on_step_end(None, SimpleNamespace(global_step=step), None)
     meter.on_train_end(None, None, None)

@@ -89,8 +89,8 @@ def test_overrides_are_typed(tmp_path, tiny_bert):
     assert "use the form section.field=value" in _error(path, ["train.epochs"])
     assert "method.r=0" in _error(path, ["method.r=0"])  # overrides are validated like the file
     assert "expected true or false" in _error(path, ["method.rslora=maybe"])
-    # a field of several types names them all: bool | Literal["auto"]
-    assert "train.trim_memory=sometimes: expected true or false, or one of auto" in _error(
+    # a field of several types names them all: bool | int | Literal["auto"]
+    assert "train.trim_memory=sometimes: expected true or false, or int, or one of auto" in _error(
         path, ["train.trim_memory=sometimes"])
 
 
