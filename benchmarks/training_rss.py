@@ -43,8 +43,9 @@ def rows(results: dict[str, list[dict]]) -> list[list]:
         rss = [r["memory"]["train_peak_rss_bytes"] for r in runs]
         planned = runs[0]["memory"].get("plan_at_largest_batch", {}).get("train_peak_rss_bytes")
         error = f" ({100 * (planned - statistics.fmean(rss)) / statistics.fmean(rss):+.1f} %)" if planned else ""
-        allocator = runs[0]["levers"].get("allocator", {})
-        out.append([name, runs[0]["levers"].get("trim_memory"), allocator.get("onednn_primitive_cache"), _spread(speeds[name], lambda x: f"{x:.1f}"),
+        levers = runs[0]["levers"]
+        out.append([name, levers.get("trim_memory"), levers.get("allocator", {}).get("onednn_primitive_cache"),
+                    _spread(speeds[name], lambda x: f"{x:.1f}"),
                     f"{statistics.fmean(speeds[name]) / base:.2f}×" if base else "",
                     _spread(rss, gib), gib(planned) + error, gib(runs[0]["memory"]["train_peak_bytes"]),
                     f"{100 * runs[0]['accuracy']:.2f}" if runs[0].get("accuracy") is not None else ""])

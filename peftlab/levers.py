@@ -74,8 +74,8 @@ def choose_trimming(recipe, prediction: dict, available: int, budget: int | None
     """How often freed memory goes back to the system during training (Train.trim_memory; at phase boundaries and
     evaluation batches it always does), with the grounds of an "auto" choice, for the records. Each trim has a price:
     the next step faults the returned pages in again, so "auto" trims every step only under --budget or where the
-    plan's RSS is above AUTO_SHARE of `available`. reports/training_rss.md measures RSS and speed of each setting:
-    trimming every few steps saves little RSS for much of the per-step price."""
+    plan's RSS is above AUTO_SHARE of `available`. reports/training_rss.md measures RSS and speed of each setting,
+    every N steps (Train.trim_memory=N) included."""
     setting = recipe.train.trim_memory
     if setting != "auto":
         return {"trim_memory": setting}
@@ -316,7 +316,7 @@ def allocator_settings() -> dict:
 
 # oneDNN, which runs torch's bf16 matmuls on a CPU, keeps a compiled primitive per operation and shape, up to 1024 by
 # default: with batches of many lengths that cache holds a few hundred MiB the plan does not count. 256 holds less but
-# recompiles more, about 10 % slower untrimmed (reports/training_rss.md), so only a run under --budget gets it.
+# recompiles more, which costs speed (reports/training_rss.md measures both), so only a run under --budget gets it.
 ONEDNN_CACHE_ENV, ONEDNN_CACHE_CAPACITY = "ONEDNN_PRIMITIVE_CACHE_CAPACITY", 256
 
 
