@@ -12,14 +12,15 @@ from transformers import set_seed
 from . import data as data_stage
 from . import distributed, heads, levers, models, plan, speed
 from .methods.base import Context
-from .quant import keep_one_weight_layout
+from .quant import full_precision_modules, keep_one_weight_layout
 from .tasks import get_task
 
 
 def build_base(recipe, task, resolved, label_names, quantized: bool = True):
-    """The base model with its task head: quantized if the recipe asks (head kept in full precision)."""
+    """The base model with its task head: quantized if the recipe asks (the head, and what the method trains in full,
+    kept in full precision)."""
     quant = recipe.quant if quantized else None
-    quant_config = quant.bnb_config(list(task.HEADS) + list(getattr(task, "UNQUANTIZED", ()))) if quant else None
+    quant_config = quant.bnb_config(full_precision_modules(task, recipe.method)) if quant else None
     set_seed(recipe.train.seed)  # the new task head is initialised from the seed
     model = models.load_model(resolved, recipe.model, task.MODEL_CLASS, quant_config, **task.model_kwargs(label_names))
     if recipe.model.head is not None:  # before any method wraps the model: the head trains and saves like the linear one

@@ -45,6 +45,7 @@ import torch
 from . import levers
 from .measure import human_bytes
 from .memory import LiveTensorWindow
+from .quant import full_precision_modules
 
 # Resident memory beyond live tensors, as a fraction of the transient (activation-like) bytes: glibc's free lists
 # keep blocks of the step's shapes after they are freed (see the module docstring and memory_calibration.py).
@@ -260,7 +261,7 @@ def predict(recipe, task, resolved, label_names: list[str], longest: int, batch:
             attach_head(model, recipe.model.head, task.HEADS)
         heads = tuple(h for h in task.HEADS if hasattr(model, h))
         model = recipe.method.wrap(model, Context(heads, task.PEFT_TASK_TYPE, recipe.quant is not None, resolved.path))
-    unquantized = heads + tuple(getattr(task, "UNQUANTIZED", ()))
+    unquantized = full_precision_modules(task, recipe.method)
     weights, trainable, total = parameter_bytes(model, recipe.quant, unquantized)
     n_trainable = sum(1 for p in model.parameters() if p.requires_grad)
     batch = batch or levers.micro_batch_size(recipe)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,7 +29,7 @@ class Quant4bit:
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=self.type,
                                   bnb_4bit_use_double_quant=self.double_quant,
                                   bnb_4bit_compute_dtype=getattr(torch, self.compute_dtype),
-                                  llm_int8_skip_modules=skip_modules)
+                                  llm_int8_skip_modules=skip_patterns(skip_modules))
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,21 @@ class Quant8bit:
         from transformers import BitsAndBytesConfig
 
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=self.threshold,
-                                  llm_int8_skip_modules=skip_modules)
+                                  llm_int8_skip_modules=skip_patterns(skip_modules))
+
+
+def full_precision_modules(task, method) -> tuple[str, ...]:
+    """Module names bitsandbytes leaves in full precision: the task head, the task's other unquantized modules (a
+    causal LM's output layer) and whatever the method trains in full (LoRA's modules_to_save, e.g. "pooler"):
+    a 4/8-bit weight cannot train."""
+    return (tuple(task.HEADS) + tuple(getattr(task, "UNQUANTIZED", ()))
+            + tuple(getattr(method, "modules_to_save", ())))
+
+
+def skip_patterns(names) -> list[str]:
+    """transformers matches a skip pattern from the start of a module's full name or as its suffix, so "pooler"
+    missed "bert.pooler.dense": anchor each name at any module boundary instead."""
+    return [rf"(?:.*\.)?{re.escape(name)}" for name in names]
 
 
 def keep_one_weight_layout(model) -> None:

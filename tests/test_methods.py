@@ -132,6 +132,22 @@ def test_lora_on_quantized_base(tmp_path, bert64, quant, bits, most):
     assert last < 0.9 * first
 
 
+@pytest.mark.parametrize("quant", [Quant4bit(), Quant8bit()], ids=["nf4", "int8"])
+def test_modules_to_save_stay_full_precision_on_a_quantized_base(tmp_path, bert64, quant):
+    # a module in the middle of the tree ("bert.pooler.dense") was quantized before, and peft then failed to make
+    # its 4/8-bit copy trainable
+    import bitsandbytes as bnb
+
+    model, _, _ = _build(_recipe(tmp_path, bert64, LoRA(r=4, modules_to_save=["pooler"]), quant))
+    pooler = model.base_model.model.bert.pooler.modules_to_save["default"].dense
+    assert type(pooler) is torch.nn.Linear and pooler.weight.requires_grad
+    assert isinstance(model.base_model.model.bert.encoder.layer[0].output.dense, (bnb.nn.Linear4bit,
+                                                                                   bnb.nn.Linear8bitLt))
+    before = pooler.weight.detach().clone()
+    first, last = _train(model, steps=10)
+    assert not torch.equal(before, pooler.weight) and last < first
+
+
 def test_double_quantization_stores_less(tmp_path, bert64):
     def bits(quant):
         model, _, _ = _build(_recipe(tmp_path, bert64, LoRA(r=4), quant))
