@@ -38,7 +38,9 @@ SHORT = ["data.generate_split=None", "data.selection=16", "data.eval_limit=16"]
 # machine resolves them, micro-batch = batch, label-only logits, freed memory returned to the OS between phases)
 LEVER_VARIANTS = {
     "defaults": ([], {}),
-    "no gradient checkpointing": (["train.gradient_checkpointing=False"], {}),
+    # both, whichever the defaults' "auto" chose on this machine
+    "gradient checkpointing on": (["train.gradient_checkpointing=True"], {}),
+    "gradient checkpointing off": (["train.gradient_checkpointing=False"], {}),
     "full-vocabulary logits": ([], {"PEFTLAB_DISABLE": "labelled_logits"}),
     "freed memory returned after every step": (["train.trim_memory=True"], {}),
     "glibc allocator untouched": ([], {"PEFTLAB_DISABLE": "allocator"}),
@@ -70,6 +72,13 @@ def gib(n) -> str:
     return measure.human_bytes(n) if n else "n/a"
 
 
+def rss_cell(memory: dict) -> str:
+    """The training RSS with the largest batch (rows x sequence) of the steps it was measured over."""
+    batch = memory.get("train_rss_largest_batch") or {}
+    shape = f" ({batch['tokens'] // batch['sequence']} × {batch['sequence']})" if batch.get("tokens") else ""
+    return gib(memory["train_peak_rss_bytes"]) + (shape if memory["train_peak_rss_bytes"] else "")
+
+
 def budget_rows(results: list[dict]) -> list[list]:
     rows = []
     for r in results:
@@ -82,7 +91,7 @@ def budget_rows(results: list[dict]) -> list[list]:
         fits = "yes" if not r["budget"] or (m["train_peak_bytes"] or 0) <= parse_size(r["budget"]) else "**no**"
         rows.append([r["recipe"], budget, f"checkpointing {'on' if levers.get('gradient_checkpointing') else 'off'}, "
                      f"micro-batch {levers.get('micro_batch_size')}", gib(m.get("predicted_train_peak_bytes")),
-                     gib(m["train_peak_bytes"]), fits, gib(m["train_peak_rss_bytes"]), f"{r['samples_per_second']:.2f}"])
+                     gib(m["train_peak_bytes"]), fits, rss_cell(m), f"{r['samples_per_second']:.2f}"])
     return rows
 
 
@@ -101,7 +110,7 @@ def lever_rows(results: list[tuple[str, list[dict]]]) -> list[list]:
         m, speed = runs[0]["memory"], speeds(runs)
         rows.append([name, f"{statistics.fmean(speed):.3f} ({min(speed):.3f}-{max(speed):.3f})",
                      f"{statistics.fmean(speed) / base:.2f}×" if base else "", gib(m["train_peak_bytes"]),
-                     gib(m["train_peak_rss_bytes"]), gib(m["eval_peak_rss_bytes"]), f"{runs[0]['perplexity']:.4f}"])
+                     rss_cell(m), gib(m["eval_peak_rss_bytes"]), f"{runs[0]['perplexity']:.4f}"])
     return rows
 
 
@@ -143,7 +152,9 @@ def render(record: dict) -> str:
         "recipe's batch of 8 real GSM8K problems (seed 0, max length 384), checkpoints chosen on 16 held-out problems, "
         "no generation. *Plan* is the prediction made before training (`predicted_train_peak_bytes`); *training "
         "peak* is the peak of live tensor bytes during training steps (exact, see peftlab/memory.py); *training RSS* "
-        "the process's peak resident memory during training steps only. `--budget` chooses the levers so the plan "
+        "the process's peak resident memory during the training steps the live-tensor profiler did not watch (its "
+        "event buffers are not training's memory), with the largest batch among them (rows × tokens): smaller than "
+        "the live peak's where that batch was profiled; n/a where every step was. `--budget` chooses the levers so the plan "
         "fits; a recipe that cannot fit even at micro-batch 1 with checkpointing stops before training.",
         "## Recipes under each budget\n\n" + table(
             ["recipe", "budget", "levers chosen", "plan", "training peak (live)", "peak within budget",

@@ -18,7 +18,8 @@ train_peak_bytes       peak of live tensor memory during training steps (forward
 train_peak_rss_bytes   peak resident memory of the process while training, over the steps the profiler above did not
                        watch (its event buffers, which grow with every operation, are not the training's memory;
                        those steps' peak is profiled_steps_peak_rss_bytes; train_rss_largest_batch is the largest
-                       batch of the others: where it is smaller than largest_batch, the RSS saw less), and
+                       batch of the others: where it is smaller than largest_batch, the RSS saw less; None where the
+                       profiler watched every step, as in a run of two steps), and
 eval_peak_rss_bytes    eval_peak_rss_bytes while evaluating (Trainer's evaluations between steps, and anything the
                        pipeline wraps in `meter.during("eval", ...)`, e.g. the causal LM's generation before and after
                        training). Linux resets a process's peak RSS
@@ -202,6 +203,7 @@ class MemoryMeter(TrainerCallback):
         self._window = LiveTensorWindow()
         self._largest = (0, 0)  # (tokens, sequence length) of the largest batch profiled so far
         self._largest_unprofiled = (0, 0)  # ... and of those trained without the profiler (their RSS is training's)
+        self._unprofiled_forwards = 0
         self._in_step = False
         self._hook = None
         self._optimizer = None
@@ -227,6 +229,7 @@ class MemoryMeter(TrainerCallback):
         size = (ids.numel(), ids.shape[-1]) if ids is not None else (0, 0)
         if len(self.profiled_steps) >= 2 and not (size[0] > self._largest[0] or size[1] > self._largest[1]):
             self._largest_unprofiled = max(self._largest_unprofiled, size)
+            self._unprofiled_forwards += 1
             return
         self._largest = max(self._largest, size)
         live = model_state(module, self._optimizer)["total"] + _storage_bytes(inputs, set())
@@ -286,7 +289,9 @@ class MemoryMeter(TrainerCallback):
             "profiler allocator events (CPU)",
             "profiled_steps": self.profiled_steps,
             "largest_batch": self.largest_batch(),
-            "train_peak_rss_bytes": self.rss.peaks.get("train"),
+            # with every step profiled, the "train" phase saw only the moments before each forward began
+            "train_peak_rss_bytes": self.rss.peaks.get("train")
+            if torch.cuda.is_available() or self._unprofiled_forwards else None,
             "train_rss_largest_batch": self.largest_batch(profiled=False),
             "profiled_steps_peak_rss_bytes": self.rss.peaks.get("profiled"),
             "eval_peak_rss_bytes": self.rss.peaks.get("eval"),

@@ -195,6 +195,26 @@ def test_training_rss_leaves_out_the_steps_the_profiler_watched(monkeypatch, tri
     assert record["profiled_steps_peak_rss_bytes"] > record["train_peak_rss_bytes"] + 250 * MB
 
 
+def test_no_training_rss_where_the_profiler_watched_every_step():
+    """Two steps, both profiled: the "train" phase saw only the moments before each forward, so no training RSS is
+    recorded (it was the model's resident size, below the live-tensor peak)."""
+    model = torch.nn.Embedding(10, 8).train()
+    model.forward = lambda input_ids: torch.nn.Embedding.forward(model, input_ids)
+    meter = memory.MemoryMeter()
+    if torch.cuda.is_available():
+        pytest.skip("steps are measured by CUDA's allocator")
+    meter.on_train_begin(None, None, None, model=model)
+    for step in (1, 2):
+        meter.on_step_begin(None, SimpleNamespace(global_step=step - 1), None)
+        model(input_ids=torch.zeros(2, 3, dtype=torch.long)).sum().backward()
+        meter.on_step_end(None, SimpleNamespace(global_step=step), None)
+    meter.on_train_end(None, None, None)
+    record = meter.record()
+    assert record["profiled_steps"] == [1, 2] and record["profiled_steps_peak_rss_bytes"] > 0
+    assert record["train_peak_rss_bytes"] is None
+    assert record["train_rss_largest_batch"] == {"tokens": 0, "sequence": 0}
+
+
 def test_run_records_the_memory_object(tmp_path, data_dir):
     bert = make_bert(tmp_path / "bert", hidden=64)
     run = run_recipe(tmp_path, write_recipe(tmp_path / "r.py", bert, train="epochs=1, lr=5e-3, batch_size=16"),
