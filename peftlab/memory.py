@@ -32,6 +32,7 @@ eval_peak_rss_bytes    eval_peak_rss_bytes while evaluating (Trainer's evaluatio
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import resource
 
@@ -93,6 +94,14 @@ class LiveTensorWindow:
             self._profiler.stop()
         events = self._profiler.profiler.kineto_results.events()
         self._profiler = None
+        peak = self._peak(events, between)
+        # the profiler's objects sit in reference cycles: left to a later collection, their event buffers stayed
+        # resident through the next steps and counted as their training RSS
+        del events
+        gc.collect()
+        return peak
+
+    def _peak(self, events, between: tuple[str, str] | None) -> int:
         allocations = sorted((e.start_ns(), e.nbytes()) for e in events
                              if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
         marks = {e.name(): e.start_ns() for e in events if between and e.name() in between}

@@ -35,6 +35,24 @@ def test_live_window_counts_known_allocations_exactly():
 
 
 
+def test_live_window_frees_the_profiler_when_it_stops():
+    """The profiler's objects sit in reference cycles; left to a later collection, their event buffers stayed resident
+    through the next training steps and were counted as their RSS."""
+    import gc
+    import weakref
+
+    gc.disable()  # no collection of its own may run between the window's stop and the check
+    try:
+        window = memory.LiveTensorWindow()
+        window.start(live_bytes=0)
+        profiler = weakref.ref(window._profiler)
+        torch.ones(1000).sum()
+        window.stop()
+        assert profiler() is None
+    finally:
+        gc.enable()
+
+
 def test_live_window_between_marks_counts_the_rise_above_the_first_mark():
     window = memory.LiveTensorWindow()
     window.start(live_bytes=0)
