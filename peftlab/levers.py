@@ -296,7 +296,7 @@ def allocator_settings() -> dict:
     after every evaluation batch (training.ReleaseFreedMemory) and, where Train.trim_memory says so
     (`choose_trimming`), after every N-th optimizer step, which hands the free lists' whole pages back to the system.
     A lower mmap threshold (every block from 1 MiB mmap-ed, unmapped when freed) holds the RSS as low but makes every
-    large allocation fault its pages in afresh (reports/memory_budget.md measures that cost); trimming pays it once
+    large allocation fault its pages in afresh (peftlab's earlier default, given up for that cost); trimming pays it once
     per trim, for the pages it returned (reports/training_rss.md measures each period). A preloaded
     jemalloc/tcmalloc, MALLOC_* settings given by the user, or PEFTLAB_DISABLE=allocator leave the allocator as it is."""
     from .speed import enabled
