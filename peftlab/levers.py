@@ -316,7 +316,8 @@ def allocator_settings() -> dict:
 
 # oneDNN, which runs torch's bf16 matmuls on a CPU, keeps a compiled primitive per operation and shape, up to 1024 by
 # default: with batches of many lengths that cache holds a few hundred MiB the plan does not count. 256 holds less but
-# recompiles more, which costs speed (reports/training_rss.md measures both), so only a run under --budget gets it.
+# recompiles more where a run meets more shapes than that (reports/training_rss.md measures RSS and speed with both on
+# one recipe), so only a run under --budget gets it.
 ONEDNN_CACHE_ENV, ONEDNN_CACHE_CAPACITY = "ONEDNN_PRIMITIVE_CACHE_CAPACITY", 256
 
 
