@@ -74,9 +74,9 @@ def gib(n) -> str:
 
 def rss_cell(memory: dict) -> str:
     """The training RSS with the largest batch (rows x sequence) of the steps it was measured over."""
-    batch = memory.get("train_rss_largest_batch") or {}
-    shape = f" ({batch['tokens'] // batch['sequence']} × {batch['sequence']})" if batch.get("tokens") else ""
-    return gib(memory["train_peak_rss_bytes"]) + (shape if memory["train_peak_rss_bytes"] else "")
+    rss, batch = memory["train_peak_rss_bytes"], memory.get("train_rss_largest_batch") or {}
+    return f"{gib(rss)} ({batch['tokens'] // batch['sequence']} × {batch['sequence']})" if rss and batch.get(
+        "tokens") else gib(rss)
 
 
 def budget_rows(results: list[dict]) -> list[list]:

@@ -292,16 +292,16 @@ def _lr_section(record: dict, raw: tuple[str, ...]) -> str:
     search = record.get("lr_search", {})
     if not search:
         return ""
-    rows = []
+    rows, edges = [], False
     for name, scores in lr_grid_scores(record).items():
         s = search[name]
         scale = _scale(s["metric"], raw) if s["metric"] else 100
         cells = [("**" if lr == s["chosen"] else "") + f"{lr:g}: " + ("failed" if math.isnan(v) else f"{scale * v:.2f}")
                  + ("**" if lr == s["chosen"] else "") for lr, v in scores.items()]
-        edge = " (grid edge)" if lr_search.beyond_edge(list(scores), s["chosen"]) is not None else ""
+        at_edge = lr_search.beyond_edge(list(scores), s["chosen"]) is not None
+        edges = edges or at_edge
         rows.append([name, s["metric"] or "", ", ".join(cells), "none (every grid point failed)"
-                     if s["chosen"] is None else f"{s['chosen']:g}{edge}"])
-    edges = any(r[-1].endswith("(grid edge)") for r in rows)
+                     if s["chosen"] is None else f"{s['chosen']:g}" + (" (grid edge)" if at_edge else "")])
     return (f"## Learning rates\n\nEach variant's grid ran on seed {record['seeds'][0]}; the rate with the best "
             "selection-split score (its best checkpoint's, on examples held out of train) was kept and the other "
             "seeds ran at it." + _rerun_note(record)
