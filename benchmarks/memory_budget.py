@@ -85,13 +85,14 @@ def budget_rows(results: list[dict]) -> list[list]:
         budget = r["budget"] or "none (recipe defaults)"
         if "error" in r:
             rows.append([r["recipe"], budget, "does not fit" if "does not fit" in r["error"] else "failed",
-                         r["error"].removeprefix("error: "), "", "", "", ""])
+                         r["error"].removeprefix("error: "), "", "", "", "", ""])
             continue
         m, levers = r["memory"], r["levers"]
         fits = "yes" if not r["budget"] or (m["train_peak_bytes"] or 0) <= parse_size(r["budget"]) else "**no**"
         rows.append([r["recipe"], budget, f"checkpointing {'on' if levers.get('gradient_checkpointing') else 'off'}, "
-                     f"micro-batch {levers.get('micro_batch_size')}", gib(m.get("predicted_train_peak_bytes")),
-                     gib(m["train_peak_bytes"]), fits, rss_cell(m), f"{r['samples_per_second']:.2f}"])
+                     f"micro-batch {levers.get('micro_batch_size')}", gib((m.get("model_state_bytes") or {}).get("total")),
+                     gib(m.get("predicted_train_peak_bytes")), gib(m["train_peak_bytes"]), fits, rss_cell(m),
+                     f"{r['samples_per_second']:.2f}"])
     return rows
 
 
@@ -150,14 +151,15 @@ def render(record: dict) -> str:
         + record["command"] + "\n```",
         f"Each row is one `python -m peftlab.run` process, one at a time, {record['steps']} optimizer steps of the "
         "recipe's batch of 8 real GSM8K problems (seed 0, max length 384), checkpoints chosen on 16 held-out problems, "
-        "no generation. *Plan* is the prediction made before training (`predicted_train_peak_bytes`); *training "
+        "no generation. *Model state* is weights as stored + gradients + optimizer state (what a method changes "
+        "most directly); *plan* is the prediction made before training (`predicted_train_peak_bytes`); *training "
         "peak* is the peak of live tensor bytes during training steps (exact, see peftlab/memory.py); *training RSS* "
         "the process's peak resident memory during the training steps the live-tensor profiler did not watch (its "
         "event buffers are not training's memory), with the largest batch among them (rows × tokens): smaller than "
         "the live peak's where that batch was profiled; n/a where every step was. `--budget` chooses the levers so the plan "
         "fits; a recipe that cannot fit even at micro-batch 1 with checkpointing stops before training.",
         "## Recipes under each budget\n\n" + table(
-            ["recipe", "budget", "levers chosen", "plan", "training peak (live)", "peak within budget",
+            ["recipe", "budget", "levers chosen", "model state", "plan", "training peak (live)", "peak within budget",
              "training RSS", "samples/s"], budget_rows(record["budgets"])),
         "## Speed cost of each lever\n\nNot measured in this run (--skip-levers)." if not record["levers"] else
         "## Speed cost of each lever (LoRA, one lever changed from the defaults)\n\n"
@@ -183,7 +185,11 @@ def main() -> int:
     parser.add_argument("--skip-levers", action="store_true", help="only part 1 (the recipes under each budget)")
     parser.add_argument("--lever-steps", type=int, default=4, help="optimizer steps of each part 2 run")
     parser.add_argument("--lever-repeats", type=int, default=2, help="runs of each part 2 setting")
+    parser.add_argument("--from-record", type=Path, help="render the report again from this memory_budget.json, no runs")
     args = parser.parse_args()
+    if args.from_record:  # the record keeps the command that made its runs
+        (args.out / "memory_budget.md").write_text(render(rundir.read_json(args.from_record)))
+        return 0
     short = SHORT + [f"train.max_steps={args.steps}", f"data.train_limit={8 * args.steps}"]
     started = time.perf_counter()
     budgets = []
